@@ -1,0 +1,12 @@
+"""mmtranscnn: TransCNN as an OpenMMLab backbone.
+
+Importing the package registers ``TransCNN`` (and its building blocks) in the
+``mmtranscnn`` model registry and, for each of mmdet, mmseg and mmpretrain that
+is installed, in that codebase's registry too, so ``type='TransCNN'`` resolves
+after ``custom_imports=dict(imports=['mmtranscnn'])``.
+"""
+from .version import __version__, version_info
+from .registry import MODELS
+from . import models  # noqa: F401  (registers the models)
+
+__all__ = ['__version__', 'version_info', 'MODELS']

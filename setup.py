@@ -1,0 +1,100 @@
+"""Packaging for mmtranscnn.
+
+Besides the Python package, OpenMMLab's ``mim`` expects ``configs/``,
+``tools/`` and ``model-index.yml`` inside the installed package as
+``mmtranscnn/.mim/``. Wheels and sdists get copies; an editable install
+(``pip install -e .``, which runs ``build_py`` in editable mode rather than the
+old ``develop`` command) gets symlinks into the source tree, so edits to a
+config are seen at once.
+"""
+import os
+import os.path as osp
+import shutil
+
+from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+HERE = osp.dirname(osp.abspath(__file__))
+MIM_ITEMS = ('configs', 'tools', 'model-index.yml')
+
+
+def read_version() -> str:
+    scope = {}
+    with open(osp.join(HERE, 'mmtranscnn', 'version.py')) as f:
+        exec(compile(f.read(), 'version.py', 'exec'), scope)
+    return scope['__version__']
+
+
+def read_requirements(name: str) -> list:
+    """Requirement lines of ``requirements/<name>.txt`` (comments dropped)."""
+    path = osp.join(HERE, 'requirements', f'{name}.txt')
+    with open(path) as f:
+        lines = (line.split('#', 1)[0].strip() for line in f)
+        return [line for line in lines if line]
+
+
+def link_mim_files_into_source() -> None:
+    """Point ``mmtranscnn/.mim/*`` at the repo's configs/tools (editable)."""
+    mim_dir = osp.join(HERE, 'mmtranscnn', '.mim')
+    os.makedirs(mim_dir, exist_ok=True)
+    for item in MIM_ITEMS:
+        src = osp.join(HERE, item)
+        dst = osp.join(mim_dir, item)
+        if not osp.exists(src):
+            continue
+        if osp.islink(dst) or osp.isfile(dst):
+            os.remove(dst)
+        elif osp.isdir(dst):
+            shutil.rmtree(dst)
+        os.symlink(osp.relpath(src, mim_dir), dst)
+
+
+class BuildPyWithMim(build_py):
+    """build_py that also ships configs/tools/model-index.yml for mim."""
+
+    def run(self):
+        super().run()
+        if getattr(self, 'editable_mode', False):
+            link_mim_files_into_source()
+            return
+        mim_dir = osp.join(self.build_lib, 'mmtranscnn', '.mim')
+        os.makedirs(mim_dir, exist_ok=True)
+        for item in MIM_ITEMS:
+            src = osp.join(HERE, item)
+            dst = osp.join(mim_dir, item)
+            if not osp.exists(src):
+                continue
+            if osp.isdir(src):
+                shutil.copytree(
+                    src, dst, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))
+            else:
+                shutil.copyfile(src, dst)
+
+
+setup(
+    name='mmtranscnn',
+    version=read_version(),
+    description='TransCNN (hierarchical MHSA + convolutions) as an '
+    'OpenMMLab backbone for MMDetection, MMSegmentation and MMPretrain',
+    long_description=open(osp.join(HERE, 'README.md')).read()
+    if osp.exists(osp.join(HERE, 'README.md')) else '',
+    long_description_content_type='text/markdown',
+    license='Apache-2.0',
+    python_requires='>=3.9',
+    packages=find_packages(exclude=('configs', 'tools', 'tests', 'demo')),
+    include_package_data=True,
+    cmdclass={'build_py': BuildPyWithMim},
+    install_requires=read_requirements('runtime'),
+    extras_require={
+        'mim': read_requirements('mminstall'),
+        'optional': read_requirements('optional'),
+        'tests': read_requirements('tests'),
+        'all': read_requirements('mminstall') + read_requirements('optional'),
+    },
+    classifiers=[
+        'Programming Language :: Python :: 3',
+        'Topic :: Scientific/Engineering :: Artificial Intelligence',
+    ],
+    zip_safe=False,
+)
