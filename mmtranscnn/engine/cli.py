@@ -1,0 +1,203 @@
+"""Apply the command-line options of ``tools/train.py`` / ``tools/test.py``.
+
+The options are those of the OpenMMLab tools. Where the codebases differ
+(where ``--show-dir`` pictures go, what ``--out`` writes) the behaviour of
+the config's own codebase is reproduced, so a user gets what mmdet's, mmseg's
+or mmpretrain's tool would give for the same config.
+"""
+import os.path as osp
+from typing import Optional
+
+from mmengine.device import get_device
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+from .dist import check_launcher
+
+PICKLE_SUFFIXES = ('.pkl', '.pickle')
+
+
+def _set_common(cfg, args) -> None:
+    """``--launcher``, ``--cfg-options`` and ``--work-dir`` (both tools)."""
+    check_launcher(args.launcher)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    # work_dir: command line, else the config's, else ./work_dirs/<name>.
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        name = osp.splitext(osp.basename(args.config))[0]
+        cfg.work_dir = osp.join('./work_dirs', name)
+
+
+def merge_train_args(cfg, args):
+    """Apply the options of ``tools/train.py`` to ``cfg`` (in place).
+
+    Args:
+        cfg (Config): The loaded config.
+        args (Namespace): Parsed options: ``config``, ``work_dir``,
+            ``resume`` (None, 'auto' or a checkpoint path), ``amp``,
+            ``auto_scale_lr``, ``cfg_options`` and ``launcher``.
+
+    Returns:
+        Config: ``cfg``.
+    """
+    _set_common(cfg, args)
+
+    if args.amp:
+        if get_device() == 'cpu':
+            raise RuntimeError(
+                '--amp needs a GPU (mmengine AmpOptimWrapper runs on cuda, '
+                'npu, mlu or musa devices); none was found.')
+        optim_wrapper = cfg.get('optim_wrapper')
+        if optim_wrapper is None:
+            raise RuntimeError('--amp needs an "optim_wrapper" in the config.')
+        if optim_wrapper.get('type', 'OptimWrapper') != 'AmpOptimWrapper':
+            optim_wrapper.type = 'AmpOptimWrapper'
+            optim_wrapper.setdefault('loss_scale', 'dynamic')
+
+    if args.auto_scale_lr:
+        auto_scale_lr = cfg.get('auto_scale_lr')
+        if not auto_scale_lr or 'base_batch_size' not in auto_scale_lr:
+            raise RuntimeError(
+                '--auto-scale-lr needs "auto_scale_lr = dict(enable=False, '
+                'base_batch_size=...)" in the config (base_batch_size: the '
+                'total batch size the learning rate was tuned for).')
+        auto_scale_lr.enable = True
+
+    # --resume alone: the latest checkpoint of work_dir (mmengine's
+    # resume=True with load_from=None); --resume PATH: that checkpoint.
+    if args.resume == 'auto':
+        cfg.resume = True
+        cfg.load_from = None
+    elif args.resume is not None:
+        cfg.resume = True
+        cfg.load_from = args.resume
+    return cfg
+
+
+def _visualization_hook(cfg):
+    hooks = cfg.get('default_hooks') or {}
+    hook = hooks.get('visualization')
+    if hook is None:
+        raise RuntimeError(
+            '--show/--show-dir need a visualization hook: add '
+            "default_hooks.visualization=dict(type='VisualizationHook') to "
+            'the config.')
+    return hook
+
+
+def enable_test_visualization(cfg,
+                              show_dir: Optional[str] = None,
+                              show: bool = False,
+                              wait_time: float = 2.) -> None:
+    """Turn on drawing of test predictions the way the codebase does it.
+
+    Args:
+        cfg (Config): The config (changed in place).
+        show_dir (str, optional): Where painted images go. mmdet and
+            mmpretrain read it relative to the run's log directory
+            (``work_dir/<timestamp>``), mmseg uses it as the visualizer's
+            save directory.
+        show (bool): Also show them in a window. Defaults to False.
+        wait_time (float): Seconds each window stays. Defaults to 2.
+    """
+    scope = cfg.get('default_scope') or 'mmengine'
+    hook = _visualization_hook(cfg)
+    if scope == 'mmpretrain':
+        hook.enable = True
+        if show_dir is not None:
+            hook.out_dir = show_dir
+    elif scope == 'mmdet':
+        hook.draw = True
+        if show_dir is not None:
+            hook.test_out_dir = show_dir
+    elif scope == 'mmseg':
+        hook.draw = True
+        if show_dir is not None:
+            if cfg.get('visualizer') is None:
+                raise RuntimeError('--show-dir needs a "visualizer" in the '
+                                   'config (mmseg saves pictures through '
+                                   'its save_dir).')
+            cfg.visualizer.save_dir = show_dir
+    else:
+        raise ValueError(
+            '--show/--show-dir are supported for configs with default_scope '
+            f"'mmdet', 'mmseg' or 'mmpretrain', but got {scope!r}")
+    if show:
+        hook.show = True
+        hook.wait_time = wait_time
+
+
+def merge_test_args(cfg, args):
+    """Apply the options of ``tools/test.py`` to ``cfg`` (in place).
+
+    Args:
+        cfg (Config): The loaded config.
+        args (Namespace): Parsed options: ``config``, ``checkpoint``,
+            ``work_dir``, ``show``, ``show_dir``, ``wait_time``,
+            ``cfg_options`` and ``launcher``.
+
+    Returns:
+        Config: ``cfg``.
+    """
+    _set_common(cfg, args)
+    # Load only the weights: a config written for training may say
+    # resume=True, which would also restore optimizer and schedule.
+    cfg.load_from = args.checkpoint
+    cfg.resume = False
+    if args.show or args.show_dir:
+        enable_test_visualization(cfg, args.show_dir, args.show,
+                                  args.wait_time)
+    return cfg
+
+
+def prepare_prediction_dump(cfg, out: Optional[str]):
+    """Arrange for ``--out`` as the config's codebase does.
+
+    mmseg writes prediction maps into the directory ``out`` (through its
+    metric's ``output_dir``); the others pickle every prediction to the file
+    ``out`` (mmdet's ``DumpDetResults``, elsewhere mmengine's
+    ``DumpResults``).
+
+    Args:
+        cfg (Config): The config (changed in place for mmseg).
+        out (str, optional): The ``--out`` value; None does nothing.
+
+    Returns:
+        BaseMetric or None: A metric to append to
+        ``runner.test_evaluator.metrics`` once the Runner is built.
+    """
+    if out is None:
+        return None
+    scope = cfg.get('default_scope') or 'mmengine'
+    if scope == 'mmseg':
+        evaluators = cfg.test_evaluator
+        for evaluator in (evaluators if isinstance(evaluators, list) else
+                          [evaluators]):
+            evaluator['output_dir'] = out
+            evaluator['keep_results'] = True
+        return None
+    if not out.endswith(PICKLE_SUFFIXES):
+        raise ValueError(f'--out must be a pickle file name ending in '
+                         f'{PICKLE_SUFFIXES}, but got {out!r}')
+    if scope == 'mmdet':
+        from mmdet.evaluation import DumpDetResults
+        return DumpDetResults(out_file_path=out)
+    from mmengine.evaluator import DumpResults
+    return DumpResults(out_file_path=out)
+
+
+def build_runner(cfg):
+    """Build the config's runner: ``runner_type`` if given, else ``Runner``.
+
+    Args:
+        cfg (Config): The complete config.
+
+    Returns:
+        Runner: The runner.
+    """
+    if 'runner_type' in cfg:
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)

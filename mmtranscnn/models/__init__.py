@@ -1,0 +1,15 @@
+"""TransCNN models. Importing this package registers them (see downstream)."""
+from .blocks import (ConvStem, InvertedResidual, TransCNNBlock,
+                     TwoBranchDownsample)
+from .downstream import register_in_downstream_scopes
+from .hmhsa import HMHSA, merge_tokens, parse_grid_sizes
+from .pretrained import LoadReport, load_backbone_checkpoint
+from .transcnn import TransCNN
+
+register_in_downstream_scopes()
+
+__all__ = [
+    'HMHSA', 'TransCNN', 'ConvStem', 'InvertedResidual',
+    'TwoBranchDownsample', 'TransCNNBlock', 'merge_tokens',
+    'parse_grid_sizes', 'load_backbone_checkpoint', 'LoadReport'
+]

@@ -1,0 +1,165 @@
+"""Convolutional building blocks of TransCNN (§3.3, Fig. 1c/1d).
+
+All blocks take ``norm_cfg`` / ``act_cfg`` dicts (mmcv conventions) so that a
+config can swap BN for SyncBN or SiLU for another activation.
+"""
+from typing import Optional
+
+from mmcv.cnn import ConvModule
+from mmcv.cnn.bricks import DropPath
+from mmengine.model import BaseModule
+from torch import Tensor, nn
+
+from mmtranscnn.registry import MODELS
+
+from .hmhsa import HMHSA
+
+
+class ConvStem(BaseModule):
+    """Stage 1: two 3x3 stride-2 convs (stride 4 in total).
+
+    Args:
+        in_channels (int): input image channels. Default: 3.
+        mid_channels (int): channels of the first conv. Default: 16.
+        out_channels (int): channels of the second conv. Default: 64.
+        norm_cfg (dict): norm config. Default: BN.
+        act_cfg (dict): activation config. Default: SiLU.
+    """
+
+    def __init__(self,
+                 in_channels: int = 3,
+                 mid_channels: int = 16,
+                 out_channels: int = 64,
+                 norm_cfg: dict = dict(type='BN'),
+                 act_cfg: dict = dict(type='SiLU'),
+                 init_cfg: Optional[dict] = None):
+        super().__init__(init_cfg=init_cfg)
+        common = dict(kernel_size=3, stride=2, padding=1, norm_cfg=norm_cfg,
+                      act_cfg=act_cfg)
+        self.conv1 = ConvModule(in_channels, mid_channels, **common)
+        self.conv2 = ConvModule(mid_channels, out_channels, **common)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv2(self.conv1(x))
+
+
+@MODELS.register_module()
+class InvertedResidual(BaseModule):
+    """Inverted residual bottleneck (IRB, Fig. 1c).
+
+    1x1 conv expanding C to E*C channels, KxK depthwise conv, 1x1 conv back
+    to C, each followed by a norm; activations after the first two; an
+    identity shortcut around the whole.
+
+    Args:
+        channels (int): input and output channels C.
+        expand_ratio (float): expansion E. Default: 4.
+        kernel_size (int): depthwise kernel K (odd). Default: 3.
+        norm_cfg (dict): norm config. Default: BN.
+        act_cfg (dict): activation config. Default: SiLU.
+        drop_path_rate (float): stochastic depth on the residual branch.
+    """
+
+    def __init__(self,
+                 channels: int,
+                 expand_ratio: float = 4,
+                 kernel_size: int = 3,
+                 norm_cfg: dict = dict(type='BN'),
+                 act_cfg: dict = dict(type='SiLU'),
+                 drop_path_rate: float = 0.,
+                 init_cfg: Optional[dict] = None):
+        super().__init__(init_cfg=init_cfg)
+        if kernel_size % 2 != 1:
+            raise ValueError(f'kernel_size must be odd, got {kernel_size}')
+        hidden = int(round(channels * expand_ratio))
+        self.expand = ConvModule(channels, hidden, 1, norm_cfg=norm_cfg,
+                                 act_cfg=act_cfg)
+        self.depthwise = ConvModule(hidden, hidden, kernel_size,
+                                    padding=kernel_size // 2, groups=hidden,
+                                    norm_cfg=norm_cfg, act_cfg=act_cfg)
+        self.project = ConvModule(hidden, channels, 1, norm_cfg=norm_cfg,
+                                  act_cfg=None)
+        self.drop_path = (DropPath(drop_path_rate)
+                          if drop_path_rate > 0 else nn.Identity())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.drop_path(self.project(self.depthwise(
+            self.expand(x))))
+
+
+@MODELS.register_module()
+class TwoBranchDownsample(BaseModule):
+    """Two-branch downsampling block (TDB, Fig. 1d).
+
+    A 3x3 stride-2 conv, plus a 2x2 average pool followed by a 1x1 conv,
+    summed. Odd sizes round up in both branches (``ceil_mode``), so the
+    output is ceil(H/2) x ceil(W/2) like the strided conv's.
+
+    Args:
+        in_channels (int): input channels.
+        out_channels (int): output channels.
+        norm_cfg (dict): norm config (after each branch's conv). Default: BN.
+    """
+
+    def __init__(self,
+                 in_channels: int,
+                 out_channels: int,
+                 norm_cfg: dict = dict(type='BN'),
+                 init_cfg: Optional[dict] = None):
+        super().__init__(init_cfg=init_cfg)
+        self.conv_branch = ConvModule(in_channels, out_channels, 3, stride=2,
+                                      padding=1, norm_cfg=norm_cfg,
+                                      act_cfg=None)
+        self.pool = nn.AvgPool2d(2, stride=2, ceil_mode=True)
+        self.pool_branch = ConvModule(in_channels, out_channels, 1,
+                                      norm_cfg=norm_cfg, act_cfg=None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv_branch(x) + self.pool_branch(self.pool(x))
+
+
+class TransCNNBlock(BaseModule):
+    """One H-MHSA followed by one IRB (a repeat of Table 1's bracket).
+
+    Args:
+        channels (int): channels C.
+        grid_sizes: per-level grid sizes of the H-MHSA (see :class:`HMHSA`).
+        kernel_size (int): IRB depthwise kernel K.
+        expand_ratio (float): IRB expansion E.
+        head_dim (int): channels per attention head.
+        query_from (str): H-MHSA query form ('full' or 'merged').
+        norm_cfg (dict): norm config (H-MHSA pre-norm and IRB norms).
+        act_cfg (dict): activation config of the IRB.
+        drop_path_rate (float): stochastic depth of both residual branches.
+        with_cp (bool): recompute the block in backward to save memory.
+    """
+
+    def __init__(self,
+                 channels: int,
+                 grid_sizes,
+                 kernel_size: int,
+                 expand_ratio: float,
+                 head_dim: int = 64,
+                 query_from: str = 'full',
+                 norm_cfg: dict = dict(type='BN'),
+                 act_cfg: dict = dict(type='SiLU'),
+                 drop_path_rate: float = 0.,
+                 with_cp: bool = False,
+                 init_cfg: Optional[dict] = None):
+        super().__init__(init_cfg=init_cfg)
+        self.with_cp = with_cp
+        self.attn = HMHSA(channels, grid_sizes=grid_sizes, head_dim=head_dim,
+                          query_from=query_from, norm_cfg=norm_cfg,
+                          drop_path_rate=drop_path_rate)
+        self.irb = InvertedResidual(channels, expand_ratio, kernel_size,
+                                    norm_cfg=norm_cfg, act_cfg=act_cfg,
+                                    drop_path_rate=drop_path_rate)
+
+    def _inner_forward(self, x: Tensor) -> Tensor:
+        return self.irb(self.attn(x))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.with_cp and x.requires_grad:
+            from torch.utils.checkpoint import checkpoint
+            return checkpoint(self._inner_forward, x, use_reentrant=False)
+        return self._inner_forward(x)

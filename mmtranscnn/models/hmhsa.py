@@ -1,0 +1,342 @@
+"""Hierarchical Multi-Head Self-Attention (H-MHSA), §3.2 of the paper.
+
+Notation follows the paper. ``X`` is the (normalised) input map of size
+H0 x W0. Level 0 attends inside G0 x G0 grids of X (Eq. 5-6); its residual
+(Eq. 7) ``A0 = X + attn_0`` is what the next level sees. Level i > 0 merges
+every G(i-1) x G(i-1) region into one token with MaxPool + AvgPool (Eq. 8)
+and attends inside Gi x Gi grids of the merged map (Eq. 9-10); the last level
+attends over all remaining tokens. The output is
+
+    H-MHSA(X) = (attn_0 + ... + Upsample(attn_M)) Wp + X          (Eq. 12)
+
+Two forms of the levels above 0 are provided (``query_from``):
+
+* ``'full'`` (default, the form used for every experiment in §4.1): queries
+  come from ``A0`` at full resolution (``Q = A0 Wq``); keys and values come
+  from the merged tokens of that level, restricted to the Gi x Gi grid that
+  holds the query. Every ``attn_i`` is then already at full resolution and
+  nothing is upsampled. The merged tokens of level i+1 are Eq. 8 applied to
+  the merged tokens of level i (a pyramid over ``A0``).
+* ``'merged'`` (Eq. 9-12 literally): queries, keys and values come from the
+  merged map; ``A_i = A'_(i-1) + attn_i`` (Eq. 11) feeds the next merge and
+  ``attn_i`` is upsampled (nearest, i.e. each merged token is copied back to
+  the region it was pooled from) before the sum.
+
+Reading of Eq. 7/11/12 chosen here: the residuals of Eq. 7 and 11 form the
+maps that are merged for the next level, while the sum of Eq. 12 adds the
+attention outputs ``attn_i``. With a single level this is exactly plain MHSA
+(Eq. 1-2: ``attn Wp + X``), as the paper states H-MHSA generalises it.
+
+Grid sizes hold no weights: level 0 owns the ``qkv`` projection, all levels
+above 0 share one ``q`` and one ``kv`` projection, and pooling is
+parameter-free. A state dict therefore loads strictly into a module built
+with other grid sizes or more levels, as long as it is hierarchical too.
+
+Maps that are not multiples of a grid are padded at the bottom/right; padded
+tokens are masked out of every attention (as keys) and every merge (pooling),
+so outputs on real positions do not depend on the padding.
+"""
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from mmcv.cnn import build_norm_layer
+from mmcv.cnn.bricks import DropPath
+from mmengine.model import BaseModule
+from torch import Tensor, nn
+
+from mmtranscnn.registry import MODELS
+
+QUERY_FORMS = ('full', 'merged')
+
+
+def parse_grid_sizes(value: Union[int, Sequence[int], None],
+                     field: str = 'grid_sizes') -> Tuple[int, ...]:
+    """Normalise one stage's grid setting to a tuple of per-level sizes.
+
+    Args:
+        value: an int ``G0`` (one grid level, then plain attention over the
+            merged tokens), a sequence ``(G0, G1, ...)`` of per-level grid
+            sizes, or ``0`` / ``None`` / an empty sequence for plain
+            attention.
+        field: the name used in error messages.
+
+    Returns:
+        A tuple of positive ints; empty means plain attention.
+    """
+    if value is None:
+        return ()
+    if isinstance(value, bool):
+        raise ValueError(f'{field} must be an int >= 0 or a sequence of ints '
+                         f'>= 1, got {value!r}')
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f'{field} must be >= 0 (0 means plain attention)'
+                             f', got {value}')
+        return (value, ) if value > 0 else ()
+    if isinstance(value, (list, tuple)):
+        sizes = tuple(value)
+        for i, g in enumerate(sizes):
+            if isinstance(g, bool) or not isinstance(g, int) or g < 1:
+                raise ValueError(
+                    f'{field}[{i}] must be an int >= 1 (a grid side length), '
+                    f'got {g!r}; use 0 or [] for plain attention')
+        return sizes
+    raise ValueError(f'{field} must be an int >= 0 or a sequence of ints >= 1,'
+                     f' got {type(value).__name__} {value!r}')
+
+
+def _pad_bottom_right(t: Tensor, ph: int, pw: int, value: float = 0.) -> Tensor:
+    """Pad a (B, H, W, C) tensor by ``ph`` rows and ``pw`` columns."""
+    if ph == 0 and pw == 0:
+        return t
+    return F.pad(t, (0, 0, 0, pw, 0, ph), value=value)
+
+
+def _partition(t: Tensor, gh: int, gw: int) -> Tensor:
+    """(B, H, W, ...) -> (B * H/gh * W/gw, gh * gw, ...), row-major grids."""
+    b, h, w = t.shape[:3]
+    rest = t.shape[3:]
+    t = t.reshape(b, h // gh, gh, w // gw, gw, *rest)
+    t = t.transpose(2, 3)
+    return t.reshape(b * (h // gh) * (w // gw), gh * gw, *rest)
+
+
+def _unpartition(t: Tensor, b: int, h: int, w: int, gh: int,
+                 gw: int) -> Tensor:
+    """Inverse of :func:`_partition`: (B*n, gh*gw, C) -> (B, H, W, C)."""
+    c = t.shape[-1]
+    t = t.reshape(b, h // gh, w // gw, gh, gw, c).transpose(2, 3)
+    return t.reshape(b, h, w, c)
+
+
+def merge_tokens(t: Tensor, valid: Optional[Tensor],
+                 g: int) -> Tuple[Tensor, Optional[Tensor]]:
+    """Eq. 8: MaxPool_g + AvgPool_g over g x g regions, ignoring padding.
+
+    Args:
+        t: (B, H, W, C) map.
+        valid: (B, H, W) bool mask of real positions, or None if all are.
+        g: region side length (kernel = stride = g).
+
+    Returns:
+        The merged (B, ceil(H/g), ceil(W/g), C) map and its validity mask
+        (a merged token is real when its region holds a real position).
+    """
+    b, h, w, c = t.shape
+    ph, pw = (-h) % g, (-w) % g
+    if valid is None and ph == 0 and pw == 0:
+        regions = t.reshape(b, h // g, g, w // g, g, c)
+        merged = regions.amax(dim=(2, 4)) + regions.mean(dim=(2, 4))
+        return merged, None
+    if valid is None:
+        valid = t.new_ones((b, h, w), dtype=torch.bool)
+    t = _pad_bottom_right(t, ph, pw)
+    valid = F.pad(valid, (0, pw, 0, ph), value=False)
+    hh, ww = (h + ph) // g, (w + pw) // g
+    mask = valid.reshape(b, hh, g, ww, g, 1)
+    regions = t.reshape(b, hh, g, ww, g, c)
+    count = mask.sum(dim=(2, 4))
+    top = regions.masked_fill(~mask, float('-inf')).amax(dim=(2, 4))
+    mean = regions.masked_fill(~mask, 0.).sum(dim=(2, 4)) / count.clamp(min=1)
+    merged_valid = (count > 0).squeeze(-1)
+    merged = (top + mean).masked_fill(~merged_valid.unsqueeze(-1), 0.)
+    return merged, (None if bool(merged_valid.all()) else merged_valid)
+
+
+@MODELS.register_module()
+class HMHSA(BaseModule):
+    """Hierarchical multi-head self-attention on (B, C, H, W) maps.
+
+    Args:
+        embed_dims (int): channels C of the input and output.
+        grid_sizes (int | Sequence[int]): per-level grid sizes
+            ``(G0, G1, ...)``; an int means ``(G0,)``. The level after the
+            last listed grid (or the first level whose merged map fits in
+            one grid) attends over all remaining tokens. 0 or ``()`` means
+            plain MHSA. Default: 8.
+        head_dim (int): channels per head; C must be a multiple. Default: 64.
+        query_from (str): ``'full'`` (queries of levels > 0 from ``A0`` at
+            full resolution, as in §4.1) or ``'merged'`` (Eq. 9-12).
+            Default: 'full'.
+        qkv_bias (bool): bias in the q/k/v projections. Default: True.
+        norm_cfg (dict, optional): a norm applied to the input before the
+            projections (pre-norm); the residual adds the raw input.
+            Default: None (the equations as written).
+        attn_drop (float): dropout on attention weights. Default: 0.
+        drop_path_rate (float): stochastic depth on the attention branch.
+            Default: 0.
+        init_cfg (dict, optional): mmengine initialisation config.
+    """
+
+    def __init__(self,
+                 embed_dims: int,
+                 grid_sizes: Union[int, Sequence[int]] = 8,
+                 head_dim: int = 64,
+                 query_from: str = 'full',
+                 qkv_bias: bool = True,
+                 norm_cfg: Optional[dict] = None,
+                 attn_drop: float = 0.,
+                 drop_path_rate: float = 0.,
+                 init_cfg: Optional[dict] = None):
+        super().__init__(init_cfg=init_cfg)
+        if not isinstance(embed_dims, int) or embed_dims < 1:
+            raise ValueError(f'embed_dims must be a positive int, got '
+                             f'{embed_dims!r}')
+        if not isinstance(head_dim, int) or head_dim < 1 \
+                or embed_dims % head_dim:
+            raise ValueError(f'head_dim must be a positive divisor of '
+                             f'embed_dims={embed_dims}, got {head_dim!r}')
+        if query_from not in QUERY_FORMS:
+            raise ValueError(f'query_from must be one of {QUERY_FORMS}, got '
+                             f'{query_from!r}')
+        self.embed_dims = embed_dims
+        self.num_heads = embed_dims // head_dim
+        self.head_dim = head_dim
+        self.grid_sizes = parse_grid_sizes(grid_sizes)
+        self.query_from = query_from
+        self.attn_drop = attn_drop
+
+        self.norm = (build_norm_layer(norm_cfg, embed_dims)[1]
+                     if norm_cfg is not None else nn.Identity())
+        self.qkv = nn.Linear(embed_dims, 3 * embed_dims, bias=qkv_bias)
+        if self.hierarchical:
+            # One projection pair for every level above 0: adding levels for
+            # larger inputs adds no weights.
+            self.q = nn.Linear(embed_dims, embed_dims, bias=qkv_bias)
+            self.kv = nn.Linear(embed_dims, 2 * embed_dims, bias=qkv_bias)
+        self.proj = nn.Linear(embed_dims, embed_dims)
+        self.drop_path = (DropPath(drop_path_rate)
+                          if drop_path_rate > 0 else nn.Identity())
+
+    @property
+    def hierarchical(self) -> bool:
+        """Whether the module has levels above 0 (and their weights)."""
+        return len(self.grid_sizes) > 0
+
+    def extra_repr(self) -> str:
+        return (f'embed_dims={self.embed_dims}, num_heads={self.num_heads}, '
+                f'grid_sizes={self.grid_sizes}, '
+                f'query_from={self.query_from!r}')
+
+    # -- attention primitives ---------------------------------------------
+    def _split_heads(self, t: Tensor) -> Tensor:
+        """(N, L, C) -> (N, heads, L, head_dim)."""
+        n, length, _ = t.shape
+        return t.reshape(n, length, self.num_heads,
+                         self.head_dim).transpose(1, 2)
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor,
+                key_valid: Optional[Tensor]) -> Tensor:
+        """SDPA over (N, Lq, C) queries and (N, Lk, C) keys/values."""
+        mask = None
+        if key_valid is not None:
+            # A grid made only of padding would give an all-masked row (NaN
+            # in SDPA); such grids feed only padded queries, which are
+            # cropped, so let them see their own padding instead.
+            empty = ~key_valid.any(dim=-1, keepdim=True)
+            mask = (key_valid | empty)[:, None, None, :]
+        out = F.scaled_dot_product_attention(
+            self._split_heads(q),
+            self._split_heads(k),
+            self._split_heads(v),
+            attn_mask=mask,
+            dropout_p=self.attn_drop if self.training else 0.)
+        n, _, length, _ = out.shape
+        return out.transpose(1, 2).reshape(n, length, self.embed_dims)
+
+    def _grid_attention(self, q: Tensor, k: Tensor, v: Tensor,
+                        valid: Optional[Tensor], g: Optional[int],
+                        q_scale: int = 1) -> Tensor:
+        """Attention of each query with the keys of its grid.
+
+        Args:
+            q: (B, h*q_scale.., w*q_scale.., C) query map; a query at
+                (y, x) belongs to the key grid holding (y//q_scale,
+                x//q_scale).
+            k, v: (B, h, w, C) key/value maps.
+            valid: (B, h, w) bool mask of real keys, or None.
+            g: grid side on the key map; None for one grid over the whole
+                map (plain attention).
+            q_scale: how many query positions one key position spans.
+
+        Returns:
+            (B, Hq, Wq, C) attention output, same size as ``q``.
+        """
+        b, hq, wq, c = q.shape
+        h, w = k.shape[1:3]
+        if g is None or (h <= g and w <= g):
+            out = self._attend(
+                q.reshape(b, hq * wq, c), k.reshape(b, h * w, c),
+                v.reshape(b, h * w, c),
+                None if valid is None else valid.reshape(b, h * w))
+            return out.reshape(b, hq, wq, c)
+        ph, pw = (-h) % g, (-w) % g
+        if ph or pw:
+            valid = (k.new_ones((b, h, w), dtype=torch.bool)
+                     if valid is None else valid)
+            valid = F.pad(valid, (0, pw, 0, ph), value=False)
+            k = _pad_bottom_right(k, ph, pw)
+            v = _pad_bottom_right(v, ph, pw)
+        hp, wp = h + ph, w + pw
+        gq = g * q_scale
+        q = _pad_bottom_right(q, hp * q_scale - hq, wp * q_scale - wq)
+        out = self._attend(
+            _partition(q, gq, gq), _partition(k, g, g), _partition(v, g, g),
+            None if valid is None else _partition(valid, g, g))
+        out = _unpartition(out, b, hp * q_scale, wp * q_scale, gq, gq)
+        return out[:, :hq, :wq]
+
+    # -- forward ----------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        """Args: x (Tensor): (B, C, H, W). Returns: (B, C, H, W)."""
+        if x.dim() != 4 or x.shape[1] != self.embed_dims:
+            raise ValueError(f'HMHSA expects a (B, {self.embed_dims}, H, W) '
+                             f'tensor, got shape {tuple(x.shape)}')
+        b, c, h, w = x.shape
+        tokens = self.norm(x).permute(0, 2, 3, 1)  # (B, H, W, C)
+
+        # Level 0 (Eq. 5-7).
+        q0, k0, v0 = self.qkv(tokens).chunk(3, dim=-1)
+        grids = self.grid_sizes
+        attn = self._grid_attention(q0, k0, v0, None,
+                                    grids[0] if grids else None)
+        total = attn
+        if grids:
+            total = total + self._higher_levels(tokens + attn, h, w)
+
+        out = self.proj(total).permute(0, 3, 1, 2)
+        return x + self.drop_path(out)
+
+    def _higher_levels(self, a0: Tensor, h: int, w: int) -> Tensor:
+        """Sum of attn_1 .. attn_M at full resolution (Eq. 8-12)."""
+        grids = self.grid_sizes
+        full_res_queries = self.query_from == 'full'
+        query = self.q(a0) if full_res_queries else None
+        prev, valid = a0, None
+        region = 1  # input positions spanned by one merged token
+        total = None
+        level = 1
+        while True:
+            merged, valid = merge_tokens(prev, valid, grids[level - 1])
+            region *= grids[level - 1]
+            mh, mw = merged.shape[1:3]
+            last = level == len(grids) or (mh <= grids[level]
+                                           and mw <= grids[level])
+            g = None if last else grids[level]
+            k, v = self.kv(merged).chunk(2, dim=-1)
+            if full_res_queries:
+                attn = self._grid_attention(query, k, v, valid, g, region)
+                prev = merged  # next level pools this level's tokens
+            else:
+                attn = self._grid_attention(self.q(merged), k, v, valid, g)
+                prev = merged + attn  # Eq. 11
+                attn = attn.repeat_interleave(region, dim=1)
+                attn = attn.repeat_interleave(region, dim=2)[:, :h, :w]
+            total = attn if total is None else total + attn
+            if last:
+                return total
+            level += 1
+
+
+__all__ = ['HMHSA', 'merge_tokens', 'parse_grid_sizes', 'QUERY_FORMS']

@@ -1,0 +1,130 @@
+"""Loading our checkpoints into a backbone, loudly.
+
+mmengine's ``Pretrained`` initialiser loads with ``strict=False`` and only
+logs the keys it skipped, so a wrong file can leave a detector with a
+half-random backbone. :func:`load_backbone_checkpoint` accepts the layouts our
+tools produce (a full mmpretrain/mmdet checkpoint, its ``state_dict`` with a
+``backbone.`` prefix, a DDP ``module.`` prefix, or a backbone-only file) and
+fails, naming the keys, when the file does not fit the model.
+"""
+import os.path as osp
+from typing import List, NamedTuple, Optional
+
+from mmengine.runner.checkpoint import CheckpointLoader
+from torch import nn
+
+GET_A_CHECKPOINT = (
+    'Produce one with our ImageNet configs (configs/imagenet/, then '
+    'tools/train.py), or set the backbone\'s init_cfg=None to train from '
+    'scratch on purpose.')
+
+
+class LoadReport(NamedTuple):
+    """What a checkpoint load did. All lists hold parameter/buffer names."""
+    loaded: List[str]
+    missing: List[str]
+    unexpected: List[str]
+    mismatched: List[str]
+
+
+def _unwrap(checkpoint) -> dict:
+    if not isinstance(checkpoint, dict):
+        raise TypeError(f'a checkpoint must hold a dict, got '
+                        f'{type(checkpoint).__name__}')
+    for key in ('state_dict', 'model', 'module'):
+        if key in checkpoint and isinstance(checkpoint[key], dict):
+            return checkpoint[key]
+    return checkpoint
+
+
+def _select(state_dict: dict, prefix: Optional[str]) -> dict:
+    """Keep the backbone's tensors and strip their prefix."""
+    state_dict = {(k[7:] if k.startswith('module.') else k): v
+                  for k, v in state_dict.items()}
+    if prefix is None:
+        prefix = 'backbone.' if any(
+            k.startswith('backbone.') for k in state_dict) else ''
+    if prefix and not prefix.endswith('.'):
+        prefix += '.'
+    if not prefix:
+        return state_dict
+    selected = {k[len(prefix):]: v for k, v in state_dict.items()
+                if k.startswith(prefix)}
+    if not selected:
+        raise KeyError(f'no key of the checkpoint starts with prefix '
+                       f'{prefix!r}; its first keys are '
+                       f'{sorted(state_dict)[:5]}')
+    return selected
+
+
+def _preview(names: List[str], limit: int = 12) -> str:
+    shown = ', '.join(names[:limit])
+    return shown + (f', ... ({len(names)} in all)' if len(names) > limit
+                    else '')
+
+
+def load_backbone_checkpoint(model: nn.Module,
+                             checkpoint: str,
+                             prefix: Optional[str] = None,
+                             strict: bool = True,
+                             map_location: str = 'cpu',
+                             logger=None) -> LoadReport:
+    """Load a checkpoint of ours into ``model`` and report what happened.
+
+    Args:
+        model: the backbone to fill.
+        checkpoint: a local path or any URI mmengine's CheckpointLoader
+            understands.
+        prefix: the key prefix of the backbone inside the file, e.g.
+            ``'backbone.'``; None picks ``'backbone.'`` when present and the
+            keys as they are otherwise.
+        strict: raise when a backbone tensor is missing, has another shape,
+            or the file holds backbone tensors the model lacks.
+        map_location: where tensors are loaded.
+        logger: where the summary goes (an mmengine logger), or None.
+
+    Returns:
+        A :class:`LoadReport`.
+    """
+    if '://' not in checkpoint and not osp.isfile(checkpoint):
+        raise FileNotFoundError(
+            f'pretrained checkpoint not found: {checkpoint!r}. '
+            f'{GET_A_CHECKPOINT}')
+    state_dict = _select(
+        _unwrap(CheckpointLoader.load_checkpoint(
+            checkpoint, map_location=map_location)), prefix)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    mismatched = sorted(
+        k for k in set(own) & set(state_dict)
+        if tuple(own[k].shape) != tuple(state_dict[k].shape))
+    if strict and (missing or unexpected or mismatched):
+        problems = []
+        if missing:
+            problems.append(f'missing in the file: {_preview(missing)}')
+        if unexpected:
+            problems.append(f'not in the model: {_preview(unexpected)}')
+        if mismatched:
+            problems.append('shape differs: ' + _preview(
+                [f'{k} {tuple(state_dict[k].shape)} vs '
+                 f'{tuple(own[k].shape)}' for k in mismatched]))
+        raise RuntimeError(
+            f'checkpoint {checkpoint!r} (prefix {prefix!r}) does not fit '
+            f'{type(model).__name__}: ' + '; '.join(problems) +
+            '. Check arch/grid_sizes (a stage with grid size 0 has no '
+            'higher-level weights), or pass strict=False in init_cfg to load '
+            'the matching part on purpose.')
+    loadable = {k: v for k, v in state_dict.items()
+                if k in own and k not in mismatched}
+    model.load_state_dict(loadable, strict=False)
+    report = LoadReport(sorted(loadable), missing, unexpected, mismatched)
+    if logger is not None:
+        logger.info(f'loaded {len(loadable)}/{len(own)} backbone tensors '
+                    f'from {checkpoint}')
+        for label, names in (('missing', missing),
+                             ('unexpected', unexpected),
+                             ('shape mismatch', mismatched)):
+            if names:
+                logger.warning(f'{label} keys: {_preview(names)}')
+    return report

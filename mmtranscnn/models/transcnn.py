@@ -1,0 +1,262 @@
+"""TransCNN backbone (§3.3, Table 1).
+
+Stage 1 is a two-conv stem (stride 4). Stages 2-5 (``stages[0..3]`` here)
+stack H-MHSA + IRB blocks at strides 4/8/16/32; a two-branch downsampling
+block (TDB) opens every stage after the first. The backbone returns the
+stage outputs selected by ``out_indices`` as a tuple, which is what mmdet
+necks, mmseg decode heads and mmpretrain's GlobalAveragePooling expect.
+"""
+import copy
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import torch
+from mmengine.logging import MMLogger
+from mmengine.model import BaseModule, ModuleList, Sequential
+from mmengine.model.weight_init import trunc_normal_
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from mmtranscnn.registry import MODELS
+
+from .blocks import ConvStem, TransCNNBlock, TwoBranchDownsample
+from .hmhsa import QUERY_FORMS, parse_grid_sizes
+from .pretrained import load_backbone_checkpoint
+
+ARCH_KEYS = ('channels', 'depths', 'kernel_sizes', 'expand_ratios')
+
+
+@MODELS.register_module()
+class TransCNN(BaseModule):
+    """TransCNN: H-MHSA blocks alternating with inverted residuals.
+
+    Args:
+        arch (str | dict): ``'small'`` or ``'base'`` (Table 1), or a dict
+            with the keys ``channels``, ``depths``, ``kernel_sizes`` and
+            ``expand_ratios`` (one entry per stage) and optionally
+            ``stem_channels`` (default 16). Default: 'base'.
+        grid_sizes (Sequence): one entry per stage: an int G0, a sequence of
+            per-level grid sizes ``(G0, G1, ...)``, or 0 / ``()`` for plain
+            attention. Default: (8, 4, 2, 0), the paper's ImageNet setting
+            for 224x224 inputs; §4.4 uses (16, 8, 4, 0) for COCO.
+        in_channels (int): input image channels. Default: 3.
+        head_dim (int): channels per attention head. Default: 64.
+        query_from (str): H-MHSA query form, 'full' (§4.1) or 'merged'
+            (Eq. 9-12). Default: 'full'.
+        out_indices (Sequence[int]): stages to output (0-3 for strides
+            4/8/16/32). Default: (0, 1, 2, 3).
+        frozen_stages (int): freeze the stem (0) and stages up to this index
+            (1..4 = stages[0..3]); -1 freezes nothing. Default: -1.
+        norm_eval (bool): keep norm layers in eval mode while training
+            (frozen BN statistics, as detection fine-tuning usually wants).
+            Default: False.
+        with_cp (bool): gradient checkpointing per block. Default: False.
+        drop_path_rate (float): stochastic depth, increasing linearly over
+            the blocks up to this value. Default: 0.
+        norm_cfg (dict): norm config. Default: dict(type='BN').
+        act_cfg (dict): activation config. Default: dict(type='SiLU').
+        init_cfg (dict, optional): initialisation; ``dict(type='Pretrained',
+            checkpoint=PATH, prefix='backbone.')`` loads our classification
+            (or backbone-only) checkpoint strictly and reports any key that
+            did not load. Add ``strict=False`` to accept a partial load.
+    """
+    arch_zoo: Dict[str, dict] = {
+        'small': dict(channels=[64, 128, 256, 512], depths=[2, 2, 2, 2],
+                      kernel_sizes=[5, 3, 5, 3], expand_ratios=[4, 4, 6, 5]),
+        'base': dict(channels=[64, 128, 256, 512], depths=[3, 4, 8, 3],
+                     kernel_sizes=[5, 3, 5, 3], expand_ratios=[4, 4, 6, 6]),
+    }
+
+    def __init__(self,
+                 arch: Union[str, dict] = 'base',
+                 grid_sizes: Sequence = (8, 4, 2, 0),
+                 in_channels: int = 3,
+                 head_dim: int = 64,
+                 query_from: str = 'full',
+                 out_indices: Sequence[int] = (0, 1, 2, 3),
+                 frozen_stages: int = -1,
+                 norm_eval: bool = False,
+                 with_cp: bool = False,
+                 drop_path_rate: float = 0.,
+                 norm_cfg: dict = dict(type='BN'),
+                 act_cfg: dict = dict(type='SiLU'),
+                 init_cfg: Optional[Union[dict, list]] = None):
+        super().__init__(init_cfg=init_cfg)
+        self.arch_settings = self._parse_arch(arch)
+        channels = self.arch_settings['channels']
+        num_stages = len(channels)
+        self.grid_sizes = self._parse_grid_sizes(grid_sizes, num_stages)
+        self.out_indices = self._parse_out_indices(out_indices, num_stages)
+        if not isinstance(frozen_stages, int) or not \
+                -1 <= frozen_stages <= num_stages:
+            raise ValueError(f'frozen_stages must be an int in [-1, '
+                             f'{num_stages}], got {frozen_stages!r}')
+        if query_from not in QUERY_FORMS:
+            raise ValueError(f'query_from must be one of {QUERY_FORMS}, got '
+                             f'{query_from!r}')
+        if not 0 <= drop_path_rate < 1:
+            raise ValueError(f'drop_path_rate must be in [0, 1), got '
+                             f'{drop_path_rate!r}')
+        bad = [c for c in channels if c % head_dim]
+        if bad:
+            raise ValueError(f'arch channels {bad} are not multiples of '
+                             f'head_dim={head_dim}')
+        self.in_channels = in_channels
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.num_features = list(channels)
+
+        self.stem = ConvStem(in_channels, self.arch_settings['stem_channels'],
+                             channels[0], norm_cfg=norm_cfg, act_cfg=act_cfg)
+        depths = self.arch_settings['depths']
+        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        self.stages = ModuleList()
+        block_idx = 0
+        for i, (dims, depth) in enumerate(zip(channels, depths)):
+            layers = []
+            if i > 0:
+                layers.append(TwoBranchDownsample(channels[i - 1], dims,
+                                                  norm_cfg=norm_cfg))
+            for _ in range(depth):
+                layers.append(
+                    TransCNNBlock(
+                        dims,
+                        grid_sizes=self.grid_sizes[i],
+                        kernel_size=self.arch_settings['kernel_sizes'][i],
+                        expand_ratio=self.arch_settings['expand_ratios'][i],
+                        head_dim=head_dim,
+                        query_from=query_from,
+                        norm_cfg=norm_cfg,
+                        act_cfg=act_cfg,
+                        drop_path_rate=rates[block_idx],
+                        with_cp=with_cp))
+                block_idx += 1
+            self.stages.append(Sequential(*layers))
+        self._freeze_stages()
+
+    # -- argument parsing ---------------------------------------------------
+    @classmethod
+    def _parse_arch(cls, arch: Union[str, dict]) -> dict:
+        if isinstance(arch, str):
+            if arch.lower() not in cls.arch_zoo:
+                raise ValueError(f'arch must be one of '
+                                 f'{sorted(cls.arch_zoo)} or a dict with keys '
+                                 f'{ARCH_KEYS}, got {arch!r}')
+            settings = copy.deepcopy(cls.arch_zoo[arch.lower()])
+        elif isinstance(arch, dict):
+            missing = [k for k in ARCH_KEYS if k not in arch]
+            unknown = sorted(set(arch) - set(ARCH_KEYS) - {'stem_channels'})
+            if missing or unknown:
+                raise ValueError(
+                    f'arch dict needs the keys {ARCH_KEYS} (and optionally '
+                    f'stem_channels); missing {missing}, unknown {unknown}')
+            settings = copy.deepcopy(dict(arch))
+            lengths = {k: len(settings[k]) for k in ARCH_KEYS}
+            if len(set(lengths.values())) != 1 or 0 in lengths.values():
+                raise ValueError(f'arch fields {ARCH_KEYS} must be non-empty '
+                                 f'and of equal length, got {lengths}')
+            for key in ARCH_KEYS:
+                for j, val in enumerate(settings[key]):
+                    if not isinstance(val, (int, float)) or val <= 0:
+                        raise ValueError(f'arch {key}[{j}] must be a '
+                                         f'positive number, got {val!r}')
+            for j, k in enumerate(settings['kernel_sizes']):
+                if not isinstance(k, int) or k % 2 == 0:
+                    raise ValueError(f'arch kernel_sizes[{j}] must be an odd '
+                                     f'int, got {k!r}')
+        else:
+            raise ValueError(f'arch must be a str or a dict, got '
+                             f'{type(arch).__name__}')
+        settings.setdefault('stem_channels', 16)
+        return settings
+
+    @staticmethod
+    def _parse_grid_sizes(grid_sizes, num_stages: int) -> Tuple[tuple, ...]:
+        if isinstance(grid_sizes, (int, str)) or not isinstance(
+                grid_sizes, (list, tuple)) or len(grid_sizes) != num_stages:
+            raise ValueError(
+                f'grid_sizes must be a sequence with one entry per stage '
+                f'({num_stages}), each an int G0, a sequence (G0, G1, ...) or '
+                f'0 for plain attention; got {grid_sizes!r}')
+        return tuple(
+            parse_grid_sizes(g, f'grid_sizes[{i}]')
+            for i, g in enumerate(grid_sizes))
+
+    @staticmethod
+    def _parse_out_indices(out_indices, num_stages: int) -> Tuple[int, ...]:
+        if isinstance(out_indices, int):
+            out_indices = (out_indices, )
+        indices = []
+        for idx in out_indices:
+            if not isinstance(idx, int) or not -num_stages <= idx < num_stages:
+                raise ValueError(f'out_indices entries must be ints in '
+                                 f'[0, {num_stages - 1}], got {idx!r}')
+            indices.append(idx % num_stages)
+        if not indices:
+            raise ValueError('out_indices must name at least one stage')
+        return tuple(indices)
+
+    # -- training behaviour -------------------------------------------------
+    def _freeze_stages(self) -> None:
+        frozen = []
+        if self.frozen_stages >= 0:
+            frozen.append(self.stem)
+        frozen.extend(self.stages[:max(self.frozen_stages, 0)])
+        for module in frozen:
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad = False
+
+    def train(self, mode: bool = True) -> 'TransCNN':
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for module in self.modules():
+                if isinstance(module, _BatchNorm):
+                    module.eval()
+        return self
+
+    # -- weights ------------------------------------------------------------
+    def init_weights(self) -> None:
+        init_cfg = self.init_cfg
+        if isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained':
+            # Our own loader instead of mmengine's PretrainedInit, which loads
+            # with strict=False and only logs what did not match.
+            load_backbone_checkpoint(
+                self,
+                init_cfg['checkpoint'],
+                prefix=init_cfg.get('prefix'),
+                strict=init_cfg.get('strict', True),
+                map_location=init_cfg.get('map_location', 'cpu'),
+                logger=MMLogger.get_current_instance())
+            self._is_init = True
+            return
+        super().init_weights()
+        if init_cfg is None:
+            for module in self.modules():
+                if isinstance(module, nn.Linear):
+                    trunc_normal_(module.weight, std=.02)
+                    if module.bias is not None:
+                        nn.init.zeros_(module.bias)
+                elif isinstance(module, nn.Conv2d):
+                    nn.init.kaiming_normal_(module.weight, mode='fan_out',
+                                            nonlinearity='relu')
+                    if module.bias is not None:
+                        nn.init.zeros_(module.bias)
+
+    # -- forward ------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
+        """Args: x (Tensor): (B, in_channels, H, W) images, H, W >= 32.
+
+        Returns:
+            tuple[Tensor]: stage outputs for ``out_indices``.
+        """
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f'TransCNN expects a (B, {self.in_channels}, H, '
+                             f'W) image tensor, got shape {tuple(x.shape)}')
+        x = self.stem(x)
+        outs = []
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i in self.out_indices:
+                outs.append(x)
+        return tuple(outs)
