@@ -2,6 +2,7 @@
 from .blocks import (ConvStem, InvertedResidual, TransCNNBlock,
                      TwoBranchDownsample)
 from .downstream import register_in_downstream_scopes
+from .grids import grid_sizes_for_input
 from .hmhsa import HMHSA, merge_tokens, parse_grid_sizes
 from .pretrained import LoadReport, load_backbone_checkpoint
 from .transcnn import TransCNN
@@ -11,5 +12,6 @@ register_in_downstream_scopes()
 __all__ = [
     'HMHSA', 'TransCNN', 'ConvStem', 'InvertedResidual',
     'TwoBranchDownsample', 'TransCNNBlock', 'merge_tokens',
-    'parse_grid_sizes', 'load_backbone_checkpoint', 'LoadReport'
+    'parse_grid_sizes', 'load_backbone_checkpoint', 'LoadReport',
+    'grid_sizes_for_input'
 ]

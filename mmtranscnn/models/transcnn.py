@@ -255,7 +255,7 @@ class TransCNN(BaseModule):
                              f'W) image tensor, got shape {tuple(x.shape)}')
         x = self.stem(x)
         outs = []
-        for i, stage in enumerate(self.stages):
+        for i, stage in enumerate(self.stages[:max(self.out_indices) + 1]):
             x = stage(x)
             if i in self.out_indices:
                 outs.append(x)

@@ -1,0 +1,60 @@
+"""Registration: scoped names without imports, bare names after import.
+
+Each check runs in a new interpreter, because what matters is what a fresh
+process sees: mmengine must import ``mmtranscnn.registry`` on demand.
+"""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+SCOPES = ['mmdet', 'mmseg', 'mmpretrain']
+BACKBONE = ("dict(type='{name}', arch=dict(channels=[64], depths=[1], "
+            "kernel_sizes=[3], expand_ratios=[2]), grid_sizes=(4,))")
+
+
+def _run(code: str) -> str:
+    result = subprocess.run([sys.executable, '-c', textwrap.dedent(code)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.mark.parametrize('scope', SCOPES)
+def test_scoped_name_needs_no_import(scope):
+    out = _run(f"""
+        import sys
+        from {scope}.registry import MODELS
+        assert 'mmtranscnn' not in sys.modules
+        model = MODELS.build({BACKBONE.format(name='mmtranscnn.TransCNN')})
+        print(type(model).__module__, type(model).__name__)
+    """)
+    assert out.split() == ['mmtranscnn.models.transcnn', 'TransCNN']
+
+
+@pytest.mark.parametrize('scope', SCOPES)
+def test_bare_name_after_custom_import(scope):
+    out = _run(f"""
+        from mmengine.registry import init_default_scope
+        from mmengine.utils import import_modules_from_strings
+        from {scope}.registry import MODELS
+        init_default_scope('{scope}')
+        import_modules_from_strings(['mmtranscnn'])  # what custom_imports does
+        model = MODELS.build({BACKBONE.format(name='TransCNN')})
+        print(type(model).__name__)
+    """)
+    assert out.split() == ['TransCNN']
+
+
+def test_import_does_not_require_downstream_codebases(tmp_path):
+    """Hide mmdet/mmseg/mmpretrain: import mmtranscnn must still work."""
+    _run(f"""
+        import sys
+        for name in {SCOPES!r}:
+            sys.modules[name] = None  # makes `import name` fail
+        import mmtranscnn
+        from mmtranscnn.registry import MODELS
+        model = MODELS.build({BACKBONE.format(name='TransCNN')})
+        assert mmtranscnn.__version__
+    """)

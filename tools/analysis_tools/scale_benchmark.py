@@ -1,0 +1,163 @@
+"""Peak memory and time of a TransCNN forward as the input grows.
+
+H-MHSA exists so that memory and time grow with the number of pixels, not
+its square. This prints, for TransCNN-Base at batch 1 in inference:
+
+* ``hierarchical``: grid sizes chosen per input size by
+  :func:`mmtranscnn.models.grid_sizes_for_input` (the COCO grids
+  (16, 8, 4) per stage, with more levels of the same grid once a stage's
+  last level would exceed 16x16 tokens; stage 5 plain, as in the paper);
+* ``plain``: the same network with plain attention in every stage (grid
+  sizes 0) at the sizes where it still runs in the time budget.
+
+Every (mode, size) runs in a fresh subprocess so the peak-memory readings
+do not share allocator state. CPU peak memory is the growth of the peak RSS
+over the RSS before the first forward; CUDA peak memory is
+``torch.cuda.max_memory_allocated`` minus the weights.
+
+Usage:
+    python tools/analysis_tools/scale_benchmark.py [--sizes 512 1024 2048]
+        [--device cpu|cuda] [--repeats 3] [--plain-max-gflops 4000]
+        [--json out.json]
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+
+def _rss_bytes() -> int:
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+
+
+def measure(args) -> dict:
+    """Runs in the child process: build, warm up, time, report."""
+    import torch
+
+    from mmtranscnn.analysis import count_flops
+    from mmtranscnn.models import TransCNN, grid_sizes_for_input
+    torch.set_num_threads(args.threads)
+    size = args.size
+    grids = ((0, 0, 0, 0) if args.mode == 'plain' else
+             grid_sizes_for_input(size, size))
+    model = TransCNN('base', grid_sizes=grids).eval()
+    shape = (1, 3, size, size)
+    flops = count_flops(model, shape) if args.count_flops else None
+    device = torch.device(args.device)
+    model.to(device)
+    x = torch.randn(*shape, device=device)
+    sync = (torch.cuda.synchronize if device.type == 'cuda' else
+            (lambda: None))
+    with torch.inference_mode():
+        if device.type == 'cuda':
+            torch.cuda.reset_peak_memory_stats()
+            base_mem = torch.cuda.memory_allocated()
+        rss_before = _rss_bytes()
+        model(x)  # warm-up; its peak is the peak of every forward
+        sync()
+        if device.type == 'cuda':
+            peak = torch.cuda.max_memory_allocated() - base_mem
+        else:
+            peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            peak = peak_rss * 1024 - rss_before
+        times = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            model(x)
+            sync()
+            times.append(time.perf_counter() - start)
+    times.sort()
+    return dict(mode=args.mode, size=size, grid_sizes=str(grids),
+                device=args.device, gflops=flops / 1e9 if flops else None,
+                peak_mem_mb=peak / 2**20, median_s=times[len(times) // 2],
+                min_s=times[0], max_s=times[-1], repeats=args.repeats)
+
+
+def plain_gflops_estimate(size: int) -> float:
+    """Attention multiply-adds of the all-plain network (Eq. 4's N^2 term)."""
+    depths, channels = (3, 4, 8, 3), (64, 128, 256, 512)
+    total = 0
+    for i, (d, c) in enumerate(zip(depths, channels)):
+        n = (size // (4 * 2**i))**2
+        total += d * 2 * n * n * c
+    return total / 1e9
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--sizes', type=int, nargs='+',
+                        default=[512, 1024, 2048])
+    parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
+    parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--plain-max-gflops', type=float, default=2500.,
+                        help='skip plain attention where its N^2 term '
+                        'exceeds this many GFLOPs (it would take minutes)')
+    parser.add_argument('--json', help='also write the rows here')
+    # internal: one measurement in this process
+    parser.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
+    parser.add_argument('--mode', default='hierarchical',
+                        help=argparse.SUPPRESS)
+    parser.add_argument('--size', type=int, help=argparse.SUPPRESS)
+    parser.add_argument('--count-flops', action='store_true',
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure(args)))
+        return
+
+    rows = []
+    for mode in ('hierarchical', 'plain'):
+        for size in args.sizes:
+            if mode == 'plain' and \
+                    plain_gflops_estimate(size) > args.plain_max_gflops:
+                rows.append(dict(mode=mode, size=size, skipped=(
+                    f'N^2 attention alone ~{plain_gflops_estimate(size):.0f}'
+                    ' GFLOPs')))
+                continue
+            cmd = [sys.executable, __file__, '--child', '--mode', mode,
+                   '--size', str(size), '--device', args.device,
+                   '--repeats', str(args.repeats), '--threads',
+                   str(args.threads), '--count-flops']
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode != 0:
+                rows.append(dict(mode=mode, size=size,
+                                 skipped=out.stderr.strip().splitlines()[-1]))
+            else:
+                rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+
+    print(f'\nTransCNN-Base forward, batch 1, {args.device}, '
+          f'{args.threads} threads, median of {args.repeats}')
+    print('| attention | input | grid sizes | GFLOPs | peak memory (MB) '
+          '| time (s) |')
+    print('|---|---|---|---|---|---|')
+    for r in rows:
+        if 'skipped' in r:
+            print(f"| {r['mode']} | {r['size']}² | - | - | skipped: "
+                  f"{r['skipped']} | - |")
+            continue
+        print(f"| {r['mode']} | {r['size']}² | {r['grid_sizes']} | "
+              f"{r['gflops']:.1f} | {r['peak_mem_mb']:.0f} | "
+              f"{r['median_s']:.2f} |")
+    by = {(r['mode'], r['size']): r for r in rows if 'skipped' not in r}
+    sizes = sorted(args.sizes)
+    for mode in ('hierarchical', 'plain'):
+        for a, b in zip(sizes, sizes[1:]):
+            if (mode, a) in by and (mode, b) in by:
+                ra, rb = by[(mode, a)], by[(mode, b)]
+                print(f'{mode} {b}² vs {a}² (pixels x{(b / a)**2:.0f}): '
+                      f"memory x{rb['peak_mem_mb'] / ra['peak_mem_mb']:.2f}, "
+                      f"time x{rb['median_s'] / ra['median_s']:.2f}, "
+                      f"FLOPs x{rb['gflops'] / ra['gflops']:.2f}")
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == '__main__':
+    main()
