@@ -11,7 +11,8 @@ import pytest
 
 SCOPES = ['mmdet', 'mmseg', 'mmpretrain']
 BACKBONE = ("dict(type='{name}', arch=dict(channels=[64], depths=[1], "
-            "kernel_sizes=[3], expand_ratios=[2]), grid_sizes=(4,))")
+            "kernel_sizes=[3], expand_ratios=[2]), grid_sizes=(4,), "
+            "out_indices=(0,))")
 
 
 def _run(code: str) -> str:

@@ -38,7 +38,7 @@ def test_attention_matmuls_are_counted():
     by_module = count_flops(model, (1, 3, 224, 224), by_module=True)
     attn = by_module['stages.0.0.attn']
     linears = sum(by_module[f'stages.0.0.attn.{n}']
-                  for n in ('qkv', 'q', 'kv', 'proj'))
+                  for n in ('norm', 'qkv', 'q', 'kv', 'proj'))
     # Stage 2, 56x56 tokens, C=64: level 0 in 8x8 grids + level 1 over the
     # 7x7 merged tokens: 2*N*C*(64 + 49) multiply-adds.
     assert attn - linears == 2 * 3136 * 64 * (64 + 49)
@@ -149,7 +149,7 @@ def test_bad_arguments_name_the_field(kwargs, match):
 def test_custom_arch_dict():
     model = TransCNN(
         dict(channels=[64, 128], depths=[1, 1], kernel_sizes=[3, 3],
-             expand_ratios=[2, 2]), grid_sizes=(4, 0))
+             expand_ratios=[2, 2]), grid_sizes=(4, 0), out_indices=(0, 1))
     outs = model.eval()(torch.randn(1, 3, 64, 64))
     assert [o.shape[1] for o in outs] == [64, 128]
 
