@@ -1,0 +1,490 @@
+"""Tests of tools/train.py, tools/test.py and tools/dist_train.sh.
+
+The end-to-end tests run the tools in subprocesses on a toy regression task
+(tests/toy_tools_modules.py) on the CPU: a few iterations each. The others
+check the option handling and the CPU distributed pieces in-process.
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import pickle
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from mmengine.config import Config
+
+from mmtranscnn.engine import (CPUDistributedDataParallel,
+                               cpu_model_wrapper_cfg,
+                               enable_test_visualization, merge_test_args,
+                               merge_train_args, prepare_prediction_dump,
+                               setup_codebase, setup_cpu_distributed)
+
+TESTS_DIR = osp.dirname(osp.abspath(__file__))
+REPO_DIR = osp.dirname(TESTS_DIR)
+TRAIN = osp.join(REPO_DIR, 'tools', 'train.py')
+TEST = osp.join(REPO_DIR, 'tools', 'test.py')
+DIST_TRAIN = osp.join(REPO_DIR, 'tools', 'dist_train.sh')
+RUN_TIMEOUT = 60  # seconds, per subprocess
+
+# The dist_cfg backend is deliberately the GPU default: the tools must pick
+# gloo themselves on a machine without a GPU.
+TOY_CONFIG = """
+custom_imports = dict(imports=['toy_tools_modules'],
+                      allow_failed_imports=False)
+default_scope = 'mmengine'
+model = dict(type='ToyRegressor', in_dim=8, hidden=16)
+train_dataloader = dict(
+    batch_size=4,
+    num_workers=0,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    collate_fn=dict(type='default_collate'),
+    dataset=dict(type='ToyRegressionDataset', size=64, seed=0))
+train_cfg = dict(type='IterBasedTrainLoop', max_iters={max_iters})
+optim_wrapper = dict(optimizer=dict(type='SGD', lr=0.05, momentum=0.9))
+test_dataloader = dict(
+    batch_size=4,
+    num_workers=0,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    collate_fn=dict(type='default_collate'),
+    dataset=dict(type='ToyRegressionDataset', size=16, seed=1))
+test_cfg = dict(type='TestLoop')
+test_evaluator = dict(type='ToyMSE')
+default_hooks = dict(
+    checkpoint=dict(type='CheckpointHook', interval={interval},
+                    by_epoch=False),
+    logger=dict(type='LoggerHook', interval=1))
+custom_hooks = [dict(type='ToyRecordHook', sleep={sleep})]
+log_processor = dict(by_epoch=False)
+randomness = dict(seed=0)
+env_cfg = dict(dist_cfg=dict(backend='nccl'))
+"""
+
+
+def write_config(directory, max_iters=8, interval=4, sleep=0.0):
+    """Write the toy config into ``directory`` and return its path."""
+    path = osp.join(str(directory), 'toy_config.py')
+    with open(path, 'w') as f:
+        f.write(
+            TOY_CONFIG.format(
+                max_iters=max_iters, interval=interval, sleep=sleep))
+    return path
+
+
+def tool_env(**extra):
+    """Environment for the tools: repo and toy modules importable."""
+    env = dict(os.environ)
+    # Do not inherit a distributed context from whatever runs the tests.
+    for key in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR',
+                'MASTER_PORT'):
+        env.pop(key, None)
+    env['PYTHONPATH'] = os.pathsep.join(
+        [REPO_DIR, TESTS_DIR] + ([env['PYTHONPATH']]
+                                 if env.get('PYTHONPATH') else []))
+    # dist_train.sh calls `python`: make it this interpreter.
+    env['PATH'] = osp.dirname(sys.executable) + os.pathsep + env['PATH']
+    env['PYTHON'] = sys.executable
+    env['OMP_NUM_THREADS'] = '1'
+    env.update(extra)
+    return env
+
+
+def run(cmd, **env):
+    """Run a command, return the CompletedProcess (output captured)."""
+    return subprocess.run(
+        cmd,
+        cwd=REPO_DIR,
+        env=tool_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT)
+
+
+def check_ok(proc):
+    assert proc.returncode == 0, (
+        f'exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\n'
+        f'STDERR:\n{proc.stderr[-4000:]}')
+
+
+def train(config, work_dir, *options):
+    proc = run([sys.executable, TRAIN, config, '--work-dir',
+                str(work_dir), *options])
+    check_ok(proc)
+    return proc
+
+
+def read_record(work_dir, rank=0):
+    with open(osp.join(str(work_dir), f'record_rank{rank}.json')) as f:
+        return json.load(f)
+
+
+def assert_same_weights(weights_a, weights_b, atol=0.0):
+    assert weights_a.keys() == weights_b.keys()
+    for key in weights_a:
+        a, b = torch.tensor(weights_a[key]), torch.tensor(weights_b[key])
+        assert torch.allclose(a, b, rtol=0, atol=atol), key
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+# ------------------------------------------------------------ end to end
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    """A 6-iteration toy run, checkpoints every 3, set by --cfg-options."""
+    root = tmp_path_factory.mktemp('trained')
+    config = write_config(root, max_iters=100, interval=50)
+    work_dir = root / 'work'
+    proc = train(config, work_dir, '--cfg-options', 'train_cfg.max_iters=6',
+                 'default_hooks.checkpoint.interval=3')
+    return config, work_dir, proc
+
+
+@pytest.mark.slow
+def test_train_writes_checkpoints_with_cfg_options(trained):
+    config, work_dir, proc = trained
+    # --cfg-options replaced max_iters=100 / interval=50 of the file.
+    assert sorted(f for f in os.listdir(work_dir) if f.endswith('.pth')) == [
+        'iter_3.pth', 'iter_6.pth'
+    ]
+    with open(work_dir / 'last_checkpoint') as f:
+        assert f.read().strip().endswith('iter_6.pth')
+    record = read_record(work_dir)
+    assert (record['start_iter'], record['end_iter']) == (0, 6)
+    assert record['world_size'] == 1
+    assert all(loss == loss for loss in record['losses'])  # no NaN
+    assert record['losses'][-1] < record['losses'][0]
+
+
+@pytest.mark.slow
+def test_test_tool_evaluates_the_checkpoint(trained, tmp_path):
+    config, work_dir, _ = trained
+    out = tmp_path / 'preds.pkl'
+    proc = run([
+        sys.executable, TEST, config,
+        str(work_dir / 'iter_6.pth'), '--work-dir',
+        str(tmp_path / 'test'), '--out',
+        str(out), '--cfg-options', 'test_dataloader.batch_size=8'
+    ])
+    check_ok(proc)
+    found = re.search(r'toy/mse: ([0-9.]+)', proc.stdout + proc.stderr)
+    assert found, proc.stdout[-2000:]
+
+    # The metric must be that of the trained weights, not of a fresh model.
+    from toy_tools_modules import ToyRegressor, toy_data
+    model = ToyRegressor()
+    model.load_state_dict({
+        k: torch.tensor(v)
+        for k, v in read_record(work_dir)['weights'].items()
+    })
+    inputs, target = toy_data(16, 8, seed=1)
+    with torch.no_grad():
+        expected = float(((model.net(inputs) - target)**2).mean())
+    assert float(found.group(1)) == pytest.approx(expected, rel=1e-3)
+
+    with open(out, 'rb') as f:
+        predictions = pickle.load(f)
+    assert len(predictions) == 16
+
+
+@pytest.mark.slow
+def test_resume_from_given_checkpoint(trained, tmp_path):
+    """--resume PATH continues iter_3 of another run to the same result."""
+    config, work_dir, _ = trained
+    train(config, tmp_path, '--resume', str(work_dir / 'iter_3.pth'),
+          '--cfg-options', 'train_cfg.max_iters=6',
+          'default_hooks.checkpoint.interval=3')
+    record = read_record(tmp_path)
+    assert (record['start_iter'], record['end_iter']) == (3, 6)
+    assert_same_weights(record['weights'],
+                        read_record(work_dir)['weights'], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_kill_and_auto_resume(tmp_path):
+    """SIGKILL a run after its first checkpoint; --resume finishes it."""
+    max_iters = 12
+    config = write_config(tmp_path, max_iters=max_iters, interval=3,
+                          sleep=0.2)
+    work_dir = tmp_path / 'work'
+    proc = subprocess.Popen(
+        [sys.executable, TRAIN, config, '--work-dir',
+         str(work_dir)],
+        cwd=REPO_DIR,
+        env=tool_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    last = work_dir / 'last_checkpoint'
+    deadline = time.time() + RUN_TIMEOUT
+    try:
+        while not last.exists() or not last.read_text().strip():
+            assert proc.poll() is None, 'training ended before a checkpoint'
+            assert time.time() < deadline, 'no checkpoint in time'
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=RUN_TIMEOUT)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (work_dir / 'record_rank0.json').exists()  # never finished
+    saved_iter = int(
+        re.search(r'iter_(\d+)\.pth', last.read_text()).group(1))
+    assert 3 <= saved_iter < max_iters
+
+    # --resume without a path: the work_dir's latest checkpoint.
+    resumed = train(config, work_dir, '--resume')
+    record = read_record(work_dir)
+    assert record['start_iter'] == saved_iter
+    assert record['end_iter'] == max_iters
+    assert len(record['losses']) == max_iters - saved_iter
+    assert f'iter_{saved_iter}.pth' in resumed.stdout + resumed.stderr
+
+    # The same schedule without interruption ends with the same weights.
+    other = tmp_path / 'uninterrupted'
+    other.mkdir()
+    train(write_config(other, max_iters=max_iters, interval=3),
+          other / 'work')
+    assert_same_weights(record['weights'],
+                        read_record(other / 'work')['weights'], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_dist_train_two_cpu_processes(tmp_path):
+    """2 gloo processes x batch 4 == 1 process x batch 8 (averaged grads)."""
+    config = write_config(tmp_path, max_iters=5, interval=5)
+    dist_dir = tmp_path / 'dist'
+    proc = run(['bash', DIST_TRAIN, config, '2', '--work-dir',
+                str(dist_dir)],
+               PORT=str(free_port()))
+    check_ok(proc)
+    ranks = [read_record(dist_dir, rank) for rank in (0, 1)]
+    assert [r['world_size'] for r in ranks] == [2, 2]
+    assert [r['end_iter'] for r in ranks] == [5, 5]
+    # DDP keeps the replicas identical although each saw other samples.
+    assert ranks[0]['losses'] != ranks[1]['losses']
+    assert_same_weights(ranks[0]['weights'], ranks[1]['weights'])
+    assert (dist_dir / 'iter_5.pth').exists()
+
+    single_dir = tmp_path / 'single'
+    train(config, single_dir, '--cfg-options',
+          'train_dataloader.batch_size=8')
+    single = read_record(single_dir)
+    assert_same_weights(ranks[0]['weights'], single['weights'], atol=1e-5)
+    # Rank r gets samples r, r+2, ...: the mean of the two ranks' losses is
+    # the loss of the whole batch of 8.
+    mean_losses = [(a + b) / 2
+                   for a, b in zip(ranks[0]['losses'], ranks[1]['losses'])]
+    assert mean_losses == pytest.approx(single['losses'], rel=1e-5)
+
+
+def test_bad_launcher_is_refused(tmp_path):
+    config = write_config(tmp_path)
+    proc = run([sys.executable, TRAIN, config, '--launcher', 'kubernetes'])
+    assert proc.returncode == 2
+    assert "invalid choice: 'kubernetes'" in proc.stderr
+    assert 'pytorch' in proc.stderr and 'slurm' in proc.stderr
+
+
+# --------------------------------------------------------------- options
+
+
+def train_args(**kwargs):
+    args = dict(
+        config='configs/foo_bar.py',
+        work_dir=None,
+        resume=None,
+        amp=False,
+        auto_scale_lr=False,
+        cfg_options=None,
+        launcher='none')
+    args.update(kwargs)
+    return argparse.Namespace(**args)
+
+
+def test_merge_train_args_resume_and_work_dir():
+    cfg = merge_train_args(Config(dict(load_from='pre.pth')), train_args())
+    assert cfg.work_dir == osp.join('./work_dirs', 'foo_bar')
+    assert not cfg.get('resume', False) and cfg.load_from == 'pre.pth'
+
+    cfg = merge_train_args(Config(dict(load_from='pre.pth')),
+                           train_args(resume='auto', work_dir='w'))
+    assert cfg.resume is True and cfg.load_from is None  # latest in w
+    assert cfg.work_dir == 'w'
+
+    cfg = merge_train_args(Config(), train_args(resume='w/iter_3.pth'))
+    assert cfg.resume is True and cfg.load_from == 'w/iter_3.pth'
+
+
+def test_merge_train_args_options():
+    cfg = Config(
+        dict(
+            work_dir='from_file',
+            auto_scale_lr=dict(enable=False, base_batch_size=16),
+            train_cfg=dict(max_iters=10)))
+    merge_train_args(
+        cfg,
+        train_args(
+            auto_scale_lr=True, cfg_options={'train_cfg.max_iters': 3}))
+    assert cfg.auto_scale_lr.enable is True
+    assert cfg.train_cfg.max_iters == 3
+    assert cfg.work_dir == 'from_file' and cfg.launcher == 'none'
+
+    with pytest.raises(RuntimeError, match='base_batch_size'):
+        merge_train_args(Config(), train_args(auto_scale_lr=True))
+    with pytest.raises(ValueError, match='launcher'):
+        merge_train_args(Config(), train_args(launcher='kubernetes'))
+
+
+def test_amp_on_cpu_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip('a GPU is present')
+    with pytest.raises(RuntimeError, match='--amp needs a GPU'):
+        merge_train_args(
+            Config(dict(optim_wrapper=dict(optimizer=dict(type='SGD')))),
+            train_args(amp=True))
+
+
+def test_merge_test_args_loads_weights_only():
+    args = argparse.Namespace(
+        config='c.py',
+        checkpoint='w/iter_6.pth',
+        work_dir='t',
+        show=False,
+        show_dir=None,
+        wait_time=2,
+        cfg_options=None,
+        launcher='none')
+    cfg = merge_test_args(Config(dict(resume=True)), args)
+    assert cfg.load_from == 'w/iter_6.pth' and cfg.resume is False
+
+
+@pytest.mark.parametrize('scope, key', [('mmdet', 'test_out_dir'),
+                                        ('mmpretrain', 'out_dir'),
+                                        ('mmseg', None)])
+def test_show_dir_follows_the_codebase(scope, key):
+    cfg = Config(
+        dict(
+            default_scope=scope,
+            default_hooks=dict(visualization=dict(type='VisualizationHook')),
+            visualizer=dict(type='Visualizer')))
+    enable_test_visualization(cfg, show_dir='pics')
+    hook = cfg.default_hooks.visualization
+    if scope == 'mmpretrain':
+        assert hook.enable is True
+    else:
+        assert hook.draw is True
+    if key is None:
+        assert cfg.visualizer.save_dir == 'pics'
+    else:
+        assert hook[key] == 'pics'
+
+    with pytest.raises(RuntimeError, match='visualization hook'):
+        enable_test_visualization(
+            Config(dict(default_scope=scope)), show_dir='pics')
+
+
+def test_prediction_dump_follows_the_codebase():
+    cfg = Config(
+        dict(default_scope='mmseg', test_evaluator=dict(type='IoUMetric')))
+    assert prepare_prediction_dump(cfg, 'pred_dir') is None
+    assert cfg.test_evaluator.output_dir == 'pred_dir'
+    assert cfg.test_evaluator.keep_results is True
+
+    cfg = Config(dict(default_scope='mmengine'))
+    metric = prepare_prediction_dump(cfg, 'preds.pkl')
+    assert type(metric).__name__ == 'DumpResults'
+    with pytest.raises(ValueError, match=r'--out must be a pickle'):
+        prepare_prediction_dump(cfg, 'preds.json')
+    assert prepare_prediction_dump(cfg, None) is None
+
+
+# ------------------------------------------------------- CPU distributed
+
+
+def test_cpu_model_wrapper_cfg():
+    cfg = Config(dict(find_unused_parameters=True))
+    assert cpu_model_wrapper_cfg(cfg) == dict(
+        type='CPUDistributedDataParallel',
+        broadcast_buffers=False,
+        find_unused_parameters=True)
+
+    cfg = Config(
+        dict(
+            model_wrapper_cfg=dict(
+                type='MMDistributedDataParallel', broadcast_buffers=True)))
+    assert cpu_model_wrapper_cfg(cfg) == dict(
+        type='CPUDistributedDataParallel', broadcast_buffers=True)
+
+    # Another DDP subclass keeps its type; its device ids go (the config's
+    # None wins over the Runner's default [LOCAL_RANK]).
+    cfg = Config(
+        dict(
+            model_wrapper_cfg=dict(type='MMSeparateDistributedDataParallel')))
+    assert cpu_model_wrapper_cfg(cfg) == dict(
+        type='MMSeparateDistributedDataParallel', device_ids=None)
+
+
+def test_setup_cpu_distributed_is_a_no_op_without_launcher():
+    cfg = Config(dict(launcher='none'))
+    assert setup_cpu_distributed(cfg) is False
+    assert 'model_wrapper_cfg' not in cfg
+    with pytest.raises(ValueError, match=r"launcher=.*'kubernetes'"):
+        setup_cpu_distributed(Config(dict(launcher='kubernetes')))
+
+
+@pytest.fixture
+def gloo_group(tmp_path):
+    """A one-process gloo group (the real test is the 2-process run)."""
+    import torch.distributed as dist
+    dist.init_process_group(
+        'gloo',
+        init_method=f'file://{tmp_path}/store',
+        rank=0,
+        world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_cpu_wrapper_drops_device_ids_and_sync_bn(gloo_group):
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.SyncBatchNorm(4))
+    # What Runner.wrap_model passes: device_ids=[LOCAL_RANK].
+    wrapped = CPUDistributedDataParallel(
+        module=model, device_ids=[0], broadcast_buffers=False)
+    assert wrapped.device_ids is None
+    assert not any(
+        isinstance(m, torch.nn.SyncBatchNorm) for m in wrapped.modules())
+    wrapped(torch.randn(2, 3, 8, 8)).sum().backward()
+    assert model[0].weight.grad is not None
+
+
+# ---------------------------------------------------------------- scopes
+
+
+def test_setup_codebase_unknown_scope_is_a_clear_error():
+    with pytest.raises(ImportError, match="default_scope='mmnothing'"):
+        setup_codebase(Config(dict(default_scope='mmnothing')))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('scope, name', [('mmdet', 'RetinaNet'),
+                                         ('mmseg', 'EncoderDecoder'),
+                                         ('mmpretrain', 'ImageClassifier')])
+def test_setup_codebase_registers_the_scope(scope, name):
+    from mmengine.registry import DefaultScope
+    assert setup_codebase(Config(dict(default_scope=scope))) == scope
+    assert DefaultScope.get_current_instance().scope_name == scope
+    registry = __import__(f'{scope}.registry', fromlist=['MODELS'])
+    assert registry.MODELS.get(name) is not None
+    # mmtranscnn is imported too: TransCNN resolves in the scope.
+    assert registry.MODELS.get('TransCNN') is not None

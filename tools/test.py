@@ -1,0 +1,77 @@
+"""Test (and evaluate) a checkpoint with an OpenMMLab config.
+
+Examples::
+
+    python tools/test.py CONFIG CHECKPOINT
+    python tools/test.py CONFIG CHECKPOINT --out results.pkl
+    bash tools/dist_test.sh CONFIG CHECKPOINT 8
+
+``--out`` and ``--show-dir`` behave as in the config's codebase (mmdet,
+mmseg or mmpretrain, from ``default_scope``): mmseg writes prediction maps
+into the directory ``--out``, the others pickle the predictions.
+"""
+import argparse
+import os
+
+from mmengine.config import Config, DictAction
+
+from mmtranscnn.engine import (LAUNCHERS, build_runner, merge_test_args,
+                               prepare_prediction_dump, setup_codebase,
+                               setup_cpu_distributed, teardown_distributed)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Test (and evaluate) a model')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument(
+        '--work-dir', help='the dir to save logs and evaluation metrics')
+    parser.add_argument(
+        '--out',
+        help='dump predictions: a .pkl file (mmdet, mmpretrain, mmengine '
+        'configs) or a directory of prediction maps (mmseg configs)')
+    parser.add_argument(
+        '--show', action='store_true', help='show prediction results')
+    parser.add_argument(
+        '--show-dir',
+        help='directory where painted predictions are saved (relative to '
+        'work_dir/<timestamp> for mmdet and mmpretrain configs)')
+    parser.add_argument(
+        '--wait-time', type=float, default=2, help='seconds per --show window')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override config settings, xxx=yyy pairs merged into the '
+        'config, e.g. test_dataloader.batch_size=1 or key="[a,b]"; no spaces')
+    parser.add_argument(
+        '--launcher',
+        choices=LAUNCHERS,
+        default='none',
+        help='job launcher')
+    # torch.distributed.launch passes --local-rank (torch >= 2.0) or
+    # --local_rank (older); torchrun sets LOCAL_RANK instead.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def main():
+    args = parse_args()
+    cfg = Config.fromfile(args.config)
+    merge_test_args(cfg, args)
+    setup_codebase(cfg)
+    setup_cpu_distributed(cfg)  # no-op on GPUs or without a launcher
+    dump_metric = prepare_prediction_dump(cfg, args.out)
+    runner = build_runner(cfg)
+    if dump_metric is not None:
+        runner.test_evaluator.metrics.append(dump_metric)
+    runner.test()
+    teardown_distributed()
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,75 @@
+"""Train a model from an OpenMMLab config (mmdet, mmseg or mmpretrain).
+
+Examples::
+
+    python tools/train.py configs/retinanet_transcnn_small.py
+    bash tools/dist_train.sh configs/retinanet_transcnn_base.py 8
+    python tools/train.py CONFIG --resume            # latest in work_dir
+    python tools/train.py CONFIG --resume CKPT.pth   # that checkpoint
+
+The codebase comes from the config's ``default_scope``. Distributed runs use
+NCCL through mmengine on GPUs and gloo on CPU-only machines.
+"""
+import argparse
+import os
+
+from mmengine.config import Config, DictAction
+
+from mmtranscnn.engine import (LAUNCHERS, build_runner, merge_train_args,
+                               setup_codebase, setup_cpu_distributed,
+                               teardown_distributed)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Train a model')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='the dir to save logs and models')
+    parser.add_argument(
+        '--resume',
+        nargs='?',
+        type=str,
+        const='auto',
+        help='resume from the given checkpoint, or, without a path, from '
+        'the latest checkpoint in the work directory')
+    parser.add_argument(
+        '--amp',
+        action='store_true',
+        help='enable automatic mixed precision training (GPU only)')
+    parser.add_argument(
+        '--auto-scale-lr',
+        action='store_true',
+        help='scale the learning rate by the actual total batch size '
+        '(needs auto_scale_lr.base_batch_size in the config)')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override config settings, xxx=yyy pairs merged into the '
+        'config, e.g. train_cfg.max_iters=10 or key="[a,b]"; no spaces')
+    parser.add_argument(
+        '--launcher',
+        choices=LAUNCHERS,
+        default='none',
+        help='job launcher')
+    # torch.distributed.launch passes --local-rank (torch >= 2.0) or
+    # --local_rank (older); torchrun sets LOCAL_RANK instead.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def main():
+    args = parse_args()
+    cfg = Config.fromfile(args.config)
+    merge_train_args(cfg, args)
+    setup_codebase(cfg)
+    setup_cpu_distributed(cfg)  # no-op on GPUs or without a launcher
+    runner = build_runner(cfg)
+    runner.train()
+    teardown_distributed()
+
+
+if __name__ == '__main__':
+    main()
