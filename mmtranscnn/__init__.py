@@ -8,5 +8,9 @@ after ``custom_imports=dict(imports=['mmtranscnn'])``.
 from .version import __version__, version_info
 from .registry import MODELS
 from . import models  # noqa: F401  (registers the models)
+from .utils import enable_safe_checkpoint_loading
+
+# mmengine checkpoints load on torch >= 2.6 with weights_only=True kept.
+enable_safe_checkpoint_loading()
 
 __all__ = ['__version__', 'version_info', 'MODELS']
