@@ -99,6 +99,7 @@ print(f"torch{torch.__version__.split('+')[0]}-py{sys.version_info[0]}{sys.versi
 EOF
 )"
   WHEEL_DIR="$CACHE/wheels/mmcv-$MMCV_VERSION-$KEY"
+  MMCV_WHEEL=()
   if ! "$PY" -c "import mmcv, mmcv.ops, sys; sys.exit(mmcv.__version__ != '$MMCV_VERSION')" 2>/dev/null; then
     if ! ls "$WHEEL_DIR"/mmcv-*.whl >/dev/null 2>&1; then
       STEP="build mmcv $MMCV_VERSION from source ($KEY; 8-15 min on 2 cores)"
@@ -119,15 +120,15 @@ EOF
     else
       say "using cached mmcv wheel from $WHEEL_DIR"
     fi
-    STEP="install mmcv $MMCV_VERSION wheel"
-    "${PIP[@]}" install -q --no-deps "$WHEEL_DIR"/mmcv-*.whl
-    # mmcv's own light dependencies (addict, yapf, ...) come from PyPI.
-    "${PIP[@]}" install -q addict packaging Pillow pyyaml yapf opencv-python
+    MMCV_WHEEL=("$WHEEL_DIR"/mmcv-*.whl)
   fi
 
-  STEP="install the OpenMMLab stack (mmengine, mmdet, mmpretrain, mmseg)"
+  # One resolver pass for mmcv (its own light dependencies come with it) and
+  # the rest of the stack.
+  STEP="install the OpenMMLab stack (mmcv, mmengine, mmdet, mmpretrain, mmseg)"
   say "$STEP"
-  "${PIP[@]}" install -q -r requirements/runtime.txt -r requirements/optional.txt -r requirements/tests.txt
+  "${PIP[@]}" install -q "${MMCV_WHEEL[@]}" -r requirements/runtime.txt \
+    -r requirements/optional.txt -r requirements/tests.txt
 
   STEP="install mmtranscnn (editable)"
   say "$STEP"
