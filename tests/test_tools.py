@@ -298,6 +298,49 @@ def test_bad_launcher_is_refused(tmp_path):
 # --------------------------------------------------------------- options
 
 
+def load_tool(name):
+    """Import tools/<name>.py as a module (tools/ is not a package)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        f'_tool_{name}', osp.join(REPO_DIR, 'tools', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tool_command_lines():
+    saved = os.environ.pop('LOCAL_RANK', None)
+    try:
+        train_tool = load_tool('train')
+        args = train_tool.parse_args(['c.py', '--local-rank', '1', '--resume'])
+        assert args.local_rank == 1 and args.resume == 'auto'
+        # Exported for mmengine when no launcher set it.
+        assert os.environ['LOCAL_RANK'] == '1'
+        args = train_tool.parse_args([
+            'c.py', '--local_rank=0', '--resume', 'w/iter_3.pth', '--amp',
+            '--auto-scale-lr', '--launcher', 'slurm', '--work-dir', 'w',
+            '--cfg-options', 'a=1', 'b.c=[1,2]'
+        ])
+        assert (args.local_rank, args.resume, args.amp, args.auto_scale_lr,
+                args.launcher, args.work_dir) == (0, 'w/iter_3.pth', True,
+                                                  True, 'slurm', 'w')
+        assert args.cfg_options == {'a': 1, 'b.c': [1, 2]}
+
+        test_tool = load_tool('test')
+        args = test_tool.parse_args([
+            'c.py', 'ck.pth', '--out', 'o.pkl', '--show-dir', 'v',
+            '--work-dir', 'w', '--launcher', 'mpi', '--local-rank', '0',
+            '--cfg-options', 'test_dataloader.batch_size=1'
+        ])
+        assert (args.checkpoint, args.out, args.show_dir, args.work_dir,
+                args.launcher) == ('ck.pth', 'o.pkl', 'v', 'w', 'mpi')
+        assert args.cfg_options == {'test_dataloader.batch_size': 1}
+    finally:
+        os.environ.pop('LOCAL_RANK', None)
+        if saved is not None:
+            os.environ['LOCAL_RANK'] = saved
+
+
 def train_args(**kwargs):
     args = dict(
         config='configs/foo_bar.py',
@@ -476,11 +519,21 @@ def test_setup_codebase_unknown_scope_is_a_clear_error():
         setup_codebase(Config(dict(default_scope='mmnothing')))
 
 
-@pytest.mark.slow
+@pytest.fixture
+def restore_default_scope():
+    """Undo the default scope a test sets (other tests expect theirs)."""
+    from mmengine.registry import DefaultScope
+    saved = dict(DefaultScope._instance_dict)
+    yield
+    DefaultScope._instance_dict.clear()
+    DefaultScope._instance_dict.update(saved)
+
+
 @pytest.mark.parametrize('scope, name', [('mmdet', 'RetinaNet'),
                                          ('mmseg', 'EncoderDecoder'),
                                          ('mmpretrain', 'ImageClassifier')])
-def test_setup_codebase_registers_the_scope(scope, name):
+def test_setup_codebase_registers_the_scope(scope, name,
+                                            restore_default_scope):
     from mmengine.registry import DefaultScope
     assert setup_codebase(Config(dict(default_scope=scope))) == scope
     assert DefaultScope.get_current_instance().scope_name == scope

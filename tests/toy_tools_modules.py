@@ -101,7 +101,7 @@ class ToyRecordHook(Hook):
 
     def after_train_iter(self, runner, batch_idx, data_batch=None,
                          outputs=None):
-        self.losses.append(float(outputs['loss']))
+        self.losses.append(float(outputs['loss'].detach()))
         if self.sleep:
             time.sleep(self.sleep)
 

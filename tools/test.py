@@ -35,8 +35,10 @@ def parse_args(argv=None):
         '--show', action='store_true', help='show prediction results')
     parser.add_argument(
         '--show-dir',
-        help='directory where painted predictions are saved (relative to '
-        'work_dir/<timestamp> for mmdet and mmpretrain configs)')
+        help='directory for painted predictions, read as the config\'s '
+        'codebase reads it: mmdet under work_dir/<timestamp>/, mmpretrain '
+        'as given (relative to the current directory), mmseg as the '
+        'visualizer\'s save_dir')
     parser.add_argument(
         '--wait-time', type=float, default=2, help='seconds per --show window')
     parser.add_argument(

@@ -96,10 +96,11 @@ def enable_test_visualization(cfg,
 
     Args:
         cfg (Config): The config (changed in place).
-        show_dir (str, optional): Where painted images go. mmdet and
-            mmpretrain read it relative to the run's log directory
-            (``work_dir/<timestamp>``), mmseg uses it as the visualizer's
-            save directory.
+        show_dir (str, optional): Where painted images go, read as the
+            codebase reads it: mmdet joins it to the run's log directory
+            (``work_dir/<timestamp>``), mmpretrain takes it as given
+            (relative to the current directory), mmseg makes it the
+            visualizer's ``save_dir``.
         show (bool): Also show them in a window. Defaults to False.
         wait_time (float): Seconds each window stays. Defaults to 2.
     """

@@ -8,6 +8,8 @@ modules"), so distributed training on a CPU-only machine fails there. The
 wrapper below is the same mmengine wrapper with two CPU-only adjustments;
 on a GPU it behaves exactly like ``MMDistributedDataParallel``.
 """
+import logging
+
 import torch
 from mmengine.logging import print_log
 from mmengine.model import MMDistributedDataParallel, revert_sync_batchnorm
@@ -63,7 +65,7 @@ class CPUDistributedDataParallel(MMDistributedDataParallel):
                 print_log(
                     'SyncBatchNorm runs only on accelerators; on the CPU it '
                     'is replaced by BatchNorm (per-process statistics).',
-                    logger='current', level=30)
+                    logger='current', level=logging.WARNING)
                 module = revert_sync_batchnorm(module)
         super().__init__(
             module=module,
