@@ -450,6 +450,10 @@ def test_prediction_dump_follows_the_codebase():
         prepare_prediction_dump(cfg, 'preds.json')
     assert prepare_prediction_dump(cfg, None) is None
 
+    metric = prepare_prediction_dump(
+        Config(dict(default_scope='mmdet')), 'dets.pkl')
+    assert type(metric).__name__ == 'DumpDetResults'
+
 
 # ------------------------------------------------------- CPU distributed
 
