@@ -6,6 +6,7 @@ check the option handling and the CPU distributed pieces in-process.
 """
 import argparse
 import json
+import math
 import os
 import os.path as osp
 import pickle
@@ -388,13 +389,30 @@ def test_merge_train_args_options():
         merge_train_args(Config(), train_args(launcher='kubernetes'))
 
 
-def test_amp_on_cpu_is_a_clear_error():
+def test_amp_on_cpu_selects_bf16_autocast():
     if torch.cuda.is_available():
-        pytest.skip('a GPU is present')
-    with pytest.raises(RuntimeError, match='--amp needs a GPU'):
-        merge_train_args(
-            Config(dict(optim_wrapper=dict(optimizer=dict(type='SGD')))),
-            train_args(amp=True))
+        pytest.skip('a GPU is present: --amp selects AmpOptimWrapper')
+    cfg = merge_train_args(
+        Config(dict(optim_wrapper=dict(optimizer=dict(type='SGD')))),
+        train_args(amp=True))
+    assert cfg.optim_wrapper.type == 'CPUBF16AmpOptimWrapper'
+
+    from mmengine.registry import OPTIM_WRAPPERS
+    layer = torch.nn.Linear(4, 4)
+    wrapper = OPTIM_WRAPPERS.build(
+        dict(type='CPUBF16AmpOptimWrapper',
+             optimizer=torch.optim.SGD(layer.parameters(), lr=0.1)))
+    with wrapper.optim_context(layer):
+        assert layer(torch.randn(2, 4)).dtype == torch.bfloat16
+    assert layer(torch.randn(2, 4)).dtype == torch.float32
+
+
+def test_amp_training_on_cpu_has_finite_losses(tmp_path):
+    config = write_config(tmp_path, max_iters=4, interval=4)
+    train(config, tmp_path / 'w', '--amp')
+    losses = read_record(tmp_path / 'w')['losses']
+    assert len(losses) == 4
+    assert all(math.isfinite(v) for v in losses)
 
 
 def test_merge_test_args_loads_weights_only():

@@ -1,6 +1,7 @@
 """Glue between mmtranscnn and mmengine's Runner.
 
 - :mod:`.model_wrapper`: a DDP wrapper that also works for CPU processes.
+- :mod:`.amp`: bfloat16 mixed precision (``--amp``) on CPU-only machines.
 - :mod:`.dist`: gloo start-up for distributed runs without an accelerator.
 - :mod:`.scope`: set up the codebase (mmdet/mmseg/mmpretrain) of a config.
 - :mod:`.cli`: the options of ``tools/train.py`` and ``tools/test.py``.
@@ -9,11 +10,13 @@ from .cli import (build_runner, enable_test_visualization, merge_test_args,
                   merge_train_args, prepare_prediction_dump)
 from .dist import (LAUNCHERS, check_launcher, cpu_model_wrapper_cfg,
                    init_cpu_dist, setup_cpu_distributed, teardown_distributed)
+from .amp import CPUBF16AmpOptimWrapper
 from .model_wrapper import CPUDistributedDataParallel
 from .scope import setup_codebase
 
 __all__ = [
-    'CPUDistributedDataParallel', 'LAUNCHERS', 'build_runner',
+    'CPUBF16AmpOptimWrapper', 'CPUDistributedDataParallel', 'LAUNCHERS',
+    'build_runner',
     'check_launcher', 'cpu_model_wrapper_cfg', 'enable_test_visualization',
     'init_cpu_dist', 'merge_test_args', 'merge_train_args',
     'prepare_prediction_dump', 'setup_codebase', 'setup_cpu_distributed',

@@ -46,14 +46,17 @@ def merge_train_args(cfg, args):
     _set_common(cfg, args)
 
     if args.amp:
-        if get_device() == 'cpu':
-            raise RuntimeError(
-                '--amp needs a GPU (mmengine AmpOptimWrapper runs on cuda, '
-                'npu, mlu or musa devices); none was found.')
         optim_wrapper = cfg.get('optim_wrapper')
         if optim_wrapper is None:
             raise RuntimeError('--amp needs an "optim_wrapper" in the config.')
-        if optim_wrapper.get('type', 'OptimWrapper') != 'AmpOptimWrapper':
+        if get_device() == 'cpu':
+            # mmengine's AmpOptimWrapper needs an accelerator; CPUs run
+            # bfloat16 autocast without loss scaling.
+            from .amp import CPUBF16AmpOptimWrapper  # noqa: F401 (registers)
+            optim_wrapper.type = 'CPUBF16AmpOptimWrapper'
+            optim_wrapper.pop('loss_scale', None)
+            optim_wrapper.pop('dtype', None)
+        elif optim_wrapper.get('type', 'OptimWrapper') != 'AmpOptimWrapper':
             optim_wrapper.type = 'AmpOptimWrapper'
             optim_wrapper.setdefault('loss_scale', 'dynamic')
 
