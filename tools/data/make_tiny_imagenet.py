@@ -1,4 +1,4 @@
-"""Write a tiny ImageNet-layout data set of synthetic, easily told apart classes.
+"""Write a tiny ImageNet-layout data set of synthetic, distinct classes.
 
 For CI and for trying the pretraining configs on a laptop: no download, a few
 hundred kilobytes, and classes that a network separates within a few epochs
@@ -24,7 +24,7 @@ Example::
 import argparse
 import os
 import os.path as osp
-from typing import Callable, Dict, List
+from typing import Dict, List
 
 import numpy as np
 from PIL import Image

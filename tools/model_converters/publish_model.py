@@ -116,6 +116,11 @@ def publish(in_file: str,
     try:
         torch.save(published, tmp_path)
         final = f'{stem}-{sha256_of(tmp_path)[:8]}.pth'
+        # mkstemp makes the file private (0600); a published file gets the
+        # permissions of any new file (0666 less the umask).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, final)
     finally:
         if osp.exists(tmp_path):
