@@ -139,6 +139,11 @@ def small_checkpoint(tmp_path_factory):
 
 
 # ------------------------------------------------------------ configs ----
+def test_every_imagenet_config_is_tested():
+    on_disk = set(glob.glob(osp.join(IMAGENET_DIR, '*.py')))
+    assert on_disk and on_disk <= set(CONFIGS), sorted(on_disk - set(CONFIGS))
+
+
 def _tiny_dataset(cfg, split_cfg, data_root):
     """The config's data set on the tiny data (pipeline untouched)."""
     from mmpretrain.registry import DATASETS
