@@ -91,10 +91,10 @@ def test_config_builds_and_segments(path):
         # 512x512 crops: stage maps 128/64/32/16 -> 8x8 level-1 token maps.
         assert cfg.crop_size == (512, 512)
         assert tuple(bb.grid_sizes) == (16, 8, 4, 0)
+        # Our ImageNet run's checkpoint, as tools/train.py names it.
+        in1k = f'work_dirs/transcnn-{bb.arch}_8xb128_in1k/epoch_300.pth'
         assert bb.init_cfg == dict(
-            type='Pretrained',
-            checkpoint=f'checkpoints/transcnn-{bb.arch}_8xb128_in1k.pth',
-            prefix='backbone.')
+            type='Pretrained', checkpoint=in1k, prefix='backbone.')
         assert bb.norm_cfg.type == 'SyncBN' and bb.norm_eval is False
     assert cfg.model.pretrained is None
     assert cfg.model.test_cfg.mode == 'whole'
@@ -191,7 +191,7 @@ def test_upernet_trains_decode_and_auxiliary_heads():
                if p.requires_grad)
 
 
-# -- tiny dataset ---------------------------------------------------------------
+# -- tiny dataset -------------------------------------------------------------
 def files_of(root):
     return sorted(
         osp.relpath(p, root)
@@ -268,7 +268,7 @@ def test_ade20k_dataset_reads_tiny_ade(tmp_path):
     assert set(gt.unique().tolist()) <= {1, 2, 4, 9, 20, 255}
 
 
-# -- end to end -----------------------------------------------------------------
+# -- end to end ---------------------------------------------------------------
 def tool_env():
     env = dict(os.environ)
     # One thread: these runs are too small to gain from more, and on a

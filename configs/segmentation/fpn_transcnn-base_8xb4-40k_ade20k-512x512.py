@@ -4,7 +4,7 @@
 _base_ = './fpn_transcnn-small_8xb4-40k_ade20k-512x512.py'
 
 # Our ImageNet-1k checkpoint (configs/imagenet/transcnn-base_8xb128_in1k.py).
-pretrained = 'checkpoints/transcnn-base_8xb128_in1k.pth'
+pretrained = 'work_dirs/transcnn-base_8xb128_in1k/epoch_300.pth'
 
 model = dict(
     backbone=dict(

@@ -3,7 +3,7 @@
 _base_ = './upernet_transcnn-small_8xb2-160k_ade20k-512x512.py'
 
 # Our ImageNet-1k checkpoint (configs/imagenet/transcnn-base_8xb128_in1k.py).
-pretrained = 'checkpoints/transcnn-base_8xb128_in1k.pth'
+pretrained = 'work_dirs/transcnn-base_8xb128_in1k/epoch_300.pth'
 
 model = dict(
     backbone=dict(

@@ -15,9 +15,10 @@ _base_ = [
 # Registers type='TransCNN' in mmseg's registry.
 custom_imports = dict(imports=['mmtranscnn'], allow_failed_imports=False)
 
-# Our ImageNet-1k checkpoint (configs/imagenet/transcnn-small_8xb128_in1k.py),
-# loaded strictly.
-pretrained = 'checkpoints/transcnn-small_8xb128_in1k.pth'
+# Our ImageNet-1k checkpoint: where tools/train.py leaves it for
+# configs/imagenet/transcnn-small_8xb128_in1k.py. Point this at your file;
+# it is loaded strictly (a wrong or missing file stops training).
+pretrained = 'work_dirs/transcnn-small_8xb128_in1k/epoch_300.pth'
 
 crop_size = (512, 512)
 # SyncBN in backbone and heads: 2 images per GPU are far too few for BN
@@ -34,7 +35,8 @@ model = dict(
         arch='small',
         # 512x512 crops: 128/64/32/16 maps at strides 4/8/16/32. G0 = 16/8/4
         # (the paper's dense-prediction setting, §4.4) gives 8x8 level-1 token
-        # maps, close to ImageNet's 7x7; stage 5 attends globally.
+        # maps, close to ImageNet's 7x7, at about the least attention cost
+        # (see the Semantic FPN config); stage 5 attends globally.
         grid_sizes=(16, 8, 4, 0),
         out_indices=(0, 1, 2, 3),
         # mmseg's Swin-T/S/B UperNet configs use 0.3 for 28M-88M models; the

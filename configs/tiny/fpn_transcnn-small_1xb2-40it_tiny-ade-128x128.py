@@ -1,7 +1,9 @@
 # The Semantic FPN TransCNN-Small config, shrunk to run on a laptop CPU in
 # about a minute: the tiny ADE-layout dataset of tools/data/make_tiny_ade.py,
-# 128x128 crops, 40 iterations at 2 images. Everything else (model, heads,
-# optimizer, poly schedule, whole-image test) is the real config's.
+# 128x128 crops, 40 iterations at 2 images, the grid sizes for 128x128, and a
+# random backbone (no ImageNet checkpoint). Everything else (model, heads,
+# SyncBN, which mmengine turns into BN on a single process, optimizer, poly
+# schedule, whole-image test) is the real config's.
 #
 #   python tools/data/make_tiny_ade.py data/tiny_ade
 #   python tools/train.py configs/tiny/fpn_transcnn-small_1xb2-40it_tiny-ade-128x128.py
@@ -54,9 +56,9 @@ model = dict(
         # merge them to 4x4 level-1 token maps.
         grid_sizes=(8, 4, 2, 0),
         # No ImageNet checkpoint on a laptop: random initialisation. To
-        # start from one, add --cfg-options
-        # model.backbone.init_cfg.type=Pretrained
-        # model.backbone.init_cfg.checkpoint=PATH
+        # start from one, inherit this config with
+        # init_cfg=dict(_delete_=True, type='Pretrained', checkpoint=PATH,
+        # prefix='backbone.') (as tests/test_segmentation.py does).
         init_cfg=None))
 
 # -------------------------------------------------------------- schedule ----
