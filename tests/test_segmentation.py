@@ -165,6 +165,31 @@ def test_upernet_follows_mmseg_swin_protocol():
     assert decay[id(model.decode_head.conv_seg.weight)] == 0.01
 
 
+def test_imagenet_checkpoint_loads_into_512_grids(tmp_path):
+    """The classifier's file (ImageNet grids 8/4/2) fills the 16/8/4 model."""
+    from mmseg.registry import MODELS
+
+    classifier = TransCNN(arch='small', grid_sizes=(8, 4, 2, 0),
+                          out_indices=(3, ))
+    # Distinct values, so a tensor left at its initial value shows.
+    state = {f'backbone.{k}': v + 1. if v.is_floating_point() else v
+             for k, v in classifier.state_dict().items()}
+    state['head.fc.weight'] = torch.zeros(1000, 512)
+    path = str(tmp_path / 'in1k.pth')
+    torch.save({'meta': {}, 'state_dict': state}, path)
+
+    cfg = load_mmseg_config(
+        osp.join(REPO_DIR, 'configs', 'segmentation',
+                 'fpn_transcnn-small_8xb4-40k_ade20k-512x512.py'))
+    cfg.model.backbone.init_cfg.checkpoint = path
+    model = MODELS.build(cfg.model)
+    model.backbone.init_weights()
+    loaded = model.backbone.state_dict()
+    for key, value in state.items():
+        if key.startswith('backbone.'):
+            assert torch.equal(loaded[key[len('backbone.'):]], value), key
+
+
 def test_upernet_trains_decode_and_auxiliary_heads():
     """One loss/backward step: the aux head reads the stride-16 map."""
     from mmengine.model import revert_sync_batchnorm
