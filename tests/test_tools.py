@@ -429,6 +429,29 @@ def test_merge_test_args_loads_weights_only():
     assert cfg.load_from == 'w/iter_6.pth' and cfg.resume is False
 
 
+def test_tta_wraps_model_and_swaps_the_test_pipeline():
+    args = argparse.Namespace(
+        config='c.py', checkpoint='ck.pth', work_dir='t', show=False,
+        show_dir=None, wait_time=2, cfg_options=None, launcher='none',
+        tta=True)
+    cfg = Config(
+        dict(model=dict(type='Net'),
+             tta_model=dict(type='SegTTAModel'),
+             tta_pipeline=[dict(type='LoadImageFromFile'),
+                           dict(type='TestTimeAug', transforms=[])],
+             test_dataloader=dict(dataset=dict(
+                 type='RepeatDataset',
+                 dataset=dict(type='D', pipeline=[dict(type='Old')])))))
+    merge_test_args(cfg, args)
+    assert cfg.model.type == 'SegTTAModel'
+    assert cfg.model.module.type == 'Net'
+    inner = cfg.test_dataloader.dataset.dataset
+    assert [t['type'] for t in inner.pipeline] == ['LoadImageFromFile',
+                                                   'TestTimeAug']
+    with pytest.raises(RuntimeError, match='tta_model and tta_pipeline'):
+        merge_test_args(Config(dict(model=dict(type='Net'))), args)
+
+
 @pytest.mark.parametrize('scope, key', [('mmdet', 'test_out_dir'),
                                         ('mmpretrain', 'out_dir'),
                                         ('mmseg', None)])

@@ -32,6 +32,11 @@ def parse_args(argv=None):
         help='dump predictions: a .pkl file (mmdet, mmpretrain, mmengine '
         'configs) or a directory of prediction maps (mmseg configs)')
     parser.add_argument(
+        '--tta',
+        action='store_true',
+        help='test-time augmentation with the config\'s tta_model and '
+        'tta_pipeline')
+    parser.add_argument(
         '--show', action='store_true', help='show prediction results')
     parser.add_argument(
         '--show-dir',

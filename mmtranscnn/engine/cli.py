@@ -140,7 +140,7 @@ def merge_test_args(cfg, args):
     Args:
         cfg (Config): The loaded config.
         args (Namespace): Parsed options: ``config``, ``checkpoint``,
-            ``work_dir``, ``show``, ``show_dir``, ``wait_time``,
+            ``work_dir``, ``tta``, ``show``, ``show_dir``, ``wait_time``,
             ``cfg_options`` and ``launcher``.
 
     Returns:
@@ -151,9 +151,33 @@ def merge_test_args(cfg, args):
     # resume=True, which would also restore optimizer and schedule.
     cfg.load_from = args.checkpoint
     cfg.resume = False
+    if getattr(args, 'tta', False):
+        enable_test_time_augmentation(cfg)
     if args.show or args.show_dir:
         enable_test_visualization(cfg, args.show_dir, args.show,
                                   args.wait_time)
+    return cfg
+
+
+def enable_test_time_augmentation(cfg):
+    """``--tta``: wrap the model in the config's ``tta_model`` and test with
+    its ``tta_pipeline`` (both defined by mmdet's and mmseg's dataset bases
+    or by the config itself).
+
+    Args:
+        cfg (Config): The config, changed in place.
+    """
+    missing = [k for k in ('tta_model', 'tta_pipeline') if k not in cfg]
+    if missing:
+        raise RuntimeError(
+            f'--tta needs {" and ".join(missing)} in the config (mmseg\'s '
+            f'dataset bases define both; for mmdet add them as in mmdet\'s '
+            f'*_tta.py configs).')
+    cfg.model = dict(**cfg.tta_model, module=cfg.model)
+    dataset = cfg.test_dataloader.dataset
+    while 'dataset' in dataset:  # wrappers such as ConcatDataset/RepeatDataset
+        dataset = dataset['dataset']
+    dataset.pipeline = cfg.tta_pipeline
     return cfg
 
 
