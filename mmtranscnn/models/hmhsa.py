@@ -90,7 +90,14 @@ def _pad_bottom_right(t: Tensor, ph: int, pw: int, value: float = 0.) -> Tensor:
     """Pad a (B, H, W, C) tensor by ``ph`` rows and ``pw`` columns."""
     if ph == 0 and pw == 0:
         return t
-    return F.pad(t, (0, 0, 0, pw, 0, ph), value=value)
+    b, h, w = t.shape[:3]
+    # Like F.pad, without first filling the whole output: only the new rows
+    # and columns are written besides the copy.
+    out = t.new_empty((b, h + ph, w + pw) + tuple(t.shape[3:]))
+    out[:, :h, :w] = t
+    out[:, h:] = value
+    out[:, :h, w:] = value
+    return out
 
 
 def _partition(t: Tensor, gh: int, gw: int) -> Tensor:
@@ -102,11 +109,42 @@ def _partition(t: Tensor, gh: int, gw: int) -> Tensor:
     return t.reshape(b * (h // gh) * (w // gw), gh * gw, *rest)
 
 
-def _unpartition(t: Tensor, b: int, h: int, w: int, gh: int,
-                 gw: int) -> Tensor:
-    """Inverse of :func:`_partition`: (B*n, gh*gw, C) -> (B, H, W, C)."""
-    c = t.shape[-1]
-    t = t.reshape(b, h // gh, w // gw, gh, gw, c).transpose(2, 3)
+def _windows(t: Tensor, g: Optional[int], parts: int,
+             heads: int) -> Tensor:
+    """Packed projections to SDPA's layout, one grid per batch entry.
+
+    Args:
+        t: (B, H, W, parts * C) map holding ``parts`` projections side by
+            side (q|k|v or k|v), H and W multiples of ``g``.
+        g: grid side, or None for one grid over the whole map.
+        parts: how many projections ``t`` packs.
+        heads: attention heads (C = heads * head_dim).
+
+    Returns:
+        (parts, N, heads, L, head_dim) with N = B * H/g * W/g, L = g * g
+        (N = B, L = H * W for ``g=None``), a view of one copy (none for
+        ``g=None``) whose memory order is (N, L, parts, heads, head_dim):
+        the copy moves whole rows of a grid (g * parts * C contiguous
+        values) and SDPA reads the parts and heads through strides.
+    """
+    b, h, w, packed = t.shape
+    d = packed // (parts * heads)
+    if g is not None:
+        t = t.reshape(b, h // g, g, w // g, g, packed).transpose(2, 3)
+        h, w, b = g, g, b * (h // g) * (w // g)
+    return t.reshape(b, h * w, parts, heads, d).permute(2, 0, 3, 1, 4)
+
+
+def _unwindows(t: Tensor, b: int, h: int, w: int,
+               g: Optional[int]) -> Tensor:
+    """Inverse of :func:`_windows` for one part: (N, heads, L, d) ->
+    (B, H, W, C), in one copy (none for ``g=None`` when SDPA returned its
+    output in (N, L, heads, d) memory, as the CPU and CUDA kernels do)."""
+    t = t.transpose(1, 2)  # (N, L, heads, d)
+    c = t.shape[-2] * t.shape[-1]
+    if g is None:
+        return t.reshape(b, h, w, c)
+    t = t.reshape(b, h // g, w // g, g, g, c).transpose(2, 3)
     return t.reshape(b, h, w, c)
 
 
@@ -124,13 +162,17 @@ def merge_tokens(t: Tensor, valid: Optional[Tensor],
         (a merged token is real when its region holds a real position).
     """
     b, h, w, c = t.shape
-    ph, pw = (-h) % g, (-w) % g
-    if valid is None and ph == 0 and pw == 0:
-        regions = t.reshape(b, h // g, g, w // g, g, c)
-        merged = regions.amax(dim=(2, 4)) + regions.mean(dim=(2, 4))
-        return merged, None
     if valid is None:
-        valid = t.new_ones((b, h, w), dtype=torch.bool)
+        # Every position is real, so the only padding is the bottom/right
+        # overhang. Pooling with ceil_mode covers it exactly: a window that
+        # overhangs takes the max over, and divides the sum by, its real
+        # positions only. On a contiguous (B, H, W, C) map the NCHW view is
+        # channels-last, which the pooling kernels read without a copy.
+        view = t.permute(0, 3, 1, 2)
+        merged = (F.max_pool2d(view, g, g, ceil_mode=True) +
+                  F.avg_pool2d(view, g, g, ceil_mode=True))
+        return merged.permute(0, 2, 3, 1), None
+    ph, pw = (-h) % g, (-w) % g
     t = _pad_bottom_right(t, ph, pw)
     valid = F.pad(valid, (0, pw, 0, ph), value=False)
     hh, ww = (h + ph) // g, (w + pw) // g
@@ -220,15 +262,10 @@ class HMHSA(BaseModule):
                 f'query_from={self.query_from!r}')
 
     # -- attention primitives ---------------------------------------------
-    def _split_heads(self, t: Tensor) -> Tensor:
-        """(N, L, C) -> (N, heads, L, head_dim)."""
-        n, length, _ = t.shape
-        return t.reshape(n, length, self.num_heads,
-                         self.head_dim).transpose(1, 2)
-
     def _attend(self, q: Tensor, k: Tensor, v: Tensor,
                 key_valid: Optional[Tensor]) -> Tensor:
-        """SDPA over (N, Lq, C) queries and (N, Lk, C) keys/values."""
+        """SDPA over (N, heads, Lq, d) queries and (N, heads, Lk, d)
+        keys/values; ``key_valid`` is (N, Lk) or None."""
         mask = None
         if key_valid is not None:
             # A grid made only of padding would give an all-masked row (NaN
@@ -236,16 +273,11 @@ class HMHSA(BaseModule):
             # cropped, so let them see their own padding instead.
             empty = ~key_valid.any(dim=-1, keepdim=True)
             mask = (key_valid | empty)[:, None, None, :]
-        out = F.scaled_dot_product_attention(
-            self._split_heads(q),
-            self._split_heads(k),
-            self._split_heads(v),
-            attn_mask=mask,
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask,
             dropout_p=self.attn_drop if self.training else 0.)
-        n, _, length, _ = out.shape
-        return out.transpose(1, 2).reshape(n, length, self.embed_dims)
 
-    def _grid_attention(self, q: Tensor, k: Tensor, v: Tensor,
+    def _grid_attention(self, q: Optional[Tensor], kv: Tensor,
                         valid: Optional[Tensor], g: Optional[int],
                         q_scale: int = 1) -> Tensor:
         """Attention of each query with the keys of its grid.
@@ -253,38 +285,50 @@ class HMHSA(BaseModule):
         Args:
             q: (B, h*q_scale.., w*q_scale.., C) query map; a query at
                 (y, x) belongs to the key grid holding (y//q_scale,
-                x//q_scale).
-            k, v: (B, h, w, C) key/value maps.
+                x//q_scale). None when ``kv`` packs the queries too.
+            kv: (B, h, w, 2C) keys|values side by side, or (B, h, w, 3C)
+                queries|keys|values when ``q`` is None (level 0: one gather
+                for all three).
             valid: (B, h, w) bool mask of real keys, or None.
             g: grid side on the key map; None for one grid over the whole
                 map (plain attention).
             q_scale: how many query positions one key position spans.
 
         Returns:
-            (B, Hq, Wq, C) attention output, same size as ``q``.
+            (B, Hq, Wq, C) attention output, same size as the queries.
         """
-        b, hq, wq, c = q.shape
-        h, w = k.shape[1:3]
-        if g is None or (h <= g and w <= g):
-            out = self._attend(
-                q.reshape(b, hq * wq, c), k.reshape(b, h * w, c),
-                v.reshape(b, h * w, c),
-                None if valid is None else valid.reshape(b, h * w))
-            return out.reshape(b, hq, wq, c)
-        ph, pw = (-h) % g, (-w) % g
-        if ph or pw:
-            valid = (k.new_ones((b, h, w), dtype=torch.bool)
-                     if valid is None else valid)
-            valid = F.pad(valid, (0, pw, 0, ph), value=False)
-            k = _pad_bottom_right(k, ph, pw)
-            v = _pad_bottom_right(v, ph, pw)
-        hp, wp = h + ph, w + pw
-        gq = g * q_scale
-        q = _pad_bottom_right(q, hp * q_scale - hq, wp * q_scale - wq)
-        out = self._attend(
-            _partition(q, gq, gq), _partition(k, g, g), _partition(v, g, g),
-            None if valid is None else _partition(valid, g, g))
-        out = _unpartition(out, b, hp * q_scale, wp * q_scale, gq, gq)
+        b, h, w = kv.shape[:3]
+        hq, wq = (h, w) if q is None else q.shape[1:3]
+        heads = self.num_heads
+        if g is not None and h <= g and w <= g:
+            g = None
+        if g is None:
+            hp, wp = h, w
+        else:
+            ph, pw = (-h) % g, (-w) % g
+            if ph or pw:
+                valid = (kv.new_ones((b, h, w), dtype=torch.bool)
+                         if valid is None else valid)
+                valid = F.pad(valid, (0, pw, 0, ph), value=False)
+                kv = _pad_bottom_right(kv, ph, pw)
+            hp, wp = h + ph, w + pw
+            if q is not None:
+                q = _pad_bottom_right(q, hp * q_scale - hq,
+                                      wp * q_scale - wq)
+        if q is None:
+            q_w, k_w, v_w = _windows(kv, g, 3, heads).unbind(0)
+        else:
+            k_w, v_w = _windows(kv, g, 2, heads).unbind(0)
+            q_w = _windows(q, None if g is None else g * q_scale, 1,
+                           heads)[0]
+        key_valid = None
+        if valid is not None:
+            key_valid = (valid.reshape(b, h * w) if g is None else
+                         _partition(valid, g, g))
+        out = self._attend(q_w, k_w, v_w, key_valid)
+        if g is None:
+            return _unwindows(out, b, hq, wq, None)
+        out = _unwindows(out, b, hp * q_scale, wp * q_scale, g * q_scale)
         return out[:, :hq, :wq]
 
     # -- forward ----------------------------------------------------------
@@ -294,17 +338,30 @@ class HMHSA(BaseModule):
             raise ValueError(f'HMHSA expects a (B, {self.embed_dims}, H, W) '
                              f'tensor, got shape {tuple(x.shape)}')
         b, c, h, w = x.shape
-        tokens = self.norm(x).permute(0, 2, 3, 1)  # (B, H, W, C)
+        # (B, H, W, C): a free view when x is channels-last (as in TransCNN,
+        # whose stem switches to that memory format), a copy otherwise.
+        tokens = self.norm(x).permute(0, 2, 3, 1)
 
-        # Level 0 (Eq. 5-7).
-        q0, k0, v0 = self.qkv(tokens).chunk(3, dim=-1)
+        # Level 0 (Eq. 5-7); q, k and v stay packed in one tensor. A map
+        # that is not a multiple of G0 is padded before the projection (C
+        # channels to copy instead of 3C); the padding is masked as keys
+        # and its queries are cropped.
         grids = self.grid_sizes
-        attn = self._grid_attention(q0, k0, v0, None,
-                                    grids[0] if grids else None)
+        g0 = grids[0] if grids else None
+        padded, valid = tokens, None
+        if g0 is not None and (h > g0 or w > g0):
+            ph, pw = (-h) % g0, (-w) % g0
+            if ph or pw:
+                padded = _pad_bottom_right(tokens, ph, pw)
+                valid = F.pad(tokens.new_ones((b, h, w), dtype=torch.bool),
+                              (0, pw, 0, ph), value=False)
+        attn = self._grid_attention(None, self.qkv(padded), valid, g0)
+        attn = attn[:, :h, :w]
         total = attn
         if grids:
             total = total + self._higher_levels(tokens + attn, h, w)
 
+        # Back to (B, C, H, W); channels-last memory, no copy.
         out = self.proj(total).permute(0, 3, 1, 2)
         return x + self.drop_path(out)
 
@@ -324,15 +381,19 @@ class HMHSA(BaseModule):
             last = level == len(grids) or (mh <= grids[level]
                                            and mw <= grids[level])
             g = None if last else grids[level]
-            k, v = self.kv(merged).chunk(2, dim=-1)
+            kv = self.kv(merged)  # keys|values, packed
             if full_res_queries:
-                attn = self._grid_attention(query, k, v, valid, g, region)
+                attn = self._grid_attention(query, kv, valid, g, region)
                 prev = merged  # next level pools this level's tokens
             else:
-                attn = self._grid_attention(self.q(merged), k, v, valid, g)
+                attn = self._grid_attention(self.q(merged), kv, valid, g)
                 prev = merged + attn  # Eq. 11
-                attn = attn.repeat_interleave(region, dim=1)
-                attn = attn.repeat_interleave(region, dim=2)[:, :h, :w]
+                # Nearest upsampling: each merged token back over its
+                # region, in one copy.
+                bm, _, _, cm = attn.shape
+                attn = attn[:, :, None, :, None, :].expand(
+                    bm, mh, region, mw, region, cm).reshape(
+                        bm, mh * region, mw * region, cm)[:, :h, :w]
             total = attn if total is None else total + attn
             if last:
                 return total
