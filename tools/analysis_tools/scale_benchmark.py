@@ -12,7 +12,8 @@ its square. This prints, for TransCNN-Base at batch 1 in inference:
 
 Every (mode, size) runs in a fresh subprocess so the peak-memory readings
 do not share allocator state. CPU peak memory is the growth of the peak RSS
-over the RSS before the first forward; CUDA peak memory is
+over the RSS before the first forward (high-water mark reset just before
+it, FLOPs counted only after all timing); CUDA peak memory is
 ``torch.cuda.max_memory_allocated`` minus the weights.
 
 Usage:
@@ -22,23 +23,23 @@ Usage:
 """
 import argparse
 import json
-import os
-import resource
 import subprocess
 import sys
 import time
 
 
-def _rss_bytes() -> int:
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
-
-
 def measure(args) -> dict:
-    """Runs in the child process: build, warm up, time, report."""
+    """Runs in the child process: build, measure memory, time, then count.
+
+    Order matters: the peak RSS only goes up, so the memory step runs
+    before anything else that allocates (FLOP counting traces the whole
+    model and would set the high-water mark first).
+    """
     import torch
 
     from mmtranscnn.analysis import count_flops
+    from mmtranscnn.analysis.speed import (hwm_bytes, release_free_memory,
+                                           reset_hwm, rss_bytes)
     from mmtranscnn.models import TransCNN, grid_sizes_for_input
     torch.set_num_threads(args.threads)
     size = args.size
@@ -46,30 +47,32 @@ def measure(args) -> dict:
              grid_sizes_for_input(size, size))
     model = TransCNN('base', grid_sizes=grids).eval()
     shape = (1, 3, size, size)
-    flops = count_flops(model, shape) if args.count_flops else None
     device = torch.device(args.device)
     model.to(device)
     x = torch.randn(*shape, device=device)
     sync = (torch.cuda.synchronize if device.type == 'cuda' else
             (lambda: None))
     with torch.inference_mode():
+        release_free_memory()
         if device.type == 'cuda':
             torch.cuda.reset_peak_memory_stats()
             base_mem = torch.cuda.memory_allocated()
-        rss_before = _rss_bytes()
-        model(x)  # warm-up; its peak is the peak of every forward
+        rss_before = rss_bytes()
+        reset_hwm()
+        model(x)  # the memory step (and first warm-up)
         sync()
         if device.type == 'cuda':
             peak = torch.cuda.max_memory_allocated() - base_mem
         else:
-            peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            peak = peak_rss * 1024 - rss_before
+            peak = hwm_bytes() - rss_before
         times = []
         for _ in range(args.repeats):
             start = time.perf_counter()
             model(x)
             sync()
             times.append(time.perf_counter() - start)
+    # FLOPs last: tracing allocates, which must not touch the reading.
+    flops = count_flops(model, shape) if args.count_flops else None
     times.sort()
     return dict(mode=args.mode, size=size, grid_sizes=str(grids),
                 device=args.device, gflops=flops / 1e9 if flops else None,

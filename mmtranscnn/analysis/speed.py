@@ -1,0 +1,441 @@
+"""Throughput and peak memory of backbones and detectors, one model per process.
+
+The benchmark tools (``tools/analysis_tools/benchmark.py``,
+``plot_scaling.py``) describe each measurement as a :class:`Job` and run it
+in a fresh interpreter (``python -m mmtranscnn.analysis.speed JOB_JSON``),
+so that one model's allocations never sit in another's memory reading.
+
+Inside that process the order is fixed, because a process-wide peak can
+only go up:
+
+1. build the model and the input, release the allocator's free memory
+   (``malloc_trim``), read the resident set size (RSS);
+2. reset the kernel's high-water mark (``/proc/self/clear_refs``), run ONE
+   step and read the high-water mark again: **peak memory is its growth over
+   the RSS before the step** (weights and input excluded; for a train step
+   gradients and optimiser state included). On CUDA it is
+   ``max_memory_allocated`` over the allocation before the step;
+3. only then warm up further and time ``repeats`` steps;
+4. last, anything that allocates for itself (FLOP counting traces the model).
+
+Comparisons mean something only between rows of one run on one machine:
+every job of a run uses the same input, thread count and repeat policy.
+"""
+import argparse
+import ctypes
+import gc
+import json
+import os
+import os.path as osp
+import platform
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
+
+# -- what can be measured -------------------------------------------------
+
+#: Backbones by display name: (module path, class name, constructor kwargs).
+#: The baselines are mmdet's own implementations with the settings of
+#: mmdet's RetinaNet configs for them; only the TransCNN grids vary per input.
+BACKBONES: Dict[str, Tuple[str, str, dict]] = {
+    'TransCNN-Base': ('mmtranscnn.models', 'TransCNN', dict(arch='base')),
+    'ResNet-50': ('mmdet.models.backbones', 'ResNet', dict(depth=50)),
+    'Swin-T': ('mmdet.models.backbones', 'SwinTransformer',
+               dict(embed_dims=96, depths=(2, 2, 6, 2),
+                    num_heads=(3, 6, 12, 24), window_size=7, mlp_ratio=4,
+                    qkv_bias=True)),
+    'PVT-Small': ('mmdet.models.backbones', 'PyramidVisionTransformer',
+                  dict(num_layers=[3, 4, 6, 3])),
+    'PVTv2-B2': ('mmdet.models.backbones', 'PyramidVisionTransformerV2',
+                 dict(embed_dims=64, num_layers=[3, 4, 6, 3])),
+    # TransCNN-Base with plain (global) attention in every stage: the
+    # quadratic cost that H-MHSA exists to avoid.
+    'Plain-Attention': ('mmtranscnn.models', 'TransCNN',
+                        dict(arch='base', grid_sizes=(0, 0, 0, 0))),
+}
+
+#: RetinaNet configs by backbone display name (``pkg::`` = that package's
+#: shipped configs; a bare path is relative to our configs folder).
+DETECTORS: Dict[str, str] = {
+    'TransCNN-Base': 'retinanet_transcnn_base.py',
+    'ResNet-50': 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py',
+    'Swin-T': 'mmdet::swin/retinanet_swin-t-p4-w7_fpn_1x_coco.py',
+    'PVT-Small': 'mmdet::pvt/retinanet_pvt-s_fpn_1x_coco.py',
+    'PVTv2-B2': 'mmdet::pvt/retinanet_pvtv2-b2_fpn_1x_coco.py',
+}
+
+KINDS = ('backbone', 'detector')
+MODES = ('infer', 'train')
+DEVICES = ('cpu', 'cuda')
+DTYPES = ('fp32', 'fp16', 'bf16')
+
+
+@dataclass
+class Job:
+    """One measurement, run in its own process.
+
+    Args:
+        model: a key of :data:`BACKBONES` (kind 'backbone') or
+            :data:`DETECTORS` (kind 'detector').
+        kind: 'backbone' or 'detector'.
+        mode: 'infer' (eval mode, ``torch.inference_mode``) or 'train' (one
+            forward + backward + AdamW step; detectors only).
+        batch, height, width: input shape (3 channels).
+        grid_sizes: TransCNN grid sizes per stage (None: the model's own);
+            ignored for other backbones.
+        device: 'cpu' or 'cuda'.
+        dtype: 'fp32', or 'fp16'/'bf16' through ``torch.autocast``.
+        threads: CPU threads (``torch.set_num_threads`` and the OpenMP/MKL
+            environment of the process).
+        warmup: untimed steps after the memory step.
+        repeats: timed steps.
+        channels_last: convert every model and the input to channels-last
+            (off by default: each model runs as its authors ship it).
+        flops: count FLOPs (backbones only, after timing).
+    """
+    model: str
+    kind: str = 'backbone'
+    mode: str = 'infer'
+    batch: int = 1
+    height: int = 224
+    width: int = 224
+    grid_sizes: Optional[list] = None
+    device: str = 'cpu'
+    dtype: str = 'fp32'
+    threads: int = 2
+    warmup: int = 2
+    repeats: int = 5
+    channels_last: bool = False
+    flops: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> 'Job':
+        for name, value, allowed in (
+                ('kind', self.kind, KINDS), ('mode', self.mode, MODES),
+                ('device', self.device, DEVICES),
+                ('dtype', self.dtype, DTYPES)):
+            if value not in allowed:
+                raise ValueError(f'{name} must be one of {allowed}, got '
+                                 f'{value!r}')
+        table = BACKBONES if self.kind == 'backbone' else DETECTORS
+        if self.model not in table:
+            raise ValueError(f'model must be one of {sorted(table)} for '
+                             f'kind={self.kind!r}, got {self.model!r}')
+        if self.kind == 'backbone' and self.mode == 'train':
+            raise ValueError("mode='train' is measured for detectors only")
+        for name in ('batch', 'height', 'width', 'threads', 'repeats'):
+            if getattr(self, name) < 1:
+                raise ValueError(f'{name} must be >= 1, got '
+                                 f'{getattr(self, name)}')
+        return self
+
+
+# -- memory readings --------------------------------------------------------
+def rss_bytes() -> int:
+    """Current resident set size of this process."""
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+
+
+def hwm_bytes() -> int:
+    """Peak resident set size (VmHWM) of this process."""
+    with open('/proc/self/status') as f:
+        match = re.search(r'VmHWM:\s+(\d+) kB', f.read())
+    if match is None:  # pragma: no cover - non-Linux
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return int(match.group(1)) * 1024
+
+
+def reset_hwm() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False if refused."""
+    try:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+        return True
+    except OSError:
+        return False
+
+
+def release_free_memory() -> None:
+    """Collect garbage and hand glibc's free heap pages back to the OS, so
+    the RSS before a step holds live data only."""
+    gc.collect()
+    try:
+        ctypes.CDLL('libc.so.6').malloc_trim(0)
+    except OSError:  # pragma: no cover - not glibc
+        pass
+
+
+# -- building ---------------------------------------------------------------
+def resolve_config(path: str) -> str:
+    """``pkg::rel`` -> that package's shipped config; a bare relative path
+    -> our configs folder (installed ``.mim/configs`` or the checkout's)."""
+    if '::' in path:
+        from mmengine.utils import get_installed_path
+        pkg, rel = path.split('::', 1)
+        root = get_installed_path(pkg)
+        for cand in (osp.join(root, '.mim', 'configs', rel),
+                     osp.join(root, 'configs', rel)):
+            if osp.isfile(cand):
+                return cand
+        raise FileNotFoundError(f'{path}: no such config in {pkg}')
+    if osp.isfile(path):
+        return path
+    pkg_dir = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    for cand in (osp.join(pkg_dir, '.mim', 'configs', path),
+                 osp.join(osp.dirname(pkg_dir), 'configs', path)):
+        if osp.isfile(cand):
+            return cand
+    raise FileNotFoundError(f'config {path!r} not found')
+
+
+def build_backbone(name: str, grid_sizes=None):
+    """A backbone of :data:`BACKBONES` with its default initialisation."""
+    import importlib
+    module, cls_name, kwargs = BACKBONES[name]
+    kwargs = dict(kwargs)
+    if cls_name == 'TransCNN' and grid_sizes is not None \
+            and 'grid_sizes' not in kwargs:
+        kwargs['grid_sizes'] = tuple(
+            tuple(g) if isinstance(g, list) else g for g in grid_sizes)
+    model = getattr(importlib.import_module(module), cls_name)(**kwargs)
+    model.init_weights()
+    return model
+
+
+def build_detector(name: str, grid_sizes=None):
+    """A RetinaNet of :data:`DETECTORS`, randomly initialised (no
+    checkpoint is read: every backbone's ``init_cfg`` is dropped)."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    cfg = Config.fromfile(resolve_config(DETECTORS[name]))
+    cfg.model.backbone.init_cfg = None
+    if grid_sizes is not None and 'TransCNN' in str(cfg.model.backbone.type):
+        cfg.model.backbone.grid_sizes = grid_sizes
+    init_default_scope(cfg.get('default_scope', 'mmdet'))
+    from mmdet.registry import MODELS
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    return model
+
+
+def detection_samples(batch: int, height: int, width: int):
+    """Data samples with image metas and a few fixed boxes per image."""
+    import torch
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+    gen = torch.Generator().manual_seed(0)
+    samples = []
+    for i in range(batch):
+        s = DetDataSample(metainfo=dict(
+            img_id=i, img_shape=(height, width), ori_shape=(height, width),
+            pad_shape=(height, width), batch_input_shape=(height, width),
+            scale_factor=(1., 1.)))
+        xy = torch.rand(5, 2, generator=gen) * torch.tensor(
+            [width * .7, height * .7])
+        wh = (torch.rand(5, 2, generator=gen) * .25 + .05) * torch.tensor(
+            [width, height])
+        gt = InstanceData()
+        gt.bboxes = torch.cat([xy, xy + wh], dim=1)
+        gt.labels = torch.randint(0, 80, (5, ), generator=gen)
+        s.gt_instances = gt
+        samples.append(s)
+    return samples
+
+
+# -- running ----------------------------------------------------------------
+def _step_fn(job: Job, model, x, samples) -> Callable[[], None]:
+    """The callable that one timed step runs."""
+    import torch
+    device_type = job.device
+    amp = (torch.autocast(device_type, dtype=getattr(
+        torch, {'fp16': 'float16', 'bf16': 'bfloat16'}[job.dtype]))
+           if job.dtype != 'fp32' else None)
+
+    def autocast():
+        import contextlib
+        return amp if amp is not None else contextlib.nullcontext()
+
+    if job.mode == 'infer':
+        model.eval()
+
+        def step():
+            with torch.inference_mode(), autocast():
+                if job.kind == 'backbone':
+                    model(x)
+                else:
+                    model.predict(x, samples, rescale=False)
+        return step
+
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optim = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05)
+    scaler = (torch.amp.GradScaler(device_type)
+              if job.dtype == 'fp16' else None)
+
+    def train_step():
+        with autocast():
+            losses = model.loss(x, samples)
+        loss, _ = model.parse_losses(losses)
+        optim.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optim)
+            scaler.update()
+        else:
+            loss.backward()
+            optim.step()
+    return train_step
+
+
+def run_job(job: Job) -> dict:
+    """Measure ``job`` in this process (see the module docstring)."""
+    job.validate()
+    import torch
+    torch.set_num_threads(job.threads)
+    device = torch.device(job.device)
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise RuntimeError('device=cuda but torch.cuda.is_available() is '
+                           'False')
+    torch.manual_seed(0)
+    if job.kind == 'backbone':
+        model = build_backbone(job.model, job.grid_sizes)
+    else:
+        model = build_detector(job.model, job.grid_sizes)
+    from mmtranscnn.analysis.complexity import count_params
+    params = count_params(model)
+    model.to(device)
+    x = torch.randn(job.batch, 3, job.height, job.width, device=device)
+    if job.channels_last:
+        model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    samples = (detection_samples(job.batch, job.height, job.width)
+               if job.kind == 'detector' else None)
+    if samples is not None:
+        samples = [s.to(device) for s in samples]
+    step = _step_fn(job, model, x, samples)
+
+    def sync():
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+
+    # 1-2: the memory step, before anything else raises the peak.
+    release_free_memory()
+    if device.type == 'cuda':
+        sync()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    rss_before = rss_bytes()
+    hwm_was_reset = reset_hwm()
+    t0 = time.perf_counter()
+    step()
+    sync()
+    first_step_s = time.perf_counter() - t0
+    if device.type == 'cuda':
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = hwm_bytes() - rss_before
+
+    # 3: warm-up and timing.
+    for _ in range(job.warmup):
+        step()
+    sync()
+    times = []
+    for _ in range(job.repeats):
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+
+    # 4: FLOPs last (tracing allocates).
+    gflops = None
+    if job.flops and job.kind == 'backbone':
+        from mmtranscnn.analysis.complexity import count_flops
+        model.float()
+        gflops = count_flops(model, (1, 3, job.height, job.width)) / 1e9
+    times_sorted = sorted(times)
+    median = times_sorted[len(times) // 2] if len(times) % 2 else sum(
+        times_sorted[len(times) // 2 - 1:len(times) // 2 + 1]) / 2
+    return dict(
+        job=asdict(job), params_m=params / 1e6, gflops=gflops,
+        peak_mem_mb=peak / 2**20, rss_before_mb=rss_before / 2**20,
+        hwm_reset=hwm_was_reset, first_step_s=first_step_s, times_s=times,
+        median_s=median, min_s=times_sorted[0], max_s=times_sorted[-1],
+        img_per_s=job.batch / median, torch=torch.__version__,
+        num_threads=torch.get_num_threads())
+
+
+def run_in_subprocess(job: Job, timeout: Optional[float] = None) -> dict:
+    """Run ``job`` in a fresh interpreter; a failure becomes a row with an
+    ``error`` instead of an exception, so one broken model does not lose a
+    whole run."""
+    import subprocess
+    job.validate()
+    env = dict(os.environ, OMP_NUM_THREADS=str(job.threads),
+               MKL_NUM_THREADS=str(job.threads))
+    load_before = os.getloadavg()
+    try:
+        out = subprocess.run(
+            [sys.executable, '-m', 'mmtranscnn.analysis.speed',
+             json.dumps(asdict(job))],
+            capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        row = dict(job=asdict(job), error=f'timed out after {timeout} s')
+    else:
+        lines = [ln for ln in out.stdout.splitlines()
+                 if ln.startswith(RESULT_PREFIX)]
+        if out.returncode == 0 and lines:
+            row = json.loads(lines[-1][len(RESULT_PREFIX):])
+        else:
+            tail = (out.stderr.strip().splitlines() or ['(no output)'])[-1]
+            row = dict(job=asdict(job),
+                       error=f'exit {out.returncode}: {tail}')
+    row['loadavg_before'] = load_before
+    row['loadavg_after'] = os.getloadavg()
+    return row
+
+
+def machine_info() -> dict:
+    """What the figures were measured on."""
+    import torch
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as f:
+            match = re.search(r'model name\s*:\s*(.+)', f.read())
+        if match:
+            cpu = match.group(1).strip()
+    except OSError:
+        pass
+    mem_gb = None
+    try:
+        mem_gb = os.sysconf('SC_PAGE_SIZE') * os.sysconf(
+            'SC_PHYS_PAGES') / 2**30
+    except (ValueError, OSError):
+        pass
+    info = dict(cpu=cpu, logical_cpus=os.cpu_count(), mem_gb=mem_gb,
+                python=platform.python_version(), torch=torch.__version__,
+                date=time.strftime('%Y-%m-%d %H:%M %Z'))
+    if torch.cuda.is_available():
+        info['gpu'] = torch.cuda.get_device_name(0)
+    return info
+
+
+RESULT_PREFIX = 'SPEED_RESULT '
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(
+        description='Run one benchmark job (JSON) in this process and print '
+        'its result; the benchmark tools call this in a subprocess.')
+    parser.add_argument('job', help='a Job as JSON')
+    args = parser.parse_args(argv)
+    job = Job(**json.loads(args.job))
+    result = run_job(job)
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,315 @@
+"""The speed work and the measuring tools (issue 7).
+
+* The speed-ups (channels-last, eval-time conv+BN folding, pooled merges)
+  change nothing that is computed: outputs and gradients match the plain
+  paths.
+* ``mmtranscnn.analysis.speed`` measures memory before anything else and
+  reports what it ran; the tools' option handling, target checks and plot
+  work on small inputs.
+"""
+import importlib.util
+import json
+import os.path as osp
+
+import pytest
+import torch
+from mmcv.cnn import ConvModule
+
+from mmtranscnn.analysis import count_flops
+from mmtranscnn.analysis import speed
+from mmtranscnn.models import HMHSA, TransCNN
+from mmtranscnn.models.hmhsa import merge_tokens
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def _tool(name):
+    path = osp.join(REPO, 'tools', 'analysis_tools', f'{name}.py')
+    spec = importlib.util.spec_from_file_location(f'_tool_{name}', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _set_folding(model, on):
+    for m in model.modules():
+        if isinstance(m, ConvModule):
+            m.turn_on_efficient_conv_bn_eval(on)
+
+
+def _randomise_bn(model):
+    """Non-trivial running statistics and affine weights."""
+    gen = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=gen) * .1)
+            m.running_var.copy_(torch.rand(n, generator=gen) + .5)
+            m.weight.data.copy_(torch.rand(n, generator=gen) + .5)
+            m.bias.data.copy_(torch.randn(n, generator=gen) * .1)
+
+
+# -- the speed-ups compute the same thing -----------------------------------
+def test_eval_folding_gives_the_unfolded_outputs():
+    torch.manual_seed(0)
+    model = TransCNN('small', grid_sizes=(4, 2, 2, 0))
+    _randomise_bn(model)
+    model.eval()
+    x = torch.randn(1, 3, 75, 93)
+    with torch.no_grad():
+        folded = model(x)
+        _set_folding(model, False)
+        plain = model(x)
+    for a, b in zip(folded, plain):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_folding_keeps_norm_eval_training_semantics():
+    """With frozen BN statistics (norm_eval) the folded conv trains exactly
+    like conv then BN: same loss, same gradients for conv and BN weights."""
+    torch.manual_seed(0)
+    model = TransCNN('small', norm_eval=True)
+    _randomise_bn(model)
+    x = torch.randn(2, 3, 64, 64)
+    grads, losses = [], []
+    for on in (True, False):
+        _set_folding(model, on)
+        model.train()
+        model.zero_grad()
+        loss = sum(o.square().mean() for o in model(x))
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()
+                      if p.grad is not None})
+    torch.testing.assert_close(losses[0], losses[1])
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name],
+                                   rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_train_mode_bn_is_not_folded():
+    """BN with batch statistics runs as BN: running stats still update."""
+    model = TransCNN('small').train()
+    bn = model.stages[0][0].irb.expand.bn
+    before = bn.running_mean.clone()
+    model(torch.randn(2, 3, 64, 64))
+    assert not torch.equal(bn.running_mean, before)
+
+
+@pytest.mark.parametrize('grids', [(4, ), (3, 2), 0])
+def test_hmhsa_same_result_for_either_memory_format(grids):
+    torch.manual_seed(0)
+    m = HMHSA(32, grid_sizes=grids, head_dim=16).eval()
+    x = torch.randn(2, 32, 11, 14)
+    with torch.no_grad():
+        a = m(x)
+        b = m(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_backbone_runs_channels_last_inside():
+    model = TransCNN('small').eval()
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, 64, 64))
+    assert all(o.is_contiguous(memory_format=torch.channels_last)
+               for o in outs)
+
+
+@pytest.mark.parametrize('size,g', [((13, 17), 4), ((6, 6), 8), ((16, 8), 4),
+                                    ((1, 5), 2)])
+def test_pooled_merge_equals_masked_merge(size, g):
+    """The pooling fast path equals the general masked path."""
+    t = torch.randn(2, *size, 5, dtype=torch.float64)
+    fast, fast_valid = merge_tokens(t, None, g)
+    slow, slow_valid = merge_tokens(
+        t, torch.ones(2, *size, dtype=torch.bool), g)
+    assert fast_valid is None and slow_valid is None
+    torch.testing.assert_close(fast, slow, rtol=1e-12, atol=1e-12)
+
+
+def test_flop_count_does_not_depend_on_folding():
+    model = TransCNN('small')
+    folded = count_flops(model, (1, 3, 64, 64))
+    _set_folding(model, False)
+    assert count_flops(model, (1, 3, 64, 64)) == folded
+    # and counting leaves the folding switched on
+    _set_folding(model, True)
+    count_flops(model, (1, 3, 64, 64))
+    assert model.stem.conv1.efficient_conv_bn_eval_forward is not None
+
+
+# -- the measuring library --------------------------------------------------
+def test_high_water_mark_reset():
+    if not speed.reset_hwm():
+        pytest.skip('kernel refuses /proc/self/clear_refs')
+    big = torch.ones(64 * 2**20 // 4)  # 64 MB
+    big.add_(1)
+    del big
+    speed.release_free_memory()
+    assert speed.hwm_bytes() - speed.rss_bytes() > 32 * 2**20
+    assert speed.reset_hwm()
+    assert speed.hwm_bytes() - speed.rss_bytes() < 16 * 2**20
+
+
+@pytest.mark.parametrize('field,value', [('kind', 'neck'), ('mode', 'fit'),
+                                         ('device', 'tpu'),
+                                         ('dtype', 'int8'),
+                                         ('model', 'ViT-B')])
+def test_job_validation_names_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        speed.Job(**{'model': 'Swin-T', field: value}).validate()
+
+
+def test_train_mode_needs_a_detector():
+    with pytest.raises(ValueError, match='detectors only'):
+        speed.Job('Swin-T', mode='train').validate()
+
+
+def test_run_job_in_process():
+    row = speed.run_job(speed.Job('TransCNN-Base', height=64, width=64,
+                                  grid_sizes=[4, 2, 1, 0], warmup=0,
+                                  repeats=2, threads=1, flops=True))
+    assert len(row['times_s']) == 2 and row['median_s'] > 0
+    assert row['peak_mem_mb'] > 0
+    assert row['params_m'] == pytest.approx(26.0, abs=0.1)
+    want = count_flops(TransCNN('base', grid_sizes=(4, 2, 1, 0)),
+                       (1, 3, 64, 64))
+    assert row['gflops'] == pytest.approx(want / 1e9)
+
+
+@pytest.mark.slow
+def test_subprocess_rows_and_failures():
+    ok = speed.run_in_subprocess(speed.Job(
+        'TransCNN-Base', height=64, width=64, warmup=0, repeats=1,
+        threads=1), timeout=300)
+    assert 'error' not in ok, ok.get('error')
+    assert ok['job']['model'] == 'TransCNN-Base' and ok['img_per_s'] > 0
+    assert len(ok['loadavg_before']) == 3
+    bad = speed.run_in_subprocess(speed.Job(
+        'TransCNN-Base', device='cuda', height=64, width=64, repeats=1),
+        timeout=300) if not torch.cuda.is_available() else {'error': 'x'}
+    assert 'error' in bad
+
+
+@pytest.mark.slow
+def test_detector_train_step_in_process():
+    row = speed.run_job(speed.Job('TransCNN-Base', kind='detector',
+                                  mode='train', height=128, width=160,
+                                  warmup=0, repeats=1, threads=1))
+    assert row['peak_mem_mb'] > 0 and row['median_s'] > 0
+
+
+def test_detection_samples_hold_boxes_inside_the_image():
+    samples = speed.detection_samples(2, 100, 150)
+    for s in samples:
+        b = s.gt_instances.bboxes
+        assert b.shape == (5, 4)
+        assert (b[:, 2:] > b[:, :2]).all()
+        assert s.metainfo['batch_input_shape'] == (100, 150)
+
+
+# -- the tools ----------------------------------------------------------------
+def _row(model, img_s, mem, case='backbone-224'):
+    return dict(job=dict(model=model, batch=8), img_per_s=img_s,
+                median_s=8 / img_s, min_s=8 / img_s, max_s=8 / img_s,
+                peak_mem_mb=mem, params_m=1., gflops=1.)
+
+
+def test_benchmark_targets_met_and_missed():
+    bench = _tool('benchmark')
+    args = bench.parse_args(['--cases', 'backbone-224', 'backbone-det',
+                             '--models', 'TransCNN-Base', 'Swin-T',
+                             'PVT-Small'])
+    results = {
+        ('backbone-224', 'TransCNN-Base', 'fp32'): _row('TransCNN-Base', 30,
+                                                        100),
+        ('backbone-224', 'Swin-T', 'fp32'): _row('Swin-T', 20, 100),
+        ('backbone-224', 'PVT-Small', 'fp32'): _row('PVT-Small', 26, 100),
+        ('backbone-det', 'TransCNN-Base', 'fp32'): _row('TransCNN-Base', 1,
+                                                        900),
+        ('backbone-det', 'Swin-T', 'fp32'): _row('Swin-T', 1, 1000),
+        ('backbone-det', 'PVT-Small', 'fp32'): dict(
+            job=dict(model='PVT-Small'), error='boom'),
+    }
+    lines = bench.target_lines(results, args)
+    assert 'img/s 1.50x Swin-T (target >= 1.2x): met' in lines[0]
+    assert 'img/s 1.15x PVT-Small (target >= 1.2x): MISSED' in lines[1]
+    assert 'MISSED' in lines[2]  # 1.0x Swin-T at 800x1344
+    assert 'not measured' in lines[3]
+    assert '0.90x' in lines[4] and lines[4].endswith('met')
+    info = dict(date='d', cpu='c', logical_cpus=2, mem_gb=24., torch='t',
+                load_min=.5, load_max=1.)
+    text = bench.markdown(results, args, info)
+    assert '| Swin-T | 1.0 | 1.00 | 20.00 |' in text
+    assert 'failed: boom' in text
+
+
+def test_benchmark_rejects_unknown_models():
+    bench = _tool('benchmark')
+    with pytest.raises(SystemExit):
+        bench.parse_args(['--cases', 'retinanet-train', '--models',
+                          'Plain-Attention'])
+
+
+def test_pool_rounds_takes_all_timings():
+    bench = _tool('benchmark')
+    a = dict(_row('Swin-T', 8, 100), times_s=[1., 3.],
+             loadavg_before=[1, 1, 1], loadavg_after=[2, 2, 2])
+    b = dict(_row('Swin-T', 8, 120), times_s=[2.],
+             loadavg_before=[1, 1, 1], loadavg_after=[1, 1, 1])
+    merged = bench.pool_rounds([a, b])
+    assert merged['median_s'] == 2. and merged['img_per_s'] == 4.
+    assert merged['peak_mem_mb'] == 110. and merged['rounds'] == 2
+
+
+def test_get_flops_backbone_from_detection_config(capsys):
+    tool = _tool('get_flops')
+    tool.main([osp.join(REPO, 'configs', 'retinanet_transcnn_base.py'),
+               '--shape', '96', '128', '--backbone'])
+    out = capsys.readouterr().out
+    want = count_flops(TransCNN('base', grid_sizes=(16, 8, 4, 0)),
+                       (1, 3, 96, 128))
+    assert f'FLOPs: {want / 1e9:.3f} G' in out
+    assert 'Params: 26.013 M' in out and 'scope mmdet' in out
+
+
+@pytest.mark.slow
+def test_get_flops_whole_classifier(capsys):
+    tool = _tool('get_flops')
+    tool.main([osp.join(REPO, 'configs', 'imagenet',
+                        'transcnn-small_8xb128_in1k.py'), '--shape', '64',
+               '--by-module', '1'])
+    out = capsys.readouterr().out
+    backbone = count_flops(TransCNN('small'), (1, 3, 64, 64))
+    head = 512 * 1000
+    assert f'FLOPs: {(backbone + head) / 1e9:.3f} G' in out
+    assert 'scope mmpretrain' in out and '  backbone:' in out
+
+
+def test_plot_scaling_writes_a_png(tmp_path):
+    tool = _tool('plot_scaling')
+    rows = [dict(model=m, size=s, median_s=s / 100 * k, min_s=s / 110 * k,
+                 max_s=s / 90 * k, peak_mem_mb=s * k)
+            for m, k in (('TransCNN-Base', 1), ('Swin-T', 2))
+            for s in (256, 512)]
+    rows.append(dict(model='Plain-Attention', size=2048, skipped='too big'))
+    info = dict(cpu='c', threads=2, torch='t', date='d', load_min=0.1,
+                load_max=0.2)
+    out = tmp_path / 'p.png'
+    tool.plot(rows, info, str(out))
+    assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    data = tmp_path / 'p.json'
+    data.write_text(json.dumps(dict(machine=info, rows=rows)))
+    tool.main(['--out', str(tmp_path / 'q.png'), '--from-json', str(data)])
+    assert (tmp_path / 'q.png').exists()
+
+
+def test_plot_scaling_extrapolation():
+    tool = _tool('plot_scaling')
+    # linear in pixels: 4x per doubling of the side
+    t, m = tool.predict([(256, 1., 100.), (512, 4., 400.)], 1024)
+    assert t == pytest.approx(16.) and m == pytest.approx(1600.)
+    # quadratic growth is extrapolated as quadratic
+    t, _ = tool.predict([(256, 1., 1.), (512, 16., 1.)], 1024)
+    assert t == pytest.approx(256.)

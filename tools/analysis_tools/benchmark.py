@@ -1,0 +1,257 @@
+"""Throughput and peak memory of TransCNN-Base against mmdet's backbones.
+
+Measures, side by side in one run and with the same input and threads,
+TransCNN-Base and mmdet's own ResNet-50, Swin-T (window 7), PVT-Small and
+PVTv2-B2:
+
+* ``backbone-224``: the backbone at 224x224, batch 8 (TransCNN grid sizes
+  (8, 4, 2, 0), the ImageNet setting);
+* ``backbone-det``: the backbone at 800x1344, batch 1 (grid sizes
+  (16, 8, 4, 0), the COCO setting);
+* ``retinanet-infer``: RetinaNet inference (``predict``, NMS included) at
+  800x1344, batch 1, from each backbone's RetinaNet config (mmdet's, ours);
+* ``retinanet-train``: one RetinaNet train step (forward, backward, AdamW
+  step) at 800x1344, batch 1, with a few fixed boxes.
+
+Every (case, model) runs in its own process (:mod:`mmtranscnn.analysis.speed`
+says in which order memory and time are taken): one memory step, ``--warmup``
+steps, then ``--repeats`` timed steps; the table gives the median and the
+spread (min-max). ``--rounds N`` repeats the whole sweep N times, models
+interleaved, and pools the timings, which evens out a machine whose load
+drifts. On a GPU, ``--device cuda --dtypes fp32 fp16 bf16`` measures each
+precision (fp16/bf16 through autocast; fp16 training with a GradScaler).
+
+Usage:
+    python tools/analysis_tools/benchmark.py \
+        [--cases backbone-224 backbone-det retinanet-infer retinanet-train] \
+        [--models TransCNN-Base ResNet-50 Swin-T PVT-Small PVTv2-B2] \
+        [--device cpu|cuda] [--dtypes fp32 ...] [--threads 2] \
+        [--warmup 2] [--repeats 5] [--rounds 1] \
+        [--json out.json] [--md out.md]
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+from mmtranscnn.analysis.speed import (BACKBONES, DETECTORS, DTYPES, Job,
+                                       machine_info, run_in_subprocess)
+
+REFERENCE = 'TransCNN-Base'
+
+#: case name -> (kind, mode, batch, height, width, TransCNN grid sizes)
+CASES = {
+    'backbone-224': ('backbone', 'infer', 8, 224, 224, [8, 4, 2, 0]),
+    'backbone-det': ('backbone', 'infer', 1, 800, 1344, [16, 8, 4, 0]),
+    'retinanet-infer': ('detector', 'infer', 1, 800, 1344, [16, 8, 4, 0]),
+    'retinanet-train': ('detector', 'train', 1, 800, 1344, [16, 8, 4, 0]),
+}
+CASE_TITLES = {
+    'backbone-224': 'Backbone, 224x224, batch 8, inference',
+    'backbone-det': 'Backbone, 800x1344, batch 1, inference',
+    'retinanet-infer': 'RetinaNet, 800x1344, batch 1, inference (predict)',
+    'retinanet-train': 'RetinaNet, 800x1344, batch 1, train step '
+    '(forward + backward + AdamW)',
+}
+DEFAULT_MODELS = ['TransCNN-Base', 'ResNet-50', 'Swin-T', 'PVT-Small',
+                  'PVTv2-B2']
+
+#: Issue 7's targets: (case, other model, quantity, bound). 'speed' means
+#: TransCNN-Base img/s / other's >= bound; 'memory' means TransCNN-Base
+#: peak memory / other's <= bound.
+TARGETS = [
+    ('backbone-224', 'Swin-T', 'speed', 1.2),
+    ('backbone-224', 'PVT-Small', 'speed', 1.2),
+    ('backbone-det', 'Swin-T', 'speed', 1.2),
+    ('backbone-det', 'PVT-Small', 'speed', 3.0),
+    ('backbone-det', 'Swin-T', 'memory', 1.0),
+    ('retinanet-train', 'Swin-T', 'speed', 1.2),
+]
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Speed and memory of TransCNN-Base vs mmdet backbones.')
+    parser.add_argument('--cases', nargs='+', default=list(CASES),
+                        choices=list(CASES))
+    parser.add_argument('--models', nargs='+', default=DEFAULT_MODELS,
+                        help=f'any of {sorted(DETECTORS)} (backbone cases '
+                        f'also take {sorted(set(BACKBONES) - set(DETECTORS))})')
+    parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
+    parser.add_argument('--dtypes', nargs='+', default=None, choices=DTYPES,
+                        help='default: fp32 on CPU, fp32 fp16 bf16 on CUDA')
+    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--rounds', type=int, default=1)
+    parser.add_argument('--channels-last', action='store_true',
+                        help='run every model on channels-last tensors')
+    parser.add_argument('--no-flops', action='store_true',
+                        help='skip FLOP counting of the backbones')
+    parser.add_argument('--timeout', type=float, default=1800,
+                        help='seconds per model process')
+    parser.add_argument('--json', help='write all rows and the machine here')
+    parser.add_argument('--md', help='write the markdown tables here')
+    args = parser.parse_args(argv)
+    if args.dtypes is None:
+        args.dtypes = ['fp32'] if args.device == 'cpu' else list(DTYPES)
+    for case in args.cases:
+        table = BACKBONES if CASES[case][0] == 'backbone' else DETECTORS
+        bad = [m for m in args.models if m not in table]
+        if bad:
+            parser.error(f'--models {bad} cannot run case {case!r}; '
+                         f'allowed: {sorted(table)}')
+    for name in ('threads', 'repeats', 'rounds'):
+        if getattr(args, name) < 1:
+            parser.error(f'--{name} must be >= 1')
+    return args
+
+
+def pool_rounds(rows):
+    """Merge the rows of several rounds of one (case, model, dtype)."""
+    ok = [r for r in rows if 'error' not in r]
+    if not ok:
+        return rows[-1]
+    merged = dict(ok[0])
+    times = sorted(t for r in ok for t in r['times_s'])
+    median = statistics.median(times)
+    merged.update(
+        times_s=times, median_s=median, min_s=times[0], max_s=times[-1],
+        img_per_s=ok[0]['job']['batch'] / median,
+        peak_mem_mb=statistics.median(r['peak_mem_mb'] for r in ok),
+        peak_mem_mb_all=[r['peak_mem_mb'] for r in ok],
+        loadavg_before=max(r['loadavg_before'][0] for r in ok),
+        loadavg_after=max(r['loadavg_after'][0] for r in ok),
+        rounds=len(ok))
+    return merged
+
+
+def fmt_row(r, ref):
+    name = r['job']['model']
+    if 'error' in r:
+        return f"| {name} | - | - | - | - | - | - | failed: {r['error']} |"
+    batch = r['job']['batch']
+    speed = r['img_per_s']
+    slow, fast = batch / r['max_s'], batch / r['min_s']
+    gflops = f"{r['gflops']:.2f}" if r.get('gflops') else '-'
+    ratio = '-'
+    if ref is not None and 'error' not in ref and name != REFERENCE:
+        ratio = (f"{ref['img_per_s'] / speed:.2f}x / "
+                 f"{ref['peak_mem_mb'] / r['peak_mem_mb']:.2f}x")
+    return (f"| {name} | {r['params_m']:.1f} | {gflops} | {speed:.2f} | "
+            f"{slow:.2f}-{fast:.2f} | {1e3 * r['median_s']:.0f} | "
+            f"{r['peak_mem_mb']:.0f} | {ratio} |")
+
+
+def markdown(results, args, info):
+    lines = [
+        f"Measured {info['date']} on {info['cpu']} ({info['logical_cpus']} "
+        f"logical CPUs, {info['mem_gb']:.0f} GiB"
+        + (f", GPU {info['gpu']}" if 'gpu' in info else '') +
+        f"), torch {info['torch']}, device {args.device}, {args.threads} "
+        f"threads, {args.warmup} warm-up + {args.repeats} timed steps x "
+        f"{args.rounds} round(s) per model, each model in its own process. "
+        f"Load average (1 min) during the run: {info['load_min']:.2f} to "
+        f"{info['load_max']:.2f}.", ''
+    ]
+    for case in args.cases:
+        for dtype in args.dtypes:
+            rows = [results[(case, m, dtype)] for m in args.models
+                    if (case, m, dtype) in results]
+            ref = results.get((case, REFERENCE, dtype))
+            lines += [
+                f'**{CASE_TITLES[case]}, {dtype}**', '',
+                '| model | params (M) | GFLOPs | img/s (median) | img/s '
+                '(min-max) | latency (ms) | peak memory (MB) | '
+                f'{REFERENCE} speed / memory ratio |',
+                '|---|---|---|---|---|---|---|---|'
+            ] + [fmt_row(r, ref) for r in rows] + ['']
+    lines += ['Targets (issue 7):', '']
+    for line in target_lines(results, args):
+        lines.append(f'- {line}')
+    lines.append('')
+    return '\n'.join(lines)
+
+
+def target_lines(results, args):
+    out = []
+    for case, other, what, bound in TARGETS:
+        key_ref, key_other = (case, REFERENCE, 'fp32'), (case, other, 'fp32')
+        if key_ref not in results or key_other not in results:
+            continue
+        a, b = results[key_ref], results[key_other]
+        if 'error' in a or 'error' in b:
+            out.append(f'{case}: {what} vs {other}: not measured')
+            continue
+        if what == 'speed':
+            ratio = a['img_per_s'] / b['img_per_s']
+            ok = ratio >= bound
+            text = f'img/s {ratio:.2f}x {other} (target >= {bound}x)'
+        else:
+            ratio = a['peak_mem_mb'] / b['peak_mem_mb']
+            ok = ratio <= bound
+            text = (f"peak memory {a['peak_mem_mb']:.0f} MB = {ratio:.2f}x "
+                    f"{other}'s (target <= {bound}x)")
+        out.append(f"{case}: {text}: {'met' if ok else 'MISSED'}")
+    return out
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    info = machine_info()
+    info['command'] = ' '.join([os.path.basename(sys.executable)] +
+                               sys.argv)
+    loads = [os.getloadavg()[0]]
+    raw = {}
+    for rnd in range(args.rounds):
+        for case in args.cases:
+            kind, mode, batch, h, w, grids = CASES[case]
+            for dtype in args.dtypes:
+                for model in args.models:
+                    job = Job(model=model, kind=kind, mode=mode, batch=batch,
+                              height=h, width=w, grid_sizes=grids,
+                              device=args.device, dtype=dtype,
+                              threads=args.threads, warmup=args.warmup,
+                              repeats=args.repeats,
+                              channels_last=args.channels_last,
+                              flops=(not args.no_flops and rnd == 0
+                                     and kind == 'backbone'
+                                     and dtype == args.dtypes[0]))
+                    row = run_in_subprocess(job, timeout=args.timeout)
+                    loads += [row['loadavg_before'][0],
+                              row['loadavg_after'][0]]
+                    raw.setdefault((case, model, dtype), []).append(row)
+                    short = {k: row.get(k) for k in (
+                        'img_per_s', 'median_s', 'peak_mem_mb', 'gflops',
+                        'error')}
+                    print(f'[round {rnd + 1}] {case} {model} {dtype}: '
+                          f'{json.dumps(short)} load '
+                          f"{row['loadavg_before'][0]:.2f}->"
+                          f"{row['loadavg_after'][0]:.2f}",
+                          file=sys.stderr, flush=True)
+    results = {}
+    for key, rows in raw.items():
+        results[key] = pool_rounds(rows)
+        if 'error' not in results[key] and rows[0].get('gflops'):
+            results[key]['gflops'] = rows[0]['gflops']
+    info['load_min'], info['load_max'] = min(loads), max(loads)
+    text = markdown(results, args, info)
+    print(text)
+    if args.md:
+        with open(args.md, 'w') as f:
+            f.write(text)
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(dict(machine=info, args=vars(args),
+                           targets=target_lines(results, args),
+                           rows=[dict(case=k[0], **v)
+                                 for k, v in results.items()]),
+                      f, indent=1)
+
+
+if __name__ == '__main__':
+    t0 = time.time()
+    main()
+    print(f'benchmark took {time.time() - t0:.0f} s', file=sys.stderr)
