@@ -1,0 +1,782 @@
+"""Object detection with MMDetection: configs, shapes data, tools, demo, mim.
+
+- Every detection config under configs/ (top level and tiny/) builds in
+  mmdet and wires the backbone's four maps into FPN; the top-level ones
+  state the paper's §4.4 protocol; the tiny ones differ from the config they
+  inherit only in data, image size, schedule and grid sizes.
+- tools/data/make_shapes_coco.py writes deterministic COCO data (boxes,
+  polygon and RLE masks) that mmdet's CocoDataset reads.
+- End to end (slow): RetinaNet and Mask R-CNN train and evaluate through
+  tools/train.py and tools/test.py; --amp trains with finite losses; a killed
+  run resumes with the same schedule; demo/image_demo.py draws an image of
+  any size; a config outside the repository inherits the installed
+  (non-editable) package's config and trains; ``mim train mmtranscnn
+  retinanet_transcnn_base.py`` finds that config.
+"""
+import ast
+import glob
+import importlib.util
+import json
+import math
+import os
+import os.path as osp
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from mmengine.config import Config
+
+from mmtranscnn import get_config_path
+from mmtranscnn.engine import setup_codebase
+from mmtranscnn.models import TransCNN
+
+TESTS_DIR = osp.dirname(osp.abspath(__file__))
+REPO_DIR = osp.dirname(TESTS_DIR)
+CONFIG_DIR = osp.join(REPO_DIR, 'configs')
+TOP_CONFIGS = [
+    osp.join(CONFIG_DIR, f'{det}_transcnn_{arch}.py')
+    for det in ('retinanet', 'mask_rcnn') for arch in ('small', 'base')
+]
+TINY_RETINANET = osp.join(CONFIG_DIR, 'tiny',
+                          'retinanet_transcnn_small_shapes.py')
+TINY_MASK_RCNN = osp.join(CONFIG_DIR, 'tiny',
+                          'mask_rcnn_transcnn_small_shapes.py')
+# Every config a user can run (not the _base_ pieces); those of other
+# codebases are skipped in the build test.
+ALL_CONFIGS = sorted(
+    glob.glob(osp.join(CONFIG_DIR, '*.py')) +
+    glob.glob(osp.join(CONFIG_DIR, 'tiny', '*.py')))
+TRAIN = osp.join(REPO_DIR, 'tools', 'train.py')
+TEST = osp.join(REPO_DIR, 'tools', 'test.py')
+DEMO = osp.join(REPO_DIR, 'demo', 'image_demo.py')
+RUN_TIMEOUT = 600  # seconds per subprocess; a shared 2-core CPU is slow
+CLASSES = ('circle', 'rectangle', 'triangle', 'ring')
+
+
+def load_generator():
+    """tools/data/make_shapes_coco.py as a module (tools/ is no package)."""
+    path = osp.join(REPO_DIR, 'tools', 'data', 'make_shapes_coco.py')
+    spec = importlib.util.spec_from_file_location('make_shapes_coco', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+shapes = load_generator()
+
+
+def rel(path):
+    return osp.relpath(path, CONFIG_DIR)
+
+
+def load_config(path):
+    cfg = Config.fromfile(path)
+    setup_codebase(cfg)
+    return cfg
+
+
+def without_missing_pretrained(cfg):
+    """Drop the backbone's init_cfg when its checkpoint is not on disk."""
+    init_cfg = cfg.model.backbone.get('init_cfg')
+    if init_cfg and not osp.isfile(init_cfg['checkpoint']):
+        cfg.model.backbone.init_cfg = None
+    return cfg
+
+
+# -- configs ------------------------------------------------------------------
+def test_all_four_detection_configs_exist():
+    for path in TOP_CONFIGS + [TINY_RETINANET, TINY_MASK_RCNN]:
+        assert osp.isfile(path), path
+
+
+@pytest.mark.parametrize('path', ALL_CONFIGS, ids=[rel(p) for p in
+                                                    ALL_CONFIGS])
+def test_config_builds_its_detector(path):
+    cfg = Config.fromfile(path)
+    if cfg.get('default_scope') != 'mmdet':
+        pytest.skip(f'{cfg.get("default_scope")} config: built by the tests '
+                    'of its codebase')
+    setup_codebase(cfg)
+    from mmdet.registry import MODELS
+    assert 'mmtranscnn' in cfg.custom_imports['imports']
+    assert cfg.custom_imports['allow_failed_imports'] is False
+    model = MODELS.build(without_missing_pretrained(cfg).model)
+    assert isinstance(model.backbone, TransCNN)
+    assert list(cfg.model.neck.in_channels) == model.backbone.num_features
+    # A size that is no multiple of 32 or of the grids: FPN gets the four
+    # maps and returns its levels, all with its channels.
+    model.eval()
+    with torch.no_grad():
+        feats = model.extract_feat(torch.rand(1, 3, 72, 100))
+    assert len(feats) == cfg.model.neck.num_outs
+    assert all(f.shape[1] == cfg.model.neck.out_channels for f in feats)
+
+
+def base_files(path):
+    """The ``_base_`` entries written in a config file."""
+    with open(path) as f:
+        for node in ast.parse(f.read()).body:
+            if isinstance(node, ast.Assign) and node.targets[0].id == '_base_':
+                value = ast.literal_eval(node.value)
+                return value if isinstance(value, list) else [value]
+    return []
+
+
+@pytest.mark.parametrize('path', TOP_CONFIGS, ids=[rel(p) for p in
+                                                    TOP_CONFIGS])
+def test_top_level_configs_follow_the_paper(path):
+    """§4.4 (PVT's protocol) on mmdet's own bases."""
+    name = osp.basename(path)
+    det, arch = name[:-3].split('_transcnn_')
+    cfg = load_config(path)
+    # mmdet's bases, inherited rather than copied.
+    root = path if arch == 'base' else osp.join(
+        CONFIG_DIR, f'{det}_transcnn_base.py')
+    bases = base_files(root)
+    model_base = {'retinanet': 'retinanet_r50_fpn.py',
+                  'mask_rcnn': 'mask-rcnn_r50_fpn.py'}[det]
+    data_base = {'retinanet': 'coco_detection.py',
+                 'mask_rcnn': 'coco_instance.py'}[det]
+    assert f'mmdet::_base_/models/{model_base}' in bases
+    assert f'mmdet::_base_/datasets/{data_base}' in bases
+    assert 'mmdet::_base_/default_runtime.py' in bases
+    assert cfg.model.type == {'retinanet': 'RetinaNet',
+                              'mask_rcnn': 'MaskRCNN'}[det]
+
+    bb = cfg.model.backbone
+    assert bb.type == 'TransCNN' and bb.arch == arch
+    assert tuple(bb.grid_sizes) == (16, 8, 4, 0)
+    assert tuple(bb.out_indices) == (0, 1, 2, 3)
+    assert bb.norm_eval is True and bb.frozen_stages == -1
+    # Our ImageNet run's checkpoint, as tools/train.py names its output.
+    assert osp.isfile(osp.join(CONFIG_DIR, 'imagenet',
+                               f'transcnn-{arch}_8xb128_in1k.py'))
+    assert bb.init_cfg == dict(
+        type='Pretrained',
+        checkpoint=f'work_dirs/transcnn-{arch}_8xb128_in1k/epoch_300.pth',
+        prefix='backbone.')
+    assert list(cfg.model.neck.in_channels) == [64, 128, 256, 512]
+
+    # AdamW 1e-4, weight decay 1e-4; x0.1 after epochs 8 and 11; 12 epochs;
+    # linear warm-up; 8 GPUs x 2 images.
+    assert cfg.optim_wrapper.optimizer == dict(
+        type='AdamW', lr=1e-4, weight_decay=1e-4)
+    warmup, steps = cfg.param_scheduler
+    assert warmup.type == 'LinearLR' and warmup.by_epoch is False
+    assert steps.type == 'MultiStepLR' and steps.gamma == 0.1
+    assert list(steps.milestones) == [8, 11]
+    assert cfg.train_cfg.max_epochs == 12
+    assert cfg.train_dataloader.batch_size == 2
+    assert cfg.auto_scale_lr.base_batch_size == 16
+
+    # COCO train2017/val2017, shorter side 800 (longer <= 1333), flip.
+    train = cfg.train_dataloader.dataset
+    assert train.ann_file == 'annotations/instances_train2017.json'
+    assert cfg.val_dataloader.dataset.ann_file.endswith(
+        'instances_val2017.json')
+    steps = {t['type']: t for t in train.pipeline}
+    assert steps['Resize']['scale'] == (1333, 800)
+    assert steps['Resize']['keep_ratio'] is True
+    assert steps['RandomFlip']['prob'] == 0.5
+    assert steps['LoadAnnotations'].get('with_mask', False) == (
+        det == 'mask_rcnn')
+    test_resize = [t for t in cfg.test_dataloader.dataset.pipeline
+                   if t['type'] == 'Resize'][0]
+    assert test_resize['scale'] == (1333, 800)
+    metrics = cfg.val_evaluator.metric
+    assert metrics == ('bbox' if det == 'retinanet' else ['bbox', 'segm'])
+
+
+def test_missing_pretrained_checkpoint_says_how_to_get_one():
+    cfg = load_config(osp.join(CONFIG_DIR, 'retinanet_transcnn_small.py'))
+    checkpoint = cfg.model.backbone.init_cfg.checkpoint
+    if osp.isfile(checkpoint):
+        pytest.skip(f'{checkpoint} exists here')
+    backbone = TransCNN(**{k: v for k, v in cfg.model.backbone.items()
+                           if k != 'type'})
+    with pytest.raises(FileNotFoundError) as err:
+        backbone.init_weights()
+    message = str(err.value)
+    assert checkpoint in message
+    assert 'configs/imagenet' in message and 'init_cfg=None' in message
+
+
+def flatten(value, prefix=''):
+    """Nested dicts/lists as {dotted.key: leaf}."""
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)) and any(
+            isinstance(v, (dict, list, tuple)) for v in value):
+        items = ((str(i), v) for i, v in enumerate(value))
+    else:
+        return {prefix: value}
+    flat = {}
+    for key, sub in items:
+        flat.update(flatten(sub, f'{prefix}.{key}' if prefix else str(key)))
+    return flat
+
+
+# What a tiny config may change in the config it inherits (issue 4: "data,
+# image size, schedule and grid sizes"). Training from scratch without an
+# ImageNet checkpoint also means no init_cfg, BN statistics of its own and
+# no stochastic depth; a 4-class dataset means 4-class heads.
+TINY_MODEL_CHANGES = ('backbone.grid_sizes', 'backbone.init_cfg',
+                      'backbone.norm_eval', 'backbone.drop_path_rate',
+                      'bbox_head.num_classes', 'roi_head.bbox_head.num_classes',
+                      'roi_head.mask_head.num_classes')
+TINY_TOP_LEVEL_CHANGES = {
+    # data and image size
+    'data_root', 'metainfo', 'img_scale', 'train_pipeline', 'test_pipeline',
+    'train_dataloader', 'val_dataloader', 'test_dataloader',
+    'val_evaluator', 'test_evaluator',
+    # schedule
+    'max_epochs', 'train_cfg', 'param_scheduler', 'optim_wrapper',
+    'auto_scale_lr', 'default_hooks', 'log_processor',
+}
+
+
+@pytest.mark.parametrize('path', [TINY_RETINANET, TINY_MASK_RCNN],
+                         ids=['retinanet', 'mask_rcnn'])
+def test_tiny_config_changes_only_data_size_schedule_and_grids(path):
+    (parent, ) = base_files(path)
+    parent = osp.normpath(osp.join(osp.dirname(path), parent))
+    assert osp.dirname(parent) == CONFIG_DIR  # a real, top-level config
+    tiny, real = Config.fromfile(path), Config.fromfile(parent)
+    changed = {k for k in set(tiny) | set(real)
+               if tiny.get(k) != real.get(k)}
+    assert changed - {'model'} <= TINY_TOP_LEVEL_CHANGES, changed
+    flat_tiny, flat_real = flatten(tiny.model.to_dict()), flatten(
+        real.model.to_dict())
+    model_changes = {
+        k for k in set(flat_tiny) | set(flat_real)
+        if flat_tiny.get(k) != flat_real.get(k)
+    }
+    allowed = {k for k in model_changes if k.startswith(TINY_MODEL_CHANGES)}
+    assert model_changes == allowed, model_changes - allowed
+    # The optimizer stays AdamW with the real weight decay; only the lr and
+    # gradient clipping belong to the schedule.
+    assert tiny.optim_wrapper.optimizer.type == 'AdamW'
+    assert tiny.optim_wrapper.optimizer.weight_decay == \
+        real.optim_wrapper.optimizer.weight_decay
+    assert tiny.model.backbone.init_cfg is None
+    assert tiny.train_dataloader.dataset.metainfo['classes'] == CLASSES
+
+
+def test_config_path_of_installed_configs():
+    path = get_config_path('retinanet_transcnn_base.py')
+    assert osp.isfile(path) and osp.isabs(path)
+    assert osp.samefile(path, osp.join(CONFIG_DIR,
+                                       'retinanet_transcnn_base.py'))
+    with pytest.raises(FileNotFoundError, match='retinanet_transcnn_base'):
+        get_config_path('retinanet_transcnn_huge.py')
+    with pytest.raises(FileNotFoundError):
+        get_config_path('../setup.py')  # outside the configs
+    with pytest.raises(ValueError, match='name'):
+        get_config_path(None)
+
+
+DOWNSTREAM_CONFIG = """
+# A config in another project: it inherits the installed mmtranscnn config.
+_base_ = __import__('mmtranscnn').get_config_path('retinanet_transcnn_base.py')
+data_root = {data_root!r}
+metainfo = dict(classes={classes!r})
+img_scale = (64, 64)
+model = dict(
+    backbone=dict(grid_sizes=(4, 2, 0, 0), init_cfg=None, norm_eval=False),
+    bbox_head=dict(num_classes={num_classes}),
+    test_cfg=dict(score_thr=0.0))
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='Resize', scale=img_scale, keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs')
+]
+train_dataloader = dict(
+    batch_size=2, num_workers=0, persistent_workers=False,
+    dataset=dict(data_root=data_root, metainfo=metainfo,
+                 ann_file='annotations/instances_train.json',
+                 data_prefix=dict(img='train/'), pipeline=train_pipeline))
+train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=2)
+val_cfg = None
+val_dataloader = None
+val_evaluator = None
+test_cfg = None
+test_dataloader = None
+test_evaluator = None
+param_scheduler = None
+default_hooks = dict(logger=dict(interval=1),
+                     checkpoint=dict(by_epoch=False, interval=2))
+log_processor = dict(by_epoch=False)
+"""
+
+
+def write_downstream_config(directory, data_root):
+    os.makedirs(directory, exist_ok=True)
+    path = osp.join(directory, 'retinanet_transcnn_base_myshapes.py')
+    with open(path, 'w') as f:
+        f.write(DOWNSTREAM_CONFIG.format(
+            data_root=osp.join(str(data_root), ''), classes=CLASSES,
+            num_classes=len(CLASSES)))
+    return path
+
+
+def test_downstream_config_inherits_and_overrides(tmp_path):
+    path = write_downstream_config(tmp_path / 'my_project', tmp_path / 'd')
+    cfg = Config.fromfile(path)
+    # Ours: the model type, FPN wiring and backbone arch come from the base.
+    assert cfg.model.type == 'RetinaNet' and cfg.model.backbone.arch == 'base'
+    assert list(cfg.model.neck.in_channels) == [64, 128, 256, 512]
+    assert cfg.optim_wrapper.optimizer.type == 'AdamW'
+    # Theirs: grid sizes, classes, data.
+    assert tuple(cfg.model.backbone.grid_sizes) == (4, 2, 0, 0)
+    assert cfg.model.bbox_head.num_classes == len(CLASSES)
+    assert cfg.train_dataloader.dataset.data_root.startswith(str(tmp_path))
+
+
+# -- the shapes data ----------------------------------------------------------
+def file_contents(root):
+    out = {}
+    for path in sorted(glob.glob(osp.join(root, '**', '*'), recursive=True)):
+        if osp.isfile(path):
+            with open(path, 'rb') as f:
+                out[osp.relpath(path, root)] = f.read()
+    return out
+
+
+SMALL_DATA = dict(num_train=12, num_val=4, img_size=(96, 80))
+
+
+def test_shapes_is_deterministic_by_seed(tmp_path):
+    a = shapes.make_shapes_coco(str(tmp_path / 'a'), **SMALL_DATA)
+    b = shapes.make_shapes_coco(str(tmp_path / 'b'), **SMALL_DATA)
+    c = shapes.make_shapes_coco(str(tmp_path / 'c'), seed=1, **SMALL_DATA)
+    assert a['generated'] and b['generated'] and c['generated']
+    files_a = file_contents(tmp_path / 'a')
+    assert files_a == file_contents(tmp_path / 'b')
+    files_c = file_contents(tmp_path / 'c')
+    assert files_a.keys() == files_c.keys()
+    assert files_a['train/000001.png'] != files_c['train/000001.png']
+    # The same call again finds the data and writes nothing.
+    again = shapes.make_shapes_coco(str(tmp_path / 'a'), **SMALL_DATA)
+    assert again['generated'] is False
+    assert again['train'] == a['train']
+    other = shapes.make_shapes_coco(str(tmp_path / 'a'), **dict(
+        SMALL_DATA, num_train=3))
+    assert other['generated'] and other['train']['images'] == 3
+    assert len(os.listdir(tmp_path / 'a' / 'train')) == 3
+
+
+def test_shapes_annotations_are_valid_coco(tmp_path):
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
+
+    shapes.make_shapes_coco(str(tmp_path), **SMALL_DATA)
+    width, height = SMALL_DATA['img_size']
+    kinds = set()
+    for split, num in (('train', 12), ('val', 4)):
+        coco = COCO(str(tmp_path / 'annotations' / f'instances_{split}.json'))
+        assert [c['name'] for c in coco.loadCats(coco.getCatIds())] == list(
+            CLASSES)
+        assert len(coco.getImgIds()) == num
+        for img in coco.loadImgs(coco.getImgIds()):
+            path = tmp_path / split / img['file_name']
+            from PIL import Image
+            assert Image.open(path).size == (width, height)
+            assert (img['width'], img['height']) == (width, height)
+            assert coco.getAnnIds(imgIds=img['id'])  # every scene has one
+        for ann in coco.loadAnns(coco.getAnnIds()):
+            x, y, w, h = ann['bbox']
+            assert 0 <= x and 0 <= y and w > 1 and h > 1
+            assert x + w <= width and y + h <= height
+            mask = coco.annToMask(ann)
+            # The box is that of the visible mask, the area its pixels.
+            assert abs(int(mask.sum()) - ann['area']) <= max(
+                3, .05 * ann['area'])
+            ys, xs = np.nonzero(mask)
+            assert xs.min() >= math.floor(x) - 1 and ys.min() >= math.floor(
+                y) - 1
+            assert xs.max() <= x + w and ys.max() <= y + h
+            kinds.add('rle' if isinstance(ann['segmentation'], dict) else
+                      'polygon')
+            if isinstance(ann['segmentation'], dict):
+                assert mask_utils.area(ann['segmentation']) == ann['area']
+        if split == 'train':
+            labels = {a['category_id'] for a in coco.loadAnns(
+                coco.getAnnIds())}
+            assert labels == {1, 2, 3, 4}
+    assert kinds == {'rle', 'polygon'}
+
+
+def test_shapes_rejects_bad_arguments(tmp_path):
+    for kwargs, field in ((dict(img_size=(16, 16)), 'img_size'),
+                          (dict(objects=(3, 2)), 'objects'),
+                          (dict(size_range=(.5, .9)), 'size_range'),
+                          (dict(num_val=0), 'num_val')):
+        with pytest.raises(ValueError, match=field):
+            shapes.make_shapes_coco(str(tmp_path), **kwargs)
+
+
+def test_coco_dataset_reads_shapes_boxes_and_masks(tmp_path):
+    shapes.make_shapes_coco(str(tmp_path), **SMALL_DATA)
+    cfg = load_config(TINY_MASK_RCNN)
+    from mmdet.registry import DATASETS
+    dataset_cfg = cfg.train_dataloader.dataset
+    dataset_cfg.data_root = str(tmp_path)
+    dataset = DATASETS.build(dataset_cfg)
+    assert dataset.metainfo['classes'] == CLASSES
+    assert len(dataset) == 12
+    sample = dataset[0]['data_samples']
+    gt = sample.gt_instances
+    assert len(gt) > 0 and len(gt.masks) == len(gt)
+    # Resized from 96x80 to fit 160x160: 160x133.
+    assert gt.masks.masks.shape[1:] == (133, 160)
+    for box, mask in zip(gt.bboxes.tensor, gt.masks.masks):
+        ys, xs = np.nonzero(mask)
+        assert xs.min() >= box[0] - 2 and xs.max() <= box[2] + 2
+        assert ys.min() >= box[1] - 2 and ys.max() <= box[3] + 2
+
+
+# -- end to end ---------------------------------------------------------------
+def tool_env(**extra):
+    env = dict(os.environ)
+    # One thread: these runs are tiny, and on a loaded 2-core machine a
+    # second OpenMP thread waiting for a core slows every step down.
+    env['OMP_NUM_THREADS'] = '1'
+    env['PYTHONWARNINGS'] = 'ignore'
+    env.update(extra)
+    return env
+
+
+def run(cmd, cwd, env=None, timeout=RUN_TIMEOUT):
+    proc = subprocess.run(cmd, cwd=str(cwd), env=env or tool_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    return proc.stdout
+
+
+def read_scalars(work_dir):
+    """Every line of the newest run's scalars.json in ``work_dir``."""
+    paths = sorted(glob.glob(osp.join(str(work_dir), '*', 'vis_data',
+                                      'scalars.json')), key=osp.getmtime)
+    if not paths:
+        return []
+    with open(paths[-1]) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+DERIVED_CONFIG = """
+_base_ = {base!r}
+data_root = {data_root!r}
+img_scale = (64, 64)
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask={with_mask}),
+    dict(type='Resize', scale=img_scale, keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs')
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=img_scale, keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask={with_mask}),
+    dict(type='PackDetInputs',
+         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
+                    'scale_factor'))
+]
+train_dataloader = dict(
+    batch_size=2,
+    sampler=dict(shuffle=False),
+    dataset=dict(data_root=data_root, pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=2, dataset=dict(data_root=data_root, pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
+test_evaluator = val_evaluator
+# Keep every detection, so that the metric is computed even for a detector
+# that has trained for a few iterations only.
+model = dict(test_cfg={test_cfg})
+max_epochs = {epochs}
+train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
+# The lr drops x0.1 after epoch {milestone}: a resumed run must keep that.
+param_scheduler = [
+    dict(type='MultiStepLR', by_epoch=True, begin=0, end=max_epochs,
+         milestones=[{milestone}], gamma=0.1)
+]
+default_hooks = dict(
+    logger=dict(interval=1),
+    checkpoint=dict(interval=1, max_keep_ckpts=-1))
+log_processor = dict(window_size=1)
+randomness = dict(seed=0)
+"""
+TRAIN_IMAGES = 8  # batch 2: 4 iterations per epoch
+
+
+def write_derived_config(directory, base, data_root, epochs=1, milestone=10):
+    """A config inheriting a tiny config by path, on the test's data."""
+    with_mask = base == TINY_MASK_RCNN
+    test_cfg = ("dict(rcnn=dict(score_thr=0.0))" if with_mask else
+                "dict(score_thr=0.0)")
+    path = osp.join(str(directory), f'derived_{osp.basename(base)}')
+    with open(path, 'w') as f:
+        f.write(DERIVED_CONFIG.format(
+            base=base, data_root=osp.join(str(data_root), ''),
+            with_mask=with_mask, test_cfg=test_cfg, epochs=epochs,
+            milestone=milestone))
+    return path
+
+
+@pytest.fixture(scope='module')
+def shapes_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp('shapes')
+    shapes.make_shapes_coco(str(root), num_train=TRAIN_IMAGES, num_val=4,
+                            img_size=(64, 64), size_range=(.3, .6))
+    return root
+
+
+@pytest.fixture(scope='module')
+def retinanet_run(shapes_data, tmp_path_factory):
+    root = tmp_path_factory.mktemp('retinanet')
+    config = write_derived_config(root, TINY_RETINANET, shapes_data)
+    work_dir = root / 'work'
+    run([sys.executable, TRAIN, config, '--work-dir', str(work_dir)],
+        cwd=root)
+    return config, work_dir
+
+
+@pytest.mark.slow
+def test_retinanet_trains_and_evaluates_through_the_tools(
+        retinanet_run, tmp_path):
+    config, work_dir = retinanet_run
+    checkpoint = work_dir / 'epoch_1.pth'
+    assert checkpoint.is_file()
+    scalars = read_scalars(work_dir)
+    losses = [s['loss'] for s in scalars if 'loss' in s]
+    assert len(losses) == TRAIN_IMAGES // 2
+    assert all(math.isfinite(v) for v in losses)
+    assert any('coco/bbox_mAP' in s for s in scalars)  # validation ran
+
+    out = run([sys.executable, TEST, config, str(checkpoint), '--work-dir',
+               str(tmp_path), '--out', str(tmp_path / 'preds.pkl')],
+              cwd=tmp_path)
+    assert 'coco/bbox_mAP_50' in out
+    metrics = read_scalars(tmp_path)[-1]
+    assert 0 <= metrics['coco/bbox_mAP'] <= 1
+    import pickle
+    with open(tmp_path / 'preds.pkl', 'rb') as f:
+        preds = pickle.load(f)
+    assert len(preds) == 4 and 'bboxes' in preds[0]['pred_instances']
+
+
+@pytest.mark.slow
+def test_mask_rcnn_trains_and_evaluates_through_the_tools(
+        shapes_data, tmp_path):
+    config = write_derived_config(tmp_path, TINY_MASK_RCNN, shapes_data)
+    run([sys.executable, TRAIN, config, '--work-dir',
+         str(tmp_path / 'work')], cwd=tmp_path)
+    scalars = read_scalars(tmp_path / 'work')
+    losses = [s for s in scalars if 'loss_mask' in s]
+    assert len(losses) == TRAIN_IMAGES // 2
+    assert all(math.isfinite(s['loss']) for s in losses)
+
+    out = run([sys.executable, TEST, config,
+               str(tmp_path / 'work' / 'epoch_1.pth'), '--work-dir',
+               str(tmp_path / 'test')], cwd=tmp_path)
+    assert 'coco/segm_mAP' in out and 'coco/bbox_mAP' in out
+    metrics = read_scalars(tmp_path / 'test')[-1]
+    assert 0 <= metrics['coco/segm_mAP_50'] <= 1
+
+
+@pytest.mark.slow
+def test_amp_trains_retinanet_with_finite_losses(shapes_data, tmp_path):
+    config = write_derived_config(tmp_path, TINY_RETINANET, shapes_data)
+    run([sys.executable, TRAIN, config, '--amp', '--work-dir',
+         str(tmp_path / 'work'), '--cfg-options', 'train_cfg.val_interval=9'],
+        cwd=tmp_path)
+    losses = [s for s in read_scalars(tmp_path / 'work') if 'loss' in s]
+    assert len(losses) == TRAIN_IMAGES // 2
+    for record in losses:
+        for key in ('loss', 'loss_cls', 'loss_bbox'):
+            assert math.isfinite(record[key]), record
+    (dumped, ) = glob.glob(str(tmp_path / 'work' / '*' / '*.py'))
+    wrapper = Config.fromfile(dumped).optim_wrapper.type
+    expected = ('AmpOptimWrapper' if torch.cuda.is_available() else
+                'CPUBF16AmpOptimWrapper')
+    assert wrapper == expected
+
+
+@pytest.mark.slow
+def test_killed_detection_run_resumes_with_the_same_schedule(
+        shapes_data, tmp_path):
+    """Kill a 3-epoch run inside epoch 2, resume it, check lr and epochs."""
+    per_epoch = TRAIN_IMAGES // 2
+    config = write_derived_config(tmp_path, TINY_RETINANET, shapes_data,
+                                  epochs=3, milestone=2)
+    work_dir = tmp_path / 'work'
+    cmd = [sys.executable, TRAIN, config, '--work-dir', str(work_dir)]
+    proc = subprocess.Popen(cmd, cwd=str(tmp_path), env=tool_env(),
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + RUN_TIMEOUT
+    try:
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f'the run ended (code {proc.returncode}) before '
+                            'it could be killed in epoch 2')
+            iters = [s['iter'] for s in read_scalars(work_dir)
+                     if 'loss' in s]
+            if (work_dir / 'epoch_1.pth').is_file() and iters and \
+                    max(iters) > per_epoch:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail('the run did not reach epoch 2 in time')
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    killed = [s for s in read_scalars(work_dir) if 'loss' in s]
+    assert not (work_dir / 'epoch_3.pth').exists()
+    last_epoch = max(int(p.name[6:-4]) for p in work_dir.glob('epoch_*.pth'))
+    assert last_epoch in (1, 2)
+
+    time.sleep(1.1)  # a new timestamp directory for the resumed run
+    out = run(cmd + ['--resume'], cwd=tmp_path)
+    assert f'resumed epoch: {last_epoch}, iter: {last_epoch * per_epoch}' \
+        in out
+    resumed = [s for s in read_scalars(work_dir) if 'loss' in s]
+    iters = [s['iter'] for s in resumed]
+    assert iters == list(range(last_epoch * per_epoch + 1,
+                               3 * per_epoch + 1))
+    # The schedule goes on where it was: x0.1 from epoch 3 (iteration 9).
+    base_lr = Config.fromfile(config).optim_wrapper.optimizer.lr
+    for record in resumed:
+        want = base_lr * (0.1 if record['iter'] > 2 * per_epoch else 1.)
+        assert record['lr'] == pytest.approx(want, rel=1e-6), record
+    # And matches what the killed run logged for the same iterations.
+    before = {s['iter']: s['lr'] for s in killed}
+    for record in resumed:
+        if record['iter'] in before:
+            assert record['lr'] == pytest.approx(before[record['iter']])
+    assert (work_dir / 'epoch_3.pth').is_file()
+    assert any('coco/bbox_mAP' in s for s in read_scalars(work_dir))
+
+
+@pytest.mark.slow
+def test_image_demo_draws_an_image_of_any_size(retinanet_run, tmp_path):
+    from PIL import Image
+    config, work_dir = retinanet_run
+    rng = np.random.default_rng(3)
+    image, _ = shapes.render_scene(rng, (150, 97), 3)
+    Image.fromarray(image).save(tmp_path / 'scene.jpg')
+    out_file = tmp_path / 'drawn' / 'scene.png'
+    out = run([sys.executable, DEMO, config, str(work_dir / 'epoch_1.pth'),
+               str(tmp_path / 'scene.jpg'), '--out-file', str(out_file),
+               '--score-thr', '0', '--device', 'cpu'], cwd=tmp_path)
+    assert 'detections' in out
+    drawn = np.asarray(Image.open(out_file).convert('RGB'))
+    assert drawn.shape == (97, 150, 3)
+    original = np.asarray(Image.open(tmp_path / 'scene.jpg').convert('RGB'))
+    assert np.abs(drawn.astype(int) - original).sum() > 0  # boxes drawn
+
+
+# -- downstream use of the installed package -----------------------------------
+def copy_source(dst):
+    """The repository's source tree, without environments and outputs."""
+    ignore = shutil.ignore_patterns('.git', '.venv', 'work_dirs', 'data',
+                                    'build', 'dist', '*.egg-info', '.mim',
+                                    '__pycache__', 'outputs', '.pytest_cache')
+    shutil.copytree(REPO_DIR, dst, ignore=ignore)
+    return dst
+
+
+@pytest.fixture(scope='module')
+def installed_copy(tmp_path_factory):
+    """mmtranscnn installed from a wheel into a folder outside the repo.
+
+    Put first on PYTHONPATH, it shadows the editable install of the test
+    environment, as a normal ``pip install mmtranscnn`` would be the only one.
+    """
+    root = tmp_path_factory.mktemp('installed')
+    src = copy_source(root / 'src')
+    run([sys.executable, '-m', 'pip', 'wheel', '-q', '--no-deps',
+         '--no-build-isolation', '-w', str(root / 'wheel'), str(src)],
+        cwd=root)
+    (wheel, ) = glob.glob(str(root / 'wheel' / '*.whl'))
+    run([sys.executable, '-m', 'pip', 'install', '-q', '--no-deps',
+         '--target', str(root / 'site'), wheel], cwd=root)
+    return root / 'site', wheel
+
+
+@pytest.mark.slow
+def test_wheel_carries_the_detection_configs(installed_copy):
+    site, wheel = installed_copy
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+    for path in TOP_CONFIGS + [TINY_RETINANET, TINY_MASK_RCNN] + glob.glob(
+            osp.join(CONFIG_DIR, '_base_', '**', '*.py'), recursive=True):
+        name = 'mmtranscnn/.mim/configs/' + rel(path)
+        assert name in names, name
+        assert (site / name).is_file()
+    for tool in ('tools/train.py', 'tools/test.py',
+                 'tools/data/make_shapes_coco.py'):
+        assert f'mmtranscnn/.mim/{tool}' in names, tool
+
+
+@pytest.mark.slow
+def test_downstream_config_trains_with_the_installed_package(
+        installed_copy, shapes_data, tmp_path):
+    """A project outside the repo inherits retinanet_transcnn_base.py."""
+    site, _ = installed_copy
+    project = tmp_path / 'my_project'
+    config = write_downstream_config(project, shapes_data)
+    env = tool_env(PYTHONPATH=str(site))
+    # The base resolves inside the installed copy, not the repository.
+    where = run([sys.executable, '-c',
+                 'import mmtranscnn; print(mmtranscnn.__file__); '
+                 "print(mmtranscnn.get_config_path("
+                 "'retinanet_transcnn_base.py'))"], cwd=project, env=env)
+    module_file, base = where.split()[-2:]
+    assert module_file.startswith(str(site)) and base.startswith(str(site))
+    train = site / 'mmtranscnn' / '.mim' / 'tools' / 'train.py'
+    run([sys.executable, str(train), config, '--work-dir', 'work'],
+        cwd=project, env=env)
+    assert (project / 'work' / 'iter_2.pth').is_file()
+    scalars = [s for s in read_scalars(project / 'work') if 'loss' in s]
+    assert len(scalars) == 2 and all(math.isfinite(s['loss'])
+                                     for s in scalars)
+    (dumped, ) = glob.glob(str(project / 'work' / '*' / '*.py'))
+    cfg = Config.fromfile(dumped)
+    assert tuple(cfg.model.backbone.grid_sizes) == (4, 2, 0, 0)
+    assert cfg.model.backbone.arch == 'base'
+
+
+@pytest.mark.slow
+def test_mim_train_finds_our_config(installed_copy, tmp_path):
+    """`mim train mmtranscnn retinanet_transcnn_base.py` resolves the file.
+
+    The run is stopped right after our train.py has read the config, by an
+    arch name the backbone refuses.
+    """
+    pytest.importorskip('mim')
+    site, _ = installed_copy
+    proc = subprocess.run(
+        [sys.executable, '-m', 'mim', 'train', 'mmtranscnn',
+         'retinanet_transcnn_base.py', '--work-dir', str(tmp_path / 'w'),
+         '--cfg-options', 'model.backbone.arch=stop-after-config'],
+        cwd=str(tmp_path), env=tool_env(PYTHONPATH=str(site)),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        timeout=RUN_TIMEOUT)
+    found = osp.join(str(site), 'mmtranscnn', '.mim', 'configs',
+                     'retinanet_transcnn_base.py')
+    assert f'will use {found} instead' in proc.stdout, proc.stdout[-3000:]
+    train = osp.join(str(site), 'mmtranscnn', '.mim', 'tools', 'train.py')
+    assert f'{train} {found}' in proc.stdout
+    assert "got 'stop-after-config'" in proc.stdout, proc.stdout[-3000:]
