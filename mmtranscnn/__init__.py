@@ -9,8 +9,9 @@ from .version import __version__, version_info
 from .registry import MODELS
 from . import models  # noqa: F401  (registers the models)
 from .utils import enable_safe_checkpoint_loading
+from .config_path import get_config_path  # for downstream configs' _base_
 
 # mmengine checkpoints load on torch >= 2.6 with weights_only=True kept.
 enable_safe_checkpoint_loading()
 
-__all__ = ['__version__', 'version_info', 'MODELS']
+__all__ = ['__version__', 'version_info', 'MODELS', 'get_config_path']

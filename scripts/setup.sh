@@ -130,6 +130,11 @@ EOF
   "${PIP[@]}" install -q "${MMCV_WHEEL[@]}" -r requirements/runtime.txt \
     -r requirements/optional.txt -r requirements/tests.txt
 
+  STEP="install OpenMMLab's mim command (openmim without openxlab)"
+  say "$STEP"
+  "${PIP[@]}" install -q -r requirements/mim.txt
+  "${PIP[@]}" install -q --no-deps -r requirements/openmim.txt
+
   STEP="install mmtranscnn (editable)"
   say "$STEP"
   "${PIP[@]}" install -q --no-build-isolation --no-deps -e .
