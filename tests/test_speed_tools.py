@@ -313,3 +313,44 @@ def test_plot_scaling_extrapolation():
     # quadratic growth is extrapolated as quadratic
     t, _ = tool.predict([(256, 1., 1.), (512, 16., 1.)], 1024)
     assert t == pytest.approx(256.)
+
+
+# -- depthwise conv backward --------------------------------------------------
+@pytest.mark.parametrize('shape,k', [((2, 8, 13, 9), 5), ((1, 6, 7, 11), 7),
+                                     ((1, 4, 3, 2), 5), ((2, 5, 6, 6), 9)])
+@pytest.mark.parametrize('bias', [True, False])
+def test_depthwise_backward_matches_conv2d(shape, k, bias):
+    from mmtranscnn.models.blocks import DepthwiseConv2d
+    torch.manual_seed(0)
+    c = shape[1]
+    conv = DepthwiseConv2d(c, c, k, padding=k // 2, groups=c,
+                           bias=bias).double()
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    assert conv._fast_backward_applies(x, conv.weight)
+    g = torch.randn(*shape, dtype=torch.float64)
+    params = [x, conv.weight] + ([conv.bias] if bias else [])
+    got = torch.autograd.grad(conv(x), params, g)
+    want = torch.autograd.grad(
+        torch.nn.functional.conv2d(x, conv.weight, conv.bias,
+                                   padding=k // 2, groups=c), params, g)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_depthwise_fast_path_only_where_it_applies():
+    from mmtranscnn.models.blocks import DepthwiseConv2d
+    x = torch.randn(1, 4, 8, 8, requires_grad=True)
+    conv = DepthwiseConv2d(4, 4, 5, padding=2, groups=4)
+    assert conv._fast_backward_applies(x, conv.weight)
+    with torch.no_grad():
+        assert not conv._fast_backward_applies(x, conv.weight)
+    assert not DepthwiseConv2d(4, 4, 3, padding=1, groups=4)\
+        ._fast_backward_applies(x, conv.weight)  # oneDNN's 3x3 is fast
+    assert not DepthwiseConv2d(4, 4, 5, padding=2, stride=2, groups=4)\
+        ._fast_backward_applies(x, conv.weight)
+    assert not DepthwiseConv2d(4, 8, 5, padding=2, groups=4)\
+        ._fast_backward_applies(x, conv.weight)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert not conv._fast_backward_applies(x, conv.weight)
+    # The state dict is nn.Conv2d's.
+    assert set(conv.state_dict()) == {'weight', 'bias'}

@@ -16,10 +16,16 @@ Two choices made for speed, neither of which changes what is computed:
   CUDA kernels prefer, and the (B, C, H, W) <-> (B, H, W, C) permutes around
   H-MHSA become free views. Values and shapes are unchanged; the feature
   maps the backbone returns are channels-last tensors.
+* On the CPU, the backward of a depthwise conv with a kernel larger than
+  3x3 avoids oneDNN's slow paths (:class:`DepthwiseConv2d`): the input
+  gradient is a forward conv with the flipped kernel and the weight
+  gradient is assembled from 3x3 pieces (oneDNN has a fast 3x3 kernel
+  only). Its 5x5 backward was the slowest part of a training step.
 """
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from mmcv.cnn import ConvModule
 from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
@@ -28,6 +34,104 @@ from torch import Tensor, nn
 from mmtranscnn.registry import MODELS
 
 from .hmhsa import HMHSA
+
+
+def _tile_starts(k: int) -> Tuple[int, ...]:
+    """Starts of the 3-wide tiles that cover kernel offsets 0 .. k-1."""
+    return tuple(sorted(set(range(0, k - 2, 3)) | {k - 3}))
+
+
+def depthwise_weight_grad(x: Tensor, grad_out: Tensor, k: int) -> Tensor:
+    """Weight gradient of a stride-1, 'same'-padded k x k depthwise conv.
+
+    ``dW[c, 0, a, b] = sum_{n,y,x} grad_out[n,c,y,x] * xp[n,c,y+a,x+b]``
+    with ``xp`` = x zero-padded by k // 2. Each 3 x 3 block of offsets
+    ``(s..s+2, t..t+2)`` is the weight gradient of a 3 x 3 depthwise conv
+    (no padding) on the window of ``xp`` that starts at (s, t), which
+    oneDNN computes with its fast 3 x 3 kernel; overlapping tiles (k=5:
+    starts 0 and 2) write the same values twice.
+
+    Args:
+        x: (N, C, H, W) conv input.
+        grad_out: (N, C, H, W) gradient of the conv output.
+        k: odd kernel size >= 3.
+
+    Returns:
+        (C, 1, k, k) weight gradient.
+    """
+    n, c, h, w = x.shape
+    p = k // 2
+    xp = F.pad(x, (p, p, p, p))
+    grad = x.new_empty((c, 1, k, k))
+    starts = _tile_starts(k)
+    for s in starts:
+        for t in starts:
+            grad[:, :, s:s + 3, t:t + 3] = torch.nn.grad.conv2d_weight(
+                xp[:, :, s:s + h + 2, t:t + w + 2], (c, 1, 3, 3), grad_out,
+                groups=c)
+    return grad
+
+
+class _DepthwiseConvFn(torch.autograd.Function):
+    """Depthwise conv whose backward uses oneDNN's fast kernels only: the
+    forward kernel for the input gradient, :func:`depthwise_weight_grad`
+    for the weight gradient."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, padding):
+        ctx.save_for_backward(x, weight)
+        ctx.padding = padding
+        ctx.has_bias = bias is not None
+        return F.conv2d(x, weight, bias, padding=padding,
+                        groups=weight.shape[0])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        c, k = weight.shape[0], weight.shape[-1]
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            # The input gradient of a stride-1 'same' conv is the same conv
+            # of grad_out with the kernel flipped: oneDNN's forward kernel,
+            # several times faster here than its backward-data path.
+            grad_x = F.conv2d(grad_out, weight.flip((2, 3)),
+                              padding=ctx.padding, groups=c)
+        if ctx.needs_input_grad[1]:
+            grad_w = depthwise_weight_grad(x, grad_out, k)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_out.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b, None
+
+
+class DepthwiseConv2d(nn.Conv2d):
+    """``nn.Conv2d`` (same parameters and state dict) with a faster weight
+    gradient for stride-1 depthwise convs with k > 3 on the CPU.
+
+    The custom backward is used only where it applies and is needed: CPU
+    tensors, gradients enabled, no autocast, not while tracing (so FLOP
+    counters see a plain convolution); everything else is ``nn.Conv2d``.
+    """
+
+    def _fast_backward_applies(self, x: Tensor, weight: Tensor) -> bool:
+        k = self.kernel_size
+        return (x.device.type == 'cpu' and torch.is_grad_enabled()
+                and (x.requires_grad or weight.requires_grad)
+                and not torch.jit.is_tracing()
+                and not torch.is_autocast_enabled('cpu')
+                and self.groups == self.in_channels == self.out_channels
+                and k[0] == k[1] and k[0] > 3 and k[0] % 2 == 1
+                and self.stride == (1, 1) and self.dilation == (1, 1)
+                and self.padding == (k[0] // 2, k[0] // 2)
+                and self.padding_mode == 'zeros')
+
+    def _conv_forward(self, x: Tensor, weight: Tensor,
+                      bias: Optional[Tensor]) -> Tensor:
+        # ConvModule's eval-time BN folding also calls this with folded
+        # weights, so both paths get the fast backward.
+        if self._fast_backward_applies(x, weight):
+            return _DepthwiseConvFn.apply(x, weight, bias, self.padding)
+        return super()._conv_forward(x, weight, bias)
 
 
 class ConvStem(BaseModule):
@@ -95,6 +199,7 @@ class InvertedResidual(BaseModule):
                                  act_cfg=act_cfg, **fold)
         self.depthwise = ConvModule(hidden, hidden, kernel_size,
                                     padding=kernel_size // 2, groups=hidden,
+                                    conv_cfg=dict(type=DepthwiseConv2d),
                                     norm_cfg=norm_cfg, act_cfg=act_cfg,
                                     **fold)
         self.project = ConvModule(hidden, channels, 1, norm_cfg=norm_cfg,
