@@ -69,11 +69,19 @@ def detect_and_draw(config: str, checkpoint: str, image: str, out_file: str,
     result = inferencer(image, return_vis=True, no_save_vis=True,
                         no_save_pred=True, pred_score_thr=score_thr)
     drawn = result['visualization'][0]  # RGB
+    if drawn is None:
+        raise RuntimeError(f'mmdet could not draw the result of {image!r}')
     out_dir = osp.dirname(osp.abspath(out_file))
     os.makedirs(out_dir, exist_ok=True)
     if not mmcv.imwrite(drawn[..., ::-1], out_file):
         raise OSError(f'could not write {out_file!r}')
-    return result['predictions'][0]
+    prediction = dict(result['predictions'][0])
+    classes = (inferencer.model.dataset_meta or {}).get('classes')
+    prediction['names'] = [
+        classes[i] if classes and i < len(classes) else str(i)
+        for i in prediction['labels']
+    ]
+    return prediction
 
 
 def main(argv=None):
@@ -81,11 +89,13 @@ def main(argv=None):
     pred = detect_and_draw(args.config, args.checkpoint, args.image,
                            args.out_file, args.device, args.score_thr,
                            args.palette)
-    kept = [(label, score) for label, score in zip(pred['labels'],
-                                                    pred['scores'])
+    kept = [(name, score) for name, score in zip(pred['names'],
+                                                  pred['scores'])
             if score >= args.score_thr]
     print(f'{len(kept)} detections with score >= {args.score_thr} drawn '
           f'into {args.out_file}')
+    for name, score in kept[:20]:
+        print(f'  {name}: {score:.2f}')
 
 
 if __name__ == '__main__':

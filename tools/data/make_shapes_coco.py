@@ -44,7 +44,7 @@ GENERATOR_VERSION = 1
 META_FILE = 'shapes_meta.json'
 
 # An object stays in the scene only if at least this share of it is seen.
-MIN_VISIBLE = 0.6
+MIN_VISIBLE = 0.7
 # Least RGB distance between an object's colour and the background under it.
 MIN_CONTRAST = 70.
 
@@ -131,12 +131,12 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     # Uneven lighting over the whole scene.
     img = img * (1 + .25 * _smooth_noise(rng, h, w, 2))
     # Unlabelled clutter: thin lines and arcs that are not objects.
-    for _ in range(rng.integers(0, 4)):
+    for _ in range(rng.integers(0, 3)):
         colour = tuple(float(c) for c in _random_colour(rng) * .8)
         p1 = tuple(int(v) for v in rng.integers(0, [w, h]))
         p2 = tuple(int(v) for v in rng.integers(0, [w, h]))
         if rng.random() < .5:
-            cv2.line(img, p1, p2, colour, int(rng.integers(1, 3)), cv2.LINE_AA)
+            cv2.line(img, p1, p2, colour, 1, cv2.LINE_AA)
         else:
             axes = tuple(int(v) for v in rng.integers(5, max(6, w // 3), 2))
             cv2.ellipse(img, p1, axes, float(rng.uniform(0, 180)), 0,
