@@ -40,7 +40,7 @@ CLASSES = ('circle', 'rectangle', 'triangle', 'ring')
 # Drawing colours of the classes (RGB), used by the visualizer.
 PALETTE = [(220, 20, 60), (0, 110, 255), (255, 170, 0), (0, 170, 85)]
 # Bump when the drawing changes, so old data on disk is regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 META_FILE = 'shapes_meta.json'
 
 # An object stays in the scene only if at least this share of it is seen.
