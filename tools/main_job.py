@@ -12,7 +12,7 @@
 4. draws ground truth (left) and predictions (right) of a few val images
    into PNG files with mmdet's inferencer and visualizer.
 
-About 10 minutes on 2 CPU cores. Options change the work directory, the
+About 10-13 minutes on 2 CPU cores (500 training iterations). Options change the work directory, the
 number of drawn images, or pass ``--cfg-options`` on to tools/train.py.
 """
 import argparse
