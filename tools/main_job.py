@@ -12,8 +12,9 @@
 4. draws ground truth (left) and predictions (right) of a few val images
    into PNG files with mmdet's inferencer and visualizer.
 
-About 10-13 minutes on 2 CPU cores (500 training iterations). Options change the work directory, the
-number of drawn images, or pass ``--cfg-options`` on to tools/train.py.
+About 10-13 minutes on 2 CPU cores (500 training iterations). Options
+change the work directory, the number of drawn images, or pass
+``--cfg-options`` on to tools/train.py.
 """
 import argparse
 import glob
