@@ -484,6 +484,21 @@ def read_scalars(work_dir):
         return [json.loads(line) for line in f if line.strip()]
 
 
+def read_test_metrics(work_dir):
+    """The metrics of the newest tools/test.py run in ``work_dir``.
+
+    mmengine's Runner.test writes them to ``<timestamp>/<timestamp>.json``
+    (test runs log no vis_data/scalars.json).
+    """
+    paths = sorted((p for p in glob.glob(
+        osp.join(str(work_dir), '*', '*.json'))
+                    if osp.basename(osp.dirname(p)) ==
+                    osp.splitext(osp.basename(p))[0]), key=osp.getmtime)
+    assert paths, f'no <timestamp>/<timestamp>.json under {work_dir}'
+    with open(paths[-1]) as f:
+        return json.loads(f.read().strip().splitlines()[-1])
+
+
 DERIVED_CONFIG = """
 _base_ = {base!r}
 data_root = {data_root!r}
@@ -579,7 +594,7 @@ def test_retinanet_trains_and_evaluates_through_the_tools(
                str(tmp_path), '--out', str(tmp_path / 'preds.pkl')],
               cwd=tmp_path)
     assert 'coco/bbox_mAP_50' in out
-    metrics = read_scalars(tmp_path)[-1]
+    metrics = read_test_metrics(tmp_path)
     assert 0 <= metrics['coco/bbox_mAP'] <= 1
     import pickle
     with open(tmp_path / 'preds.pkl', 'rb') as f:
@@ -602,7 +617,7 @@ def test_mask_rcnn_trains_and_evaluates_through_the_tools(
                str(tmp_path / 'work' / 'epoch_1.pth'), '--work-dir',
                str(tmp_path / 'test')], cwd=tmp_path)
     assert 'coco/segm_mAP' in out and 'coco/bbox_mAP' in out
-    metrics = read_scalars(tmp_path / 'test')[-1]
+    metrics = read_test_metrics(tmp_path / 'test')
     assert 0 <= metrics['coco/segm_mAP_50'] <= 1
 
 
