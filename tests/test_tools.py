@@ -407,6 +407,33 @@ def test_amp_on_cpu_selects_bf16_autocast():
     assert layer(torch.randn(2, 4)).dtype == torch.float32
 
 
+def test_cpu_amp_runs_one_pixel_strided_convs_in_fp32():
+    """oneDNN's bf16 weight gradient of a strided conv on a 1x1 input is
+    sometimes NaN (RetinaNet's P7 on small images); the wrapper runs those
+    convs in float32 and every other op still in bfloat16."""
+    from mmengine.registry import OPTIM_WRAPPERS
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(256, 256, 3, stride=2, padding=1),
+        torch.nn.Conv2d(256, 8, 3, stride=2, padding=1))
+    wrapper = OPTIM_WRAPPERS.build(
+        dict(type='CPUBF16AmpOptimWrapper',
+             optimizer=torch.optim.SGD(model.parameters(), lr=0.1)))
+    dtypes = []
+    model[0].register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    for _ in range(40):
+        model.zero_grad()
+        with wrapper.optim_context(model):
+            one_pixel = model(torch.randn(2, 256, 1, 1).relu())
+            larger = model(torch.randn(2, 256, 4, 4).relu())
+            assert torch.is_autocast_enabled('cpu')
+        assert one_pixel.dtype == torch.float32
+        assert larger.dtype == torch.bfloat16
+        wrapper.backward((one_pixel.float() * 1e-12).sum())
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    assert dtypes[:2] == [torch.float32, torch.bfloat16]
+
+
 def test_amp_training_on_cpu_has_finite_losses(tmp_path):
     config = write_config(tmp_path, max_iters=4, interval=4)
     train(config, tmp_path / 'w', '--amp')

@@ -2,8 +2,16 @@
 
 mmengine's ``AmpOptimWrapper`` asserts an accelerator (cuda, npu, mlu,
 musa). CPUs run mixed precision in bfloat16, which has float32's exponent
-range, so no loss scaling is needed: the wrapper only has to run the forward
-under ``torch.autocast('cpu', dtype=torch.bfloat16)``.
+range, so no loss scaling is needed: the wrapper runs the forward under
+``torch.autocast('cpu', dtype=torch.bfloat16)``.
+
+One exception is made. With torch 2.14's oneDNN, the bfloat16 weight
+gradient of a strided convolution whose input is a single pixel (1x1) is
+now and then NaN (measured: 11 of 60 tries of a 256->256 3x3 stride-2 conv
+on a (2, 256, 1, 1) input; never for larger inputs or stride 1). RetinaNet's
+P7 conv sees exactly that for images of 128 pixels or less, and one NaN
+gradient ruins every weight. Such convs run in float32 instead, which costs
+nothing measurable at 1x1.
 """
 from contextlib import contextmanager
 
@@ -11,6 +19,41 @@ import torch
 from mmengine.optim import OptimWrapper
 from mmengine.registry import OPTIM_WRAPPERS
 from torch import nn
+
+_FP32_HOOKED = '_mmtranscnn_fp32_one_pixel_hooks'
+
+
+def _one_pixel_strided(module: nn.Conv2d, x: torch.Tensor) -> bool:
+    return x.shape[-2:] == (1, 1) and tuple(module.stride) != (1, 1)
+
+
+def _fp32_pre_hook(module: nn.Conv2d, args):
+    x = args[0]
+    if torch.is_autocast_enabled('cpu') and _one_pixel_strided(module, x):
+        module._mmtranscnn_autocast_off = True
+        torch.set_autocast_enabled('cpu', False)
+        return (x.float(), ) + tuple(args[1:])
+    return None
+
+
+def _fp32_post_hook(module: nn.Conv2d, args, output):
+    if getattr(module, '_mmtranscnn_autocast_off', False):
+        module._mmtranscnn_autocast_off = False
+        torch.set_autocast_enabled('cpu', True)
+    return None
+
+
+def run_one_pixel_strided_convs_in_fp32(model: nn.Module) -> None:
+    """Hook every strided ``nn.Conv2d`` of ``model`` (once) so that it runs
+    in float32 under CPU autocast when its input is 1x1 (see the module
+    docstring for the oneDNN bug this avoids)."""
+    if getattr(model, _FP32_HOOKED, False):
+        return
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d) and tuple(module.stride) != (1, 1):
+            module.register_forward_pre_hook(_fp32_pre_hook)
+            module.register_forward_hook(_fp32_post_hook)
+    setattr(model, _FP32_HOOKED, True)
 
 
 @OPTIM_WRAPPERS.register_module()
@@ -23,6 +66,7 @@ class CPUBF16AmpOptimWrapper(OptimWrapper):
 
     @contextmanager
     def optim_context(self, model: nn.Module):
+        run_one_pixel_strided_convs_in_fp32(model)
         with super().optim_context(model), torch.autocast(
                 device_type='cpu', dtype=torch.bfloat16):
             yield
