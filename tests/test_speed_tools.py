@@ -287,6 +287,19 @@ def test_get_flops_whole_classifier(capsys):
     assert 'scope mmpretrain' in out and '  backbone:' in out
 
 
+def test_get_flops_by_operator_adds_up(capsys):
+    tool = _tool('get_flops')
+    tool.main([osp.join(REPO, 'configs', 'retinanet_transcnn_small.py'),
+               '--shape', '64', '96', '--backbone', '--by-operator'])
+    out = capsys.readouterr().out
+    model = TransCNN('small', grid_sizes=(16, 8, 4, 0))
+    per_op = count_flops(model, (1, 3, 64, 96), by_operator=True)
+    assert set(per_op) >= {'conv', 'linear', 'scaled_dot_product_attention'}
+    assert sum(per_op.values()) == count_flops(model, (1, 3, 64, 96))
+    for name, value in per_op.items():
+        assert f'  {name}: {value / 1e9:.3f} G' in out
+
+
 def test_plot_scaling_writes_a_png(tmp_path):
     tool = _tool('plot_scaling')
     rows = [dict(model=m, size=s, median_s=s / 100 * k, min_s=s / 110 * k,

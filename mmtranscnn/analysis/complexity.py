@@ -55,7 +55,8 @@ def count_params(model: nn.Module, trainable_only: bool = False) -> int:
 def count_flops(model: nn.Module,
                 input_shape: Union[Sequence[int], Tuple[int, ...]] = (
                     1, 3, 224, 224),
-                by_module: bool = False) -> Union[int, dict]:
+                by_module: bool = False,
+                by_operator: bool = False) -> Union[int, dict]:
     """Multiply-adds of one forward pass of ``model`` on a zero input.
 
     Args:
@@ -63,6 +64,8 @@ def count_flops(model: nn.Module,
             with ``mode='tensor'`` handled by the caller).
         input_shape: the input's shape, batch included.
         by_module: return ``{module_name: flops}`` instead of the total.
+        by_operator: return ``{operator: flops}`` (e.g. ``conv``,
+            ``linear``, ``scaled_dot_product_attention``) instead.
     """
     was_training = model.training
     model.eval()
@@ -78,6 +81,10 @@ def count_flops(model: nn.Module,
     analyzer.uncalled_modules_warnings(False)
     try:
         with _unfolded_conv_bn(model):
-            return analyzer.by_module() if by_module else analyzer.total()
+            if by_module:
+                return analyzer.by_module()
+            if by_operator:
+                return dict(analyzer.by_operator())
+            return analyzer.total()
     finally:
         model.train(was_training)

@@ -51,6 +51,8 @@ def parse_args(argv=None):
                         help='count model.backbone only')
     parser.add_argument('--by-module', type=int, default=0, metavar='DEPTH',
                         help='also list FLOPs of modules up to this depth')
+    parser.add_argument('--by-operator', action='store_true',
+                        help='also print FLOPs per operator type')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value')
     args = parser.parse_args(argv)
@@ -133,6 +135,10 @@ def main(argv=None):
     by_module = None
     if args.by_module:
         by_module, flops = flops, flops['']
+    by_operator = None
+    if args.by_operator:
+        with torch.no_grad():
+            by_operator = count_flops(target, shape, by_operator=True)
     params = count_params(target)
     sep = '=' * 60
     print(sep)
@@ -152,6 +158,10 @@ def main(argv=None):
             depth = 0 if name in ('', 'model') else name.count('.') + 1
             if 0 < depth <= args.by_module and value:
                 print(f"{'  ' * depth}{name}: {value / 1e9:.3f} G")
+    if by_operator:
+        print('By operator:')
+        for name, value in sorted(by_operator.items(), key=lambda kv: -kv[1]):
+            print(f'  {name}: {value / 1e9:.3f} G')
     print(sep)
 
 
