@@ -64,6 +64,46 @@ def test_eval_folding_gives_the_unfolded_outputs():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize('act,kernel,groups,stride', [
+    (dict(type='SiLU'), 1, 1, 1), (dict(type='SiLU'), 5, 8, 1),
+    (None, 3, 1, 2), (dict(type='ReLU'), 3, 1, 1)])
+def test_fused_conv_bn_act_equals_the_module(act, kernel, groups, stride):
+    from mmtranscnn.models import blocks
+    torch.manual_seed(0)
+    module = ConvModule(8, 16 if groups == 1 else 8, kernel, stride=stride,
+                        padding=kernel // 2, groups=groups,
+                        norm_cfg=dict(type='BN'), act_cfg=act,
+                        efficient_conv_bn_eval=True)
+    _randomise_bn(module)
+    module.eval()
+    x = torch.randn(2, 8, 13, 11).contiguous(
+        memory_format=torch.channels_last)
+    calls = []
+    kernel_fn = blocks._mkldnn_pointwise_conv()
+    assert kernel_fn is not None, 'this torch has no oneDNN fused conv'
+
+    def counting(*args):
+        calls.append(args[-3])
+        return kernel_fn(*args)
+
+    original = blocks._mkldnn_pointwise_conv
+    blocks._mkldnn_pointwise_conv = lambda: counting
+    try:
+        with torch.no_grad():
+            fused = blocks.conv_bn_act(module, x)
+            plain = module(x)
+        assert len(calls) == 1, 'the fused kernel was not used'
+        torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+        # Where it does not apply, the module itself runs.
+        blocks.conv_bn_act(module, x)  # gradients enabled
+        module.train()
+        with torch.no_grad():
+            blocks.conv_bn_act(module, x)  # BN with batch statistics
+        assert len(calls) == 1
+    finally:
+        blocks._mkldnn_pointwise_conv = original
+
+
 def test_folding_keeps_norm_eval_training_semantics():
     """With frozen BN statistics (norm_eval) the folded conv trains exactly
     like conv then BN: same loss, same gradients for conv and BN weights."""

@@ -32,7 +32,7 @@ import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 # -- what can be measured -------------------------------------------------
 
@@ -291,22 +291,23 @@ def _step_fn(job: Job, model, x, samples) -> Callable[[], None]:
     return train_step
 
 
-def run_job(job: Job) -> dict:
-    """Measure ``job`` in this process (see the module docstring)."""
-    job.validate()
+def build_step(job: Job) -> Tuple[Any, Callable[[], None]]:
+    """The model of ``job`` on its device and the callable of one step.
+
+    Args:
+        job: what to build (model, kind, mode, input shape, device, dtype).
+
+    Returns:
+        ``(model, step)``; calling ``step()`` runs one inference or train
+        step on a fixed random input.
+    """
     import torch
-    torch.set_num_threads(job.threads)
     device = torch.device(job.device)
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise RuntimeError('device=cuda but torch.cuda.is_available() is '
-                           'False')
     torch.manual_seed(0)
     if job.kind == 'backbone':
         model = build_backbone(job.model, job.grid_sizes)
     else:
         model = build_detector(job.model, job.grid_sizes)
-    from mmtranscnn.analysis.complexity import count_params
-    params = count_params(model)
     model.to(device)
     x = torch.randn(job.batch, 3, job.height, job.width, device=device)
     if job.channels_last:
@@ -316,7 +317,21 @@ def run_job(job: Job) -> dict:
                if job.kind == 'detector' else None)
     if samples is not None:
         samples = [s.to(device) for s in samples]
-    step = _step_fn(job, model, x, samples)
+    return model, _step_fn(job, model, x, samples)
+
+
+def run_job(job: Job) -> dict:
+    """Measure ``job`` in this process (see the module docstring)."""
+    job.validate()
+    import torch
+    torch.set_num_threads(job.threads)
+    device = torch.device(job.device)
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise RuntimeError('device=cuda but torch.cuda.is_available() is '
+                           'False')
+    model, step = build_step(job)
+    from mmtranscnn.analysis.complexity import count_params
+    params = count_params(model)
 
     def sync():
         if device.type == 'cuda':

@@ -134,6 +134,79 @@ class DepthwiseConv2d(nn.Conv2d):
         return super()._conv_forward(x, weight, bias)
 
 
+def _mkldnn_pointwise_conv():
+    """oneDNN's fused conv + post-op kernel, or None where torch lacks it."""
+    ops = getattr(torch.ops, 'mkldnn', None)
+    try:
+        return ops._convolution_pointwise if ops is not None else None
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_FUSED_ACTS = {nn.SiLU: 'swish', nn.ReLU: 'relu', nn.GELU: 'gelu'}
+
+
+def _fused_act_name(module: ConvModule) -> Optional[str]:
+    """oneDNN's name of ``module``'s activation, 'none' for no activation,
+    None if it has one that oneDNN does not fuse."""
+    if not module.with_activation:
+        return 'none'
+    act = module.activate
+    if isinstance(act, nn.GELU) and act.approximate != 'none':
+        return None
+    return _FUSED_ACTS.get(type(act))
+
+
+def conv_bn_act(module: ConvModule, x: Tensor) -> Tensor:
+    """``module(x)`` for a conv-norm(-act) ConvModule, in one oneDNN call on
+    the CPU at inference.
+
+    At inference the eval-mode BN is an affine map that folds into the conv
+    weights, and oneDNN applies the activation as a post-op while the
+    output is still in cache: the map is written once instead of three
+    times (conv, norm, activation). The fused kernel is what torch.compile
+    emits for the same pattern; eager PyTorch does not call it by itself.
+    It is used only where it computes the same function: CPU float32
+    channels-last input, no autograd, no autocast, not while tracing (FLOP
+    counters see the plain ops), a BatchNorm in eval mode, the module's
+    eval-time folding switched on (``efficient_conv_bn_eval``, so switching
+    it off gives the plain path) and an activation oneDNN fuses. Anything
+    else runs ``module(x)``.
+
+    Args:
+        module: a ConvModule in ``('conv', 'norm', 'act')`` order.
+        x: its input.
+    """
+    fused = _mkldnn_pointwise_conv()
+    norm = module.norm if module.with_norm else None
+    act = _fused_act_name(module)
+    if (fused is None or act is None or torch.is_grad_enabled()
+            or x.device.type != 'cpu' or x.dtype != torch.float32
+            or not x.is_contiguous(memory_format=torch.channels_last)
+            or torch.jit.is_tracing() or torch.is_autocast_enabled('cpu')
+            or module.order != ('conv', 'norm', 'act')
+            or getattr(module, 'efficient_conv_bn_eval_forward', None) is None
+            or not isinstance(norm, nn.modules.batchnorm._BatchNorm)
+            or norm.training or not norm.track_running_stats
+            or not torch.backends.mkldnn.is_available()):
+        return module(x)
+    conv = module.conv
+    if conv.padding_mode != 'zeros' or isinstance(conv.padding, str):
+        return module(x)
+    scale = norm.running_var.add(norm.eps).rsqrt()
+    if norm.affine:
+        scale = scale * norm.weight
+    weight = (conv.weight * scale.view(-1, 1, 1, 1)).contiguous(
+        memory_format=torch.channels_last)
+    bias = -norm.running_mean if conv.bias is None else \
+        conv.bias - norm.running_mean
+    bias = bias * scale
+    if norm.affine:
+        bias = bias + norm.bias
+    return fused(x, weight, bias, list(conv.padding), list(conv.stride),
+                 list(conv.dilation), conv.groups, act, [], '')
+
+
 class ConvStem(BaseModule):
     """Stage 1: two 3x3 stride-2 convs (stride 4 in total).
 
@@ -162,7 +235,7 @@ class ConvStem(BaseModule):
         # Channels-last from here on (see the module docstring); copying the
         # 3-channel image is the cheapest place to switch.
         x = x.contiguous(memory_format=torch.channels_last)
-        return self.conv2(self.conv1(x))
+        return conv_bn_act(self.conv2, conv_bn_act(self.conv1, x))
 
 
 @MODELS.register_module()
@@ -208,8 +281,8 @@ class InvertedResidual(BaseModule):
                           if drop_path_rate > 0 else nn.Identity())
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.drop_path(self.project(self.depthwise(
-            self.expand(x))))
+        y = conv_bn_act(self.depthwise, conv_bn_act(self.expand, x))
+        return x + self.drop_path(conv_bn_act(self.project, y))
 
 
 @MODELS.register_module()
@@ -241,7 +314,8 @@ class TwoBranchDownsample(BaseModule):
                                       norm_cfg=norm_cfg, act_cfg=None, **fold)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv_branch(x) + self.pool_branch(self.pool(x))
+        return (conv_bn_act(self.conv_branch, x) +
+                conv_bn_act(self.pool_branch, self.pool(x)))
 
 
 class TransCNNBlock(BaseModule):

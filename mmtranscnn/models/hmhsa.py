@@ -86,6 +86,39 @@ def parse_grid_sizes(value: Union[int, Sequence[int], None],
                      f' got {type(value).__name__} {value!r}')
 
 
+def _mkldnn_linear():
+    """oneDNN's linear kernel, or None where torch lacks it."""
+    ops = getattr(torch.ops, 'mkldnn', None)
+    try:
+        return ops._linear_pointwise if ops is not None else None
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def project(layer: nn.Linear, x: Tensor) -> Tensor:
+    """``layer(x)``; at CPU float32 inference through oneDNN's linear kernel.
+
+    aten's ``addmm`` first fills the output with the broadcast bias and
+    then accumulates the product into it; on token maps of detection size
+    that extra pass and the slower accumulate-GEMM took about 3x the time
+    of the product alone (measured on 2 cores). oneDNN adds the bias inside
+    the GEMM. Used only where it computes the same function: CPU float32,
+    no autograd, no autocast, not while tracing (FLOP counters see
+    ``aten::linear``).
+
+    Args:
+        layer: the linear layer.
+        x: (..., in_features) input.
+    """
+    fused = _mkldnn_linear()
+    if (fused is None or torch.is_grad_enabled() or x.device.type != 'cpu'
+            or x.dtype != torch.float32 or torch.jit.is_tracing()
+            or torch.is_autocast_enabled('cpu')
+            or not torch.backends.mkldnn.is_available()):
+        return layer(x)
+    return fused(x, layer.weight, layer.bias, 'none', [], '')
+
+
 def _pad_bottom_right(t: Tensor, ph: int, pw: int, value: float = 0.) -> Tensor:
     """Pad a (B, H, W, C) tensor by ``ph`` rows and ``pw`` columns."""
     if ph == 0 and pw == 0:
@@ -277,7 +310,7 @@ class HMHSA(BaseModule):
             q, k, v, attn_mask=mask,
             dropout_p=self.attn_drop if self.training else 0.)
 
-    def _grid_attention(self, q: Optional[Tensor], kv: Tensor,
+    def _grid_attention(self, q: Tensor, kv: Tensor,
                         valid: Optional[Tensor], g: Optional[int],
                         q_scale: int = 1) -> Tensor:
         """Attention of each query with the keys of its grid.
@@ -285,10 +318,8 @@ class HMHSA(BaseModule):
         Args:
             q: (B, h*q_scale.., w*q_scale.., C) query map; a query at
                 (y, x) belongs to the key grid holding (y//q_scale,
-                x//q_scale). None when ``kv`` packs the queries too.
-            kv: (B, h, w, 2C) keys|values side by side, or (B, h, w, 3C)
-                queries|keys|values when ``q`` is None (level 0: one gather
-                for all three).
+                x//q_scale).
+            kv: (B, h, w, 2C) keys|values side by side.
             valid: (B, h, w) bool mask of real keys, or None.
             g: grid side on the key map; None for one grid over the whole
                 map (plain attention).
@@ -298,7 +329,7 @@ class HMHSA(BaseModule):
             (B, Hq, Wq, C) attention output, same size as the queries.
         """
         b, h, w = kv.shape[:3]
-        hq, wq = (h, w) if q is None else q.shape[1:3]
+        hq, wq = q.shape[1:3]
         heads = self.num_heads
         if g is not None and h <= g and w <= g:
             g = None
@@ -312,15 +343,9 @@ class HMHSA(BaseModule):
                 valid = F.pad(valid, (0, pw, 0, ph), value=False)
                 kv = _pad_bottom_right(kv, ph, pw)
             hp, wp = h + ph, w + pw
-            if q is not None:
-                q = _pad_bottom_right(q, hp * q_scale - hq,
-                                      wp * q_scale - wq)
-        if q is None:
-            q_w, k_w, v_w = _windows(kv, g, 3, heads).unbind(0)
-        else:
-            k_w, v_w = _windows(kv, g, 2, heads).unbind(0)
-            q_w = _windows(q, None if g is None else g * q_scale, 1,
-                           heads)[0]
+            q = _pad_bottom_right(q, hp * q_scale - hq, wp * q_scale - wq)
+        k_w, v_w = _windows(kv, g, 2, heads).unbind(0)
+        q_w = _windows(q, None if g is None else g * q_scale, 1, heads)[0]
         key_valid = None
         if valid is not None:
             key_valid = (valid.reshape(b, h * w) if g is None else
@@ -342,34 +367,59 @@ class HMHSA(BaseModule):
         # whose stem switches to that memory format), a copy otherwise.
         tokens = self.norm(x).permute(0, 2, 3, 1)
 
-        # Level 0 (Eq. 5-7); q, k and v stay packed in one tensor. A map
-        # that is not a multiple of G0 is padded before the projection (C
-        # channels to copy instead of 3C); the padding is masked as keys
-        # and its queries are cropped.
+        # Level 0 (Eq. 5-7).
         grids = self.grid_sizes
-        g0 = grids[0] if grids else None
-        padded, valid = tokens, None
-        if g0 is not None and (h > g0 or w > g0):
-            ph, pw = (-h) % g0, (-w) % g0
-            if ph or pw:
-                padded = _pad_bottom_right(tokens, ph, pw)
-                valid = F.pad(tokens.new_ones((b, h, w), dtype=torch.bool),
-                              (0, pw, 0, ph), value=False)
-        attn = self._grid_attention(None, self.qkv(padded), valid, g0)
-        attn = attn[:, :h, :w]
+        attn = self._level0(tokens, grids[0] if grids else None)
         total = attn
         if grids:
             total = total + self._higher_levels(tokens + attn, h, w)
 
         # Back to (B, C, H, W); channels-last memory, no copy.
-        out = self.proj(total).permute(0, 3, 1, 2)
+        out = project(self.proj, total).permute(0, 3, 1, 2)
         return x + self.drop_path(out)
+
+    def _level0(self, tokens: Tensor, g0: Optional[int]) -> Tensor:
+        """attn_0 of Eq. 5-6: attention inside G0 x G0 grids.
+
+        The tokens are cut into grids (padded at the bottom/right to a
+        multiple of G0) *before* the q/k/v projection: the one copy then
+        moves C channels instead of 3C, and the projection writes q, k and
+        v straight in SDPA's grid layout. Padded keys are masked; padded
+        queries are cropped.
+
+        Args:
+            tokens: (B, H, W, C) normalised input map.
+            g0: grid side G0, or None for plain attention.
+
+        Returns:
+            (B, H, W, C) attention output.
+        """
+        b, h, w, _ = tokens.shape
+        heads = self.num_heads
+        if g0 is None or (h <= g0 and w <= g0):
+            q, k, v = _windows(project(self.qkv, tokens), None, 3,
+                               heads).unbind(0)
+            return _unwindows(self._attend(q, k, v, None), b, h, w, None)
+        ph, pw = (-h) % g0, (-w) % g0
+        key_valid = None
+        if ph or pw:
+            tokens = _pad_bottom_right(tokens, ph, pw)
+            key_valid = _partition(
+                F.pad(tokens.new_ones((b, h, w), dtype=torch.bool),
+                      (0, pw, 0, ph), value=False), g0, g0)
+        qkv = project(self.qkv, _partition(tokens, g0, g0))  # (N, L, 3C)
+        n, length = qkv.shape[:2]
+        q, k, v = qkv.reshape(n, length, 3, heads, self.head_dim).permute(
+            2, 0, 3, 1, 4).unbind(0)
+        out = _unwindows(self._attend(q, k, v, key_valid), b, h + ph,
+                         w + pw, g0)
+        return out[:, :h, :w]
 
     def _higher_levels(self, a0: Tensor, h: int, w: int) -> Tensor:
         """Sum of attn_1 .. attn_M at full resolution (Eq. 8-12)."""
         grids = self.grid_sizes
         full_res_queries = self.query_from == 'full'
-        query = self.q(a0) if full_res_queries else None
+        query = project(self.q, a0) if full_res_queries else None
         prev, valid = a0, None
         region = 1  # input positions spanned by one merged token
         total = None
@@ -381,12 +431,12 @@ class HMHSA(BaseModule):
             last = level == len(grids) or (mh <= grids[level]
                                            and mw <= grids[level])
             g = None if last else grids[level]
-            kv = self.kv(merged)  # keys|values, packed
+            kv = project(self.kv, merged)  # keys|values, packed
             if full_res_queries:
                 attn = self._grid_attention(query, kv, valid, g, region)
                 prev = merged  # next level pools this level's tokens
             else:
-                attn = self._grid_attention(self.q(merged), kv, valid, g)
+                attn = self._grid_attention(project(self.q, merged), kv, valid, g)
                 prev = merged + attn  # Eq. 11
                 # Nearest upsampling: each merged token back over its
                 # region, in one copy.
@@ -400,4 +450,5 @@ class HMHSA(BaseModule):
             level += 1
 
 
-__all__ = ['HMHSA', 'merge_tokens', 'parse_grid_sizes', 'QUERY_FORMS']
+__all__ = ['HMHSA', 'merge_tokens', 'parse_grid_sizes', 'project',
+           'QUERY_FORMS']
