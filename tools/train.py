@@ -34,7 +34,8 @@ def parse_args(argv=None):
     parser.add_argument(
         '--amp',
         action='store_true',
-        help='enable automatic mixed precision training (GPU only)')
+        help='mixed precision training: fp16 autocast with dynamic loss '
+        'scaling on GPUs, bfloat16 autocast on CPU-only machines')
     parser.add_argument(
         '--auto-scale-lr',
         action='store_true',
