@@ -104,6 +104,23 @@ def test_fused_conv_bn_act_equals_the_module(act, kernel, groups, stride):
         blocks._mkldnn_pointwise_conv = original
 
 
+def test_inference_fast_paths_give_the_autograd_outputs():
+    """Without autograd the backbone takes oneDNN's fused conv and linear
+    kernels and adds residuals in place; with autograd it runs the plain
+    ops. Both compute the same outputs."""
+    torch.manual_seed(0)
+    model = TransCNN('small', grid_sizes=(4, 2, 2, 0))
+    _randomise_bn(model)
+    model.eval()
+    x = torch.randn(2, 3, 75, 93)
+    with torch.no_grad():
+        fast = model(x)
+    plain = model(x)
+    assert plain[0].requires_grad
+    for a, b in zip(fast, plain):
+        torch.testing.assert_close(a, b.detach(), rtol=1e-4, atol=1e-4)
+
+
 def test_folding_keeps_norm_eval_training_semantics():
     """With frozen BN statistics (norm_eval) the folded conv trains exactly
     like conv then BN: same loss, same gradients for conv and BN weights."""
@@ -201,9 +218,19 @@ def test_job_validation_names_the_field(field, value):
         speed.Job(**{'model': 'Swin-T', field: value}).validate()
 
 
-def test_train_mode_needs_a_detector():
-    with pytest.raises(ValueError, match='detectors only'):
-        speed.Job('Swin-T', mode='train').validate()
+def test_backbone_train_step_updates_the_weights():
+    job = speed.Job('TransCNN-Base', mode='train', height=64, width=64,
+                    grid_sizes=[4, 2, 1, 0], threads=1).validate()
+    model, step = speed.build_step(job)
+    assert model.training and model.norm_eval
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    bn = model.stages[0][0].irb.expand.bn
+    stats = bn.running_mean.clone()
+    step()
+    changed = [n for n, p in model.named_parameters()
+               if not torch.equal(p, before[n])]
+    assert len(changed) == len(before)  # AdamW moved every parameter
+    assert torch.equal(bn.running_mean, stats)  # norm_eval kept statistics
 
 
 def test_run_job_in_process():

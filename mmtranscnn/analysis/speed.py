@@ -40,7 +40,10 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 #: The baselines are mmdet's own implementations with the settings of
 #: mmdet's RetinaNet configs for them; only the TransCNN grids vary per input.
 BACKBONES: Dict[str, Tuple[str, str, dict]] = {
-    'TransCNN-Base': ('mmtranscnn.models', 'TransCNN', dict(arch='base')),
+    # norm_eval as in our RetinaNet configs (and mmdet's ResNet default):
+    # BN keeps its statistics when a train step is measured.
+    'TransCNN-Base': ('mmtranscnn.models', 'TransCNN',
+                      dict(arch='base', norm_eval=True)),
     'ResNet-50': ('mmdet.models.backbones', 'ResNet', dict(depth=50)),
     'Swin-T': ('mmdet.models.backbones', 'SwinTransformer',
                dict(embed_dims=96, depths=(2, 2, 6, 2),
@@ -81,7 +84,8 @@ class Job:
             :data:`DETECTORS` (kind 'detector').
         kind: 'backbone' or 'detector'.
         mode: 'infer' (eval mode, ``torch.inference_mode``) or 'train' (one
-            forward + backward + AdamW step; detectors only).
+            forward + backward + AdamW step; for a backbone the loss is the
+            sum of the mean of each output map).
         batch, height, width: input shape (3 channels).
         grid_sizes: TransCNN grid sizes per stage (None: the model's own);
             ignored for other backbones.
@@ -123,8 +127,6 @@ class Job:
         if self.model not in table:
             raise ValueError(f'model must be one of {sorted(table)} for '
                              f'kind={self.kind!r}, got {self.model!r}')
-        if self.kind == 'backbone' and self.mode == 'train':
-            raise ValueError("mode='train' is measured for detectors only")
         for name in ('batch', 'height', 'width', 'threads', 'repeats'):
             if getattr(self, name) < 1:
                 raise ValueError(f'{name} must be >= 1, got '
@@ -278,8 +280,10 @@ def _step_fn(job: Job, model, x, samples) -> Callable[[], None]:
 
     def train_step():
         with autocast():
-            losses = model.loss(x, samples)
-        loss, _ = model.parse_losses(losses)
+            if job.kind == 'backbone':
+                loss = sum(out.float().mean() for out in model(x))
+            else:
+                loss, _ = model.parse_losses(model.loss(x, samples))
         optim.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()

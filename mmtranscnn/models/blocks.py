@@ -282,7 +282,10 @@ class InvertedResidual(BaseModule):
 
     def forward(self, x: Tensor) -> Tensor:
         y = conv_bn_act(self.depthwise, conv_bn_act(self.expand, x))
-        return x + self.drop_path(conv_bn_act(self.project, y))
+        y = self.drop_path(conv_bn_act(self.project, y))
+        if not torch.is_grad_enabled():
+            return y.add_(x)  # inference: no new map for the residual sum
+        return x + y
 
 
 @MODELS.register_module()

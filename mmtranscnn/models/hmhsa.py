@@ -375,8 +375,12 @@ class HMHSA(BaseModule):
             total = total + self._higher_levels(tokens + attn, h, w)
 
         # Back to (B, C, H, W); channels-last memory, no copy.
-        out = project(self.proj, total).permute(0, 3, 1, 2)
-        return x + self.drop_path(out)
+        out = self.drop_path(project(self.proj, total).permute(0, 3, 1, 2))
+        if not torch.is_grad_enabled():
+            # Inference: add the residual into the fresh output instead of
+            # allocating one more map (large maps come from fresh pages).
+            return out.add_(x)
+        return x + out
 
     def _level0(self, tokens: Tensor, g0: Optional[int]) -> Tensor:
         """attn_0 of Eq. 5-6: attention inside G0 x G0 grids.

@@ -8,6 +8,9 @@ PVTv2-B2:
   (8, 4, 2, 0), the ImageNet setting);
 * ``backbone-det``: the backbone at 800x1344, batch 1 (grid sizes
   (16, 8, 4, 0), the COCO setting);
+* ``backbone-train``: one backbone train step (forward, backward of the
+  summed means of the four maps, AdamW step) at 800x1344, batch 1: the
+  backbone's share of a detection train step;
 * ``retinanet-infer``: RetinaNet inference (``predict``, NMS included) at
   800x1344, batch 1, from each backbone's RetinaNet config (mmdet's, ours);
 * ``retinanet-train``: one RetinaNet train step (forward, backward, AdamW
@@ -23,7 +26,8 @@ precision (fp16/bf16 through autocast; fp16 training with a GradScaler).
 
 Usage:
     python tools/analysis_tools/benchmark.py \
-        [--cases backbone-224 backbone-det retinanet-infer retinanet-train] \
+        [--cases backbone-224 backbone-det backbone-train retinanet-infer
+                 retinanet-train] \
         [--models TransCNN-Base ResNet-50 Swin-T PVT-Small PVTv2-B2] \
         [--device cpu|cuda] [--dtypes fp32 ...] [--threads 2] \
         [--warmup 2] [--repeats 5] [--rounds 1] \
@@ -45,12 +49,15 @@ REFERENCE = 'TransCNN-Base'
 CASES = {
     'backbone-224': ('backbone', 'infer', 8, 224, 224, [8, 4, 2, 0]),
     'backbone-det': ('backbone', 'infer', 1, 800, 1344, [16, 8, 4, 0]),
+    'backbone-train': ('backbone', 'train', 1, 800, 1344, [16, 8, 4, 0]),
     'retinanet-infer': ('detector', 'infer', 1, 800, 1344, [16, 8, 4, 0]),
     'retinanet-train': ('detector', 'train', 1, 800, 1344, [16, 8, 4, 0]),
 }
 CASE_TITLES = {
     'backbone-224': 'Backbone, 224x224, batch 8, inference',
     'backbone-det': 'Backbone, 800x1344, batch 1, inference',
+    'backbone-train': 'Backbone, 800x1344, batch 1, train step (forward + '
+    'backward + AdamW)',
     'retinanet-infer': 'RetinaNet, 800x1344, batch 1, inference (predict)',
     'retinanet-train': 'RetinaNet, 800x1344, batch 1, train step '
     '(forward + backward + AdamW)',
