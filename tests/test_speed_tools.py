@@ -50,12 +50,18 @@ def _randomise_bn(model):
 
 
 # -- the speed-ups compute the same thing -----------------------------------
-def test_eval_folding_gives_the_unfolded_outputs():
+def _eval_small_model(batch):
+    """An eval-mode TransCNN-Small with random BN statistics and an input
+    whose size is no multiple of the grids."""
     torch.manual_seed(0)
     model = TransCNN('small', grid_sizes=(4, 2, 2, 0))
     _randomise_bn(model)
     model.eval()
-    x = torch.randn(1, 3, 75, 93)
+    return model, torch.randn(batch, 3, 75, 93)
+
+
+def test_eval_folding_gives_the_unfolded_outputs():
+    model, x = _eval_small_model(1)
     with torch.no_grad():
         folded = model(x)
         _set_folding(model, False)
@@ -108,11 +114,7 @@ def test_inference_fast_paths_give_the_autograd_outputs():
     """Without autograd the backbone takes oneDNN's fused conv and linear
     kernels and adds residuals in place; with autograd it runs the plain
     ops. Both compute the same outputs."""
-    torch.manual_seed(0)
-    model = TransCNN('small', grid_sizes=(4, 2, 2, 0))
-    _randomise_bn(model)
-    model.eval()
-    x = torch.randn(2, 3, 75, 93)
+    model, x = _eval_small_model(2)
     with torch.no_grad():
         fast = model(x)
     plain = model(x)

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from mmtranscnn.registry import MODELS
 
+from . import onednn
 from .hmhsa import HMHSA
 
 
@@ -136,11 +137,7 @@ class DepthwiseConv2d(nn.Conv2d):
 
 def _mkldnn_pointwise_conv():
     """oneDNN's fused conv + post-op kernel, or None where torch lacks it."""
-    ops = getattr(torch.ops, 'mkldnn', None)
-    try:
-        return ops._convolution_pointwise if ops is not None else None
-    except (AttributeError, RuntimeError):
-        return None
+    return onednn.kernel('_convolution_pointwise')
 
 
 _FUSED_ACTS = {nn.SiLU: 'swish', nn.ReLU: 'relu', nn.GELU: 'gelu'}
@@ -179,19 +176,16 @@ def conv_bn_act(module: ConvModule, x: Tensor) -> Tensor:
     """
     fused = _mkldnn_pointwise_conv()
     norm = module.norm if module.with_norm else None
+    conv = module.conv
     act = _fused_act_name(module)
-    if (fused is None or act is None or torch.is_grad_enabled()
-            or x.device.type != 'cpu' or x.dtype != torch.float32
+    if (fused is None or not onednn.applies(x)
             or not x.is_contiguous(memory_format=torch.channels_last)
-            or torch.jit.is_tracing() or torch.is_autocast_enabled('cpu')
+            or act is None
             or module.order != ('conv', 'norm', 'act')
             or getattr(module, 'efficient_conv_bn_eval_forward', None) is None
             or not isinstance(norm, nn.modules.batchnorm._BatchNorm)
             or norm.training or not norm.track_running_stats
-            or not torch.backends.mkldnn.is_available()):
-        return module(x)
-    conv = module.conv
-    if conv.padding_mode != 'zeros' or isinstance(conv.padding, str):
+            or conv.padding_mode != 'zeros' or isinstance(conv.padding, str)):
         return module(x)
     scale = norm.running_var.add(norm.eps).rsqrt()
     if norm.affine:
@@ -282,10 +276,8 @@ class InvertedResidual(BaseModule):
 
     def forward(self, x: Tensor) -> Tensor:
         y = conv_bn_act(self.depthwise, conv_bn_act(self.expand, x))
-        y = self.drop_path(conv_bn_act(self.project, y))
-        if not torch.is_grad_enabled():
-            return y.add_(x)  # inference: no new map for the residual sum
-        return x + y
+        return onednn.add_residual(
+            x, self.drop_path(conv_bn_act(self.project, y)))
 
 
 @MODELS.register_module()

@@ -47,6 +47,8 @@ from torch import Tensor, nn
 
 from mmtranscnn.registry import MODELS
 
+from . import onednn
+
 QUERY_FORMS = ('full', 'merged')
 
 
@@ -88,11 +90,7 @@ def parse_grid_sizes(value: Union[int, Sequence[int], None],
 
 def _mkldnn_linear():
     """oneDNN's linear kernel, or None where torch lacks it."""
-    ops = getattr(torch.ops, 'mkldnn', None)
-    try:
-        return ops._linear_pointwise if ops is not None else None
-    except (AttributeError, RuntimeError):
-        return None
+    return onednn.kernel('_linear_pointwise')
 
 
 def project(layer: nn.Linear, x: Tensor) -> Tensor:
@@ -111,10 +109,7 @@ def project(layer: nn.Linear, x: Tensor) -> Tensor:
         x: (..., in_features) input.
     """
     fused = _mkldnn_linear()
-    if (fused is None or torch.is_grad_enabled() or x.device.type != 'cpu'
-            or x.dtype != torch.float32 or torch.jit.is_tracing()
-            or torch.is_autocast_enabled('cpu')
-            or not torch.backends.mkldnn.is_available()):
+    if fused is None or not onednn.applies(x):
         return layer(x)
     return fused(x, layer.weight, layer.bias, 'none', [], '')
 
@@ -376,11 +371,7 @@ class HMHSA(BaseModule):
 
         # Back to (B, C, H, W); channels-last memory, no copy.
         out = self.drop_path(project(self.proj, total).permute(0, 3, 1, 2))
-        if not torch.is_grad_enabled():
-            # Inference: add the residual into the fresh output instead of
-            # allocating one more map (large maps come from fresh pages).
-            return out.add_(x)
-        return x + out
+        return onednn.add_residual(x, out)
 
     def _level0(self, tokens: Tensor, g0: Optional[int]) -> Tensor:
         """attn_0 of Eq. 5-6: attention inside G0 x G0 grids.
