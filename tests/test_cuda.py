@@ -55,11 +55,20 @@ PADDED = (2, 3, 200, 264)
 UNPADDED = (2, 3, 256, 256)
 
 # fp32 on two devices (or fp32 against fp64 on one): max |a - b| over a
-# tensor, relative to max |b| of that tensor. Calibrated on the CPU, where
-# float32 against float64 stays below 1e-5 (outputs) and 1e-4 (gradients);
-# two float32 devices each differ that much from the exact result.
+# tensor, relative to max |b| of that tensor. Calibrated on the CPU with
+# the same inputs: float32 against float64 reached 4e-6 on the backbone's
+# outputs and 2e-5 on its gradients; two float32 devices each differ about
+# that much from the exact result, so the bounds leave a margin of 25-50x.
 FP32_OUT_RTOL = 1e-4
 FP32_GRAD_RTOL = 1e-3
+# The detectors' gradients are less well conditioned. float32 against
+# float64 on the CPU: up to 9.7e-4 for RetinaNet (its classification
+# convs) and 8.4e-3 for Mask R-CNN (the mask head: the untrained mask
+# logits saturate, and sigmoid(x) - target of a saturated logit keeps few
+# significant digits in float32; mmdet computes loss_mask and loss_rpn_cls
+# in float32 even in a float64 model). Their losses agree to 1e-6. Bounds
+# at 3.5-5x the measured error.
+DET_GRAD_RTOL = {'RetinaNet': 5e-3, 'MaskRCNN': 3e-2}
 # Autocast against fp32: ||a - b|| / ||b|| per output map.
 AUTOCAST_RTOL = {torch.float16: 0.01, torch.bfloat16: 0.05}
 
@@ -607,7 +616,7 @@ def detector_step(model, device, dtype=torch.float32):
     loss.backward()
     names = sorted(k for k in log_vars if k.startswith('loss'))
     return dict(
-        outs=[torch.tensor(float(log_vars[k]), dtype=torch.float64)
+        outs=[torch.as_tensor(log_vars[k]).detach().double().cpu()
               .reshape(1) for k in names],
         loss_names=names,
         grads={n: p.grad.double().cpu() for n, p in m.named_parameters()
@@ -625,7 +634,8 @@ def check_detector_matches(config, device, ref_device='cpu',
         got = detector_step(model, device, dtype)
         want = detector_step(model, ref_device, ref_dtype)
     assert got['loss_names'] == want['loss_names']
-    assert_results_close(got, want)
+    assert_results_close(got, want,
+                         grad_rtol=DET_GRAD_RTOL[type(model).__name__])
     # Every trainable parameter got a gradient.
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert set(want['grads']) == trainable

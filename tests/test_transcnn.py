@@ -40,10 +40,10 @@ BACKBONE_PARAMS = {'small': 12_380_368, 'base': 26_013_072}
 CLASSIFIER_PARAMS = {'small': 12_893_368, 'base': 26_526_072}
 # The detectors of the top-level configs as mmdet builds them (80 classes).
 DETECTOR_PARAMS = {
-    'retinanet_transcnn_small.py': None,
-    'retinanet_transcnn_base.py': None,
-    'mask_rcnn_transcnn_small.py': None,
-    'mask_rcnn_transcnn_base.py': None,
+    'retinanet_transcnn_small.py': 22_613_956,
+    'retinanet_transcnn_base.py': 36_246_660,
+    'mask_rcnn_transcnn_small.py': 32_531_392,
+    'mask_rcnn_transcnn_base.py': 46_164_096,
 }
 
 
