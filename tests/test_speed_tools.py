@@ -70,59 +70,6 @@ def test_eval_folding_gives_the_unfolded_outputs():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize('act,kernel,groups,stride', [
-    (dict(type='SiLU'), 1, 1, 1), (dict(type='SiLU'), 5, 8, 1),
-    (None, 3, 1, 2), (dict(type='ReLU'), 3, 1, 1)])
-def test_fused_conv_bn_act_equals_the_module(act, kernel, groups, stride):
-    from mmtranscnn.models import blocks
-    torch.manual_seed(0)
-    module = ConvModule(8, 16 if groups == 1 else 8, kernel, stride=stride,
-                        padding=kernel // 2, groups=groups,
-                        norm_cfg=dict(type='BN'), act_cfg=act,
-                        efficient_conv_bn_eval=True)
-    _randomise_bn(module)
-    module.eval()
-    x = torch.randn(2, 8, 13, 11).contiguous(
-        memory_format=torch.channels_last)
-    calls = []
-    kernel_fn = blocks._mkldnn_pointwise_conv()
-    assert kernel_fn is not None, 'this torch has no oneDNN fused conv'
-
-    def counting(*args):
-        calls.append(args[-3])
-        return kernel_fn(*args)
-
-    original = blocks._mkldnn_pointwise_conv
-    blocks._mkldnn_pointwise_conv = lambda: counting
-    try:
-        with torch.no_grad():
-            fused = blocks.conv_bn_act(module, x)
-            plain = module(x)
-        assert len(calls) == 1, 'the fused kernel was not used'
-        torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
-        # Where it does not apply, the module itself runs.
-        blocks.conv_bn_act(module, x)  # gradients enabled
-        module.train()
-        with torch.no_grad():
-            blocks.conv_bn_act(module, x)  # BN with batch statistics
-        assert len(calls) == 1
-    finally:
-        blocks._mkldnn_pointwise_conv = original
-
-
-def test_inference_fast_paths_give_the_autograd_outputs():
-    """Without autograd the backbone takes oneDNN's fused conv and linear
-    kernels and adds residuals in place; with autograd it runs the plain
-    ops. Both compute the same outputs."""
-    model, x = _eval_small_model(2)
-    with torch.no_grad():
-        fast = model(x)
-    plain = model(x)
-    assert plain[0].requires_grad
-    for a, b in zip(fast, plain):
-        torch.testing.assert_close(a, b.detach(), rtol=1e-4, atol=1e-4)
-
-
 def test_folding_keeps_norm_eval_training_semantics():
     """With frozen BN statistics (norm_eval) the folded conv trains exactly
     like conv then BN: same loss, same gradients for conv and BN weights."""
@@ -183,7 +130,7 @@ def test_pooled_merge_equals_masked_merge(size, g):
     fast, fast_valid = merge_tokens(t, None, g)
     slow, slow_valid = merge_tokens(
         t, torch.ones(2, *size, dtype=torch.bool), g)
-    assert fast_valid is None and slow_valid is None
+    assert fast_valid is None and bool(slow_valid.all())
     torch.testing.assert_close(fast, slow, rtol=1e-12, atol=1e-12)
 
 
@@ -395,44 +342,3 @@ def test_plot_scaling_extrapolation():
     # quadratic growth is extrapolated as quadratic
     t, _ = tool.predict([(256, 1., 1.), (512, 16., 1.)], 1024)
     assert t == pytest.approx(256.)
-
-
-# -- depthwise conv backward --------------------------------------------------
-@pytest.mark.parametrize('shape,k', [((2, 8, 13, 9), 5), ((1, 6, 7, 11), 7),
-                                     ((1, 4, 3, 2), 5), ((2, 5, 6, 6), 9)])
-@pytest.mark.parametrize('bias', [True, False])
-def test_depthwise_backward_matches_conv2d(shape, k, bias):
-    from mmtranscnn.models.blocks import DepthwiseConv2d
-    torch.manual_seed(0)
-    c = shape[1]
-    conv = DepthwiseConv2d(c, c, k, padding=k // 2, groups=c,
-                           bias=bias).double()
-    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
-    assert conv._fast_backward_applies(x, conv.weight)
-    g = torch.randn(*shape, dtype=torch.float64)
-    params = [x, conv.weight] + ([conv.bias] if bias else [])
-    got = torch.autograd.grad(conv(x), params, g)
-    want = torch.autograd.grad(
-        torch.nn.functional.conv2d(x, conv.weight, conv.bias,
-                                   padding=k // 2, groups=c), params, g)
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
-
-
-def test_depthwise_fast_path_only_where_it_applies():
-    from mmtranscnn.models.blocks import DepthwiseConv2d
-    x = torch.randn(1, 4, 8, 8, requires_grad=True)
-    conv = DepthwiseConv2d(4, 4, 5, padding=2, groups=4)
-    assert conv._fast_backward_applies(x, conv.weight)
-    with torch.no_grad():
-        assert not conv._fast_backward_applies(x, conv.weight)
-    assert not DepthwiseConv2d(4, 4, 3, padding=1, groups=4)\
-        ._fast_backward_applies(x, conv.weight)  # oneDNN's 3x3 is fast
-    assert not DepthwiseConv2d(4, 4, 5, padding=2, stride=2, groups=4)\
-        ._fast_backward_applies(x, conv.weight)
-    assert not DepthwiseConv2d(4, 8, 5, padding=2, groups=4)\
-        ._fast_backward_applies(x, conv.weight)
-    with torch.autocast('cpu', dtype=torch.bfloat16):
-        assert not conv._fast_backward_applies(x, conv.weight)
-    # The state dict is nn.Conv2d's.
-    assert set(conv.state_dict()) == {'weight', 'bias'}
