@@ -13,6 +13,9 @@ from typing import List, NamedTuple, Optional
 from mmengine.runner.checkpoint import CheckpointLoader
 from torch import nn
 
+from mmtranscnn.utils.checkpoint_safety import (mmengine_safe_globals,
+                                                safe_torch_load)
+
 GET_A_CHECKPOINT = (
     'Produce one with our ImageNet configs (configs/imagenet/, then '
     'tools/train.py), or set the backbone\'s init_cfg=None to train from '
@@ -25,6 +28,16 @@ class LoadReport(NamedTuple):
     missing: List[str]
     unexpected: List[str]
     mismatched: List[str]
+
+
+def _read(checkpoint: str, map_location: str):
+    """The file's content, read safely whether or not mmengine's loaders
+    were switched to safe loading (see mmtranscnn.utils.checkpoint_safety)."""
+    if '://' not in checkpoint:
+        return safe_torch_load(checkpoint, map_location)
+    with mmengine_safe_globals():
+        return CheckpointLoader.load_checkpoint(checkpoint,
+                                                map_location=map_location)
 
 
 def _unwrap(checkpoint) -> dict:
@@ -90,9 +103,7 @@ def load_backbone_checkpoint(model: nn.Module,
         raise FileNotFoundError(
             f'pretrained checkpoint not found: {checkpoint!r}. '
             f'{GET_A_CHECKPOINT}')
-    state_dict = _select(
-        _unwrap(CheckpointLoader.load_checkpoint(
-            checkpoint, map_location=map_location)), prefix)
+    state_dict = _select(_unwrap(_read(checkpoint, map_location)), prefix)
     own = model.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
