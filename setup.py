@@ -16,6 +16,16 @@ from setuptools.command.build_py import build_py
 
 HERE = osp.dirname(osp.abspath(__file__))
 MIM_ITEMS = ('configs', 'tools', 'model-index.yml')
+# Supported torch: 2.1 to 2.14 (README, "What the set-up does"). Tested:
+# 2.14.1 (the whole suite) and 2.1.2 (tests/test_transcnn.py and
+# tests/test_hmhsa.py, CPU). 2.1 is the newest torch that OpenMMLab's prebuilt mmcv
+# 2.1.0 wheels exist for, so users of those wheels are covered. torch 2.0
+# is not supported: its oneDNN linear kernel rejects the call the CPU
+# inference fast path makes ("Fusion behavior undefined").
+# Not an upper bound: newer torch is expected to work, but untested.
+# mmcv 2.1.0 must match the torch in use: OpenMMLab's wheel for torch 2.1,
+# or built from the sdist (scripts/setup.sh).
+TORCH_REQUIREMENT = 'torch>=2.1'
 
 
 def read_version() -> str:
@@ -85,7 +95,7 @@ setup(
     packages=find_packages(exclude=('configs', 'tools', 'tests', 'demo')),
     include_package_data=True,
     cmdclass={'build_py': BuildPyWithMim},
-    install_requires=read_requirements('runtime'),
+    install_requires=read_requirements('runtime') + [TORCH_REQUIREMENT],
     extras_require={
         'mim': read_requirements('mminstall'),
         'optional': read_requirements('optional'),

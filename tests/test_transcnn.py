@@ -61,6 +61,7 @@ def test_exact_parameter_counts_of_backbone_and_classifier(arch):
 
     from mmtranscnn import get_config_path
     assert num_params(TransCNN(arch)) == BACKBONE_PARAMS[arch]
+    pytest.importorskip('mmpretrain')  # an optional codebase
     cfg = Config.fromfile(get_config_path(
         f'imagenet/transcnn-{arch}_8xb128_in1k.py'))
     import_modules_from_strings(**cfg.custom_imports)
@@ -74,6 +75,7 @@ def test_exact_parameter_counts_of_backbone_and_classifier(arch):
 
 @pytest.mark.parametrize('config', sorted(DETECTOR_PARAMS))
 def test_exact_parameter_counts_of_detectors(config):
+    pytest.importorskip('mmdet')  # an optional codebase
     from mmengine.config import Config
 
     from mmtranscnn import get_config_path
