@@ -588,6 +588,7 @@ def fixed_proposals():
 
 
 def build_detector(config):
+    pytest.importorskip('mmdet')  # an optional codebase
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
 
