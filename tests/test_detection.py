@@ -604,7 +604,9 @@ default_hooks = dict(
 log_processor = dict(window_size=1)
 randomness = dict(seed=0)
 """
-MEMORISE_ITERS = 30  # one iteration per epoch
+# Iterations (one per epoch): as many as each needs to clear its floor
+# below with a margin, no more (Mask R-CNN's cost ~1 s per iteration here).
+MEMORISE_ITERS = {'RetinaNet': 30, 'MaskRCNN': 20}
 # The lr: RetinaNet's tiny config's 5e-4; Mask R-CNN's 1e-3 made its loss
 # diverge after 23 iterations on two images (1.2 -> 10.2), 2e-4 did not.
 MEMORISE_LR = {'RetinaNet': 5e-4, 'MaskRCNN': 2e-4}
@@ -612,7 +614,7 @@ MEMORISE_LR = {'RetinaNet': 5e-4, 'MaskRCNN': 2e-4}
 # 0.008 (RetinaNet) and 0.000 (Mask R-CNN) there, with 100 boxes per image
 # (measured: the same config, one iteration at an lr of 1e-16); a detector
 # that finds nothing scores 0. After MEMORISE_ITERS iterations they reached
-# 0.107 and 0.030 (measured on a 2-core Xeon, 1 thread).
+# 0.107 and 0.036 (measured on a 2-core Xeon, 1 thread).
 MAP_FLOOR = {'RetinaNet': 0.04, 'MaskRCNN': 0.01}
 # 64 RoIs per image for the second stage instead of 512 (at most 16
 # positives instead of 128): its heads' cost per iteration follows them,
@@ -621,9 +623,10 @@ MASK_RCNN_TRAIN_CFG = '''
              train_cfg=dict(rcnn=dict(sampler=dict(num=64))),'''
 
 
-def write_memorise_config(directory, base, data_root,
-                          epochs=MEMORISE_ITERS):
+def write_memorise_config(directory, base, data_root, epochs=None):
     with_mask = base == TINY_MASK_RCNN
+    if epochs is None:
+        epochs = MEMORISE_ITERS['MaskRCNN' if with_mask else 'RetinaNet']
     test_cfg = ("dict(rcnn=dict(score_thr=0.0))" if with_mask else
                 "dict(score_thr=0.0)")
     path = osp.join(str(directory), f'memorise_{osp.basename(base)}')
@@ -636,15 +639,15 @@ def write_memorise_config(directory, base, data_root,
     return path
 
 
-def assert_learned(scalars, detector, iters=MEMORISE_ITERS):
+def assert_learned(scalars, detector):
     """The loss fell and the validation bbox mAP is above the floor."""
     losses = [s['loss'] for s in scalars if 'loss' in s]
-    assert len(losses) == iters
+    assert len(losses) == MEMORISE_ITERS[detector]
     assert all(math.isfinite(v) for v in losses)
     first, last = np.mean(losses[:5]), np.mean(losses[-5:])
-    # Measured (means of 5): 2.28 -> 0.12 (RetinaNet), 5.61 -> 0.77 (Mask
-    # R-CNN).
-    assert last < 0.3 * first, losses
+    # Measured (means of 5): 2.28 -> 0.12 (RetinaNet), 5.61 -> 1.45 (Mask
+    # R-CNN); a detector that does not learn stays near its first losses.
+    assert last < 0.4 * first, losses
     (val, ) = [s for s in scalars if 'coco/bbox_mAP' in s]
     assert val['coco/bbox_mAP'] >= MAP_FLOOR[detector], val
     return val
@@ -686,7 +689,7 @@ def retinanet_run(shapes_data, tmp_path_factory):
 def test_retinanet_trains_and_evaluates_through_the_tools(
         retinanet_run, tmp_path):
     config, work_dir = retinanet_run
-    checkpoint = work_dir / f'epoch_{MEMORISE_ITERS}.pth'
+    checkpoint = work_dir / f"epoch_{MEMORISE_ITERS['RetinaNet']}.pth"
     assert checkpoint.is_file()
     val = assert_learned(read_scalars(work_dir), 'RetinaNet')
 
@@ -710,11 +713,12 @@ def test_mask_rcnn_trains_and_evaluates_through_the_tools(
     run([sys.executable, TRAIN, config, '--work-dir',
          str(tmp_path / 'work')], cwd=tmp_path)
     scalars = read_scalars(tmp_path / 'work')
-    assert len([s for s in scalars if 'loss_mask' in s]) == MEMORISE_ITERS
+    iters = MEMORISE_ITERS['MaskRCNN']
+    assert len([s for s in scalars if 'loss_mask' in s]) == iters
     val = assert_learned(scalars, 'MaskRCNN')
 
     out = run([sys.executable, TEST, config,
-               str(tmp_path / 'work' / f'epoch_{MEMORISE_ITERS}.pth'),
+               str(tmp_path / 'work' / f'epoch_{iters}.pth'),
                '--work-dir', str(tmp_path / 'test')], cwd=tmp_path)
     assert 'coco/segm_mAP' in out and 'coco/bbox_mAP' in out
     metrics = read_test_metrics(tmp_path / 'test')
@@ -806,7 +810,7 @@ def test_image_demo_draws_an_image_of_any_size(retinanet_run, tmp_path):
     Image.fromarray(image).save(tmp_path / 'scene.jpg')
     out_file = tmp_path / 'drawn' / 'scene.png'
     out = run([sys.executable, DEMO, config,
-               str(work_dir / f'epoch_{MEMORISE_ITERS}.pth'),
+               str(work_dir / f"epoch_{MEMORISE_ITERS['RetinaNet']}.pth"),
                str(tmp_path / 'scene.jpg'), '--out-file', str(out_file),
                '--score-thr', '0', '--device', 'cpu'], cwd=tmp_path)
     assert 'detections' in out

@@ -48,8 +48,8 @@ def models():
     return out
 
 
-@pytest.mark.parametrize('grad', [False, True], ids=['no_grad', 'grad'])
-@pytest.mark.parametrize('train', [False, True], ids=['eval', 'train'])
+@pytest.mark.parametrize('train,grad', [(False, False), (True, True)],
+                         ids=['eval-no_grad', 'train-grad'])
 @pytest.mark.parametrize('query_from', ['full', 'merged'])
 @pytest.mark.parametrize('shape,grids', CASES)
 def test_meta_forward_makes_no_host_sync(models, shape, grids, query_from,
