@@ -138,3 +138,24 @@ def test_training_summary_reads_loss_map_and_wrapper(tmp_path):
         f.write('\n'.join(json.dumps(dict(r, loss=1.0)) for r in records[:-1]
                           ) + '\n' + json.dumps(records[-1]))
     assert not gpu_check.summarise_training(str(tmp_path))[0]
+
+
+def test_env_step_runs_and_reports(tmp_path):
+    """The one step that runs anywhere: without a GPU it fails, saying so,
+    and the report holds the versions; --append keeps what was there."""
+    import torch
+    out = tmp_path / 'report.md'
+    out.write_text('# an earlier report\n')
+    proc = run_script(str(out), '--steps', 'env', '--append')
+    text = out.read_text()
+    assert text.startswith('# an earlier report\n\n## mmtranscnn GPU check')
+    assert f'- torch: {torch.__version__}' in text
+    assert '### env: torch, CUDA, GPU, mmcv CUDA ops' in text
+    assert '- mmcv: 2.1.0' in text
+    if torch.cuda.is_available():
+        assert 'Result: all steps passed' in text, text
+        assert proc.returncode == 0
+    else:
+        assert 'FAILED (no CUDA device)' in text
+        assert 'Result: FAILED: env' in text
+        assert proc.returncode == 1

@@ -28,7 +28,9 @@ and runs nothing):
 
 The report (markdown; default ``work_dirs/gpu_check/gpu_check.md``) holds
 every step's status, command, figures and the tail of its output on
-failure; the exit status is non-zero when a step failed.
+failure; the exit status is non-zero when a step failed. Each step can run
+alone (``--steps benchmark``), e.g. to fit a limit on one command's time;
+``--append`` then adds its sections to the report of the earlier steps.
 
 Bringing the stack to a machine with its own torch and none of the
 OpenMMLab packages (e.g. no network there, or a torch you must not replace)
@@ -104,12 +106,13 @@ if info['cuda_available']:
                 capability='.'.join(map(str, torch.cuda.get_device_capability())),
                 bf16=torch.cuda.is_bf16_supported(),
                 cudnn=torch.backends.cudnn.version())
+from importlib import metadata
 for name in ('torchvision', 'mmcv', 'mmengine', 'mmdet', 'mmpretrain',
-             'mmseg'):
+             'mmsegmentation'):
     try:
-        info[name] = __import__(name).__version__
-    except Exception as e:
-        info[name] = f'missing ({type(e).__name__}: {e})'
+        info[name] = metadata.version(name)
+    except metadata.PackageNotFoundError:
+        info[name] = 'missing'
 try:
     from mmcv.ops import nms
     dev = 'cuda' if info['cuda_available'] else 'cpu'
@@ -133,6 +136,9 @@ def parse_args(argv=None):
     parser.add_argument('--steps', nargs='+', default=list(STEPS),
                         help=f'steps to run, any of {list(STEPS)} '
                         '(default: all)')
+    parser.add_argument('--append', action='store_true',
+                        help='add to an existing report instead of '
+                        'replacing it')
     parser.add_argument('--dry-run', action='store_true',
                         help='list the steps and their commands, run nothing')
     parser.add_argument('--python', default=sys.executable,
@@ -394,11 +400,15 @@ def main(argv=None):
         return 0
     os.makedirs(args.work_dir, exist_ok=True)
     os.makedirs(osp.dirname(args.out), exist_ok=True)
-    report = [f'# mmtranscnn GPU check, {time.strftime("%Y-%m-%d %H:%M:%S")}',
-              '']
+    title = f'mmtranscnn GPU check, {time.strftime("%Y-%m-%d %H:%M:%S")}'
+    previous = ''
+    if args.append and osp.isfile(args.out):
+        with open(args.out) as f:
+            previous = f.read().rstrip('\n') + '\n\n'
+    report = [('## ' if previous else '# ') + title, '']
     env, failed = {}, []
     for name, what, cmds in steps:
-        report += [f'## {name}: {what}', '']
+        report += [f'### {name}: {what}', '']
         status, out, took, code = 'ok', '', 0., 0
         for cmd in cmds:
             report.append(f'    $ {show(cmd)}')
@@ -436,10 +446,12 @@ def main(argv=None):
             report += ['Output (last 60 lines):', '', '```'] + \
                 out.splitlines()[-60:] + ['```', '']
         with open(args.out, 'w') as f:  # after every step: partial results
-            f.write('\n'.join(report) + '\n')
-    report.insert(2, f'Result: {"all steps passed" if not failed else "FAILED: " + ", ".join(failed)}\n')
+            f.write(previous + '\n'.join(report) + '\n')
+    result = ('all steps passed' if not failed else
+              'FAILED: ' + ', '.join(failed))
+    report.insert(2, f'Result: {result}\n')
     with open(args.out, 'w') as f:
-        f.write('\n'.join(report) + '\n')
+        f.write(previous + '\n'.join(report) + '\n')
     print(f'\nreport: {args.out}' + (f' (failed: {failed})' if failed else ''))
     return 1 if failed else 0
 
