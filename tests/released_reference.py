@@ -207,3 +207,99 @@ class Reference:
         logits = F.linear(x.mean(dim=(2, 3)), self.sd['classifier.1.weight'],
                           self.sd['classifier.1.bias'])
         return outs, logits
+
+
+def released_layout(version: str, channels: Sequence[int],
+                    depths: Sequence[int], kernel_sizes: Sequence[int],
+                    expand_ratios: Sequence[int], windows: Sequence[int],
+                    num_classes: int = 1000) -> Dict[str, Tuple[int, ...]]:
+    """Key names and shapes of a released network's state dict.
+
+    Written from the released structure, for networks of any size (tests
+    build small ones); for the eight published networks it must equal the
+    fixture tests/data/released_layouts.json, which was read off the
+    released models themselves.
+    """
+    layout: Dict[str, Tuple[int, ...]] = {}
+
+    def norm(name, c):
+        layout[name + '.weight'] = (c, )
+        layout[name + '.bias'] = (c, )
+        if version == 'transcnn-v1':
+            layout[name + '.running_mean'] = (c, )
+            layout[name + '.running_var'] = (c, )
+            layout[name + '.num_batches_tracked'] = ()
+
+    def conv(name, cout, cin, k, bias=True):
+        layout[name + '.weight'] = (cout, cin, k, k)
+        if bias:
+            layout[name + '.bias'] = (cout, )
+
+    conv('patch_embed.0', 16, 3, 3)
+    norm('patch_embed.1', 16)
+    conv('patch_embed.3', channels[0], 16, 3)
+    for s, (c, depth) in enumerate(zip(channels, depths)):
+        e = c * expand_ratios[s]
+        for i in range(depth):
+            a = f'blocks.{s}.{i}.attn.'
+            norm(a + 'norm', c)
+            conv(a + 'qkv', 3 * c, c, 1)
+            conv(a + 'proj', c, c, 1)
+            if version == 'hatnet':
+                norm(a + 'proj_norm', c)
+            if windows[s] > 1:
+                norm(a + 'grid_norm', c)
+                norm(a + 'ds_norm', c)
+                conv(a + 'q', c, c, 1)
+                conv(a + 'kv', 2 * c, c, 1)
+            m = f'blocks.{s}.{i}.conv.'
+            if version == 'transcnn-v1':
+                conv(m + 'conv1.0', e, c, 1, bias=False)
+                norm(m + 'conv1.1', e)
+                conv(m + 'conv2.0', e, 1, kernel_sizes[s], bias=False)
+                norm(m + 'conv2.1', e)
+            else:
+                norm(m + 'conv1.0', c)
+                conv(m + 'conv1.1', e, c, 1, bias=False)
+                conv(m + 'conv2.0', e, 1, kernel_sizes[s], bias=False)
+            conv(m + 'conv3.0', c, e, 1, bias=False)
+            norm(m + 'conv3.1', c)
+    for k in (2, 3, 4):
+        cin, cout = channels[k - 2], channels[k - 1]
+        conv(f'ds{k}.conv', cout, cin, 3)
+        if version == 'transcnn-v1':
+            conv(f'ds{k}.residual', cout, cin, 1)
+            norm(f'ds{k}.norm1', cout)
+            norm(f'ds{k}.norm2', cout)
+        else:
+            norm(f'ds{k}.norm', cout)
+    layout['classifier.1.weight'] = (num_classes, channels[-1])
+    layout['classifier.1.bias'] = (num_classes, )
+    return layout
+
+
+def random_state_dict(layout: Dict[str, Sequence[int]], seed: int = 0,
+                      dtype: torch.dtype = torch.float32) -> Dict[str, Tensor]:
+    """Random tensors for a released layout: weights scaled by their fan-in,
+    norm scales near 1, small biases, positive running variances."""
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, shape in layout.items():
+        shape = tuple(shape)
+        if name.endswith('num_batches_tracked'):
+            out[name] = torch.tensor(0)
+            continue
+        x = torch.randn(shape, generator=gen, dtype=torch.float64)
+        if name.endswith('running_var'):
+            x = 0.5 + torch.rand(shape, generator=gen, dtype=torch.float64)
+        elif name.endswith('running_mean') or name.endswith('bias'):
+            x = 0.1 * x
+        elif len(shape) == 1:  # a norm's scale
+            x = 1 + 0.1 * x
+        else:
+            fan_in = 1
+            for n in shape[1:]:
+                fan_in *= n
+            x = x / fan_in ** 0.5
+        out[name] = x.to(dtype)
+    return out

@@ -159,6 +159,44 @@ def detect_version(state_dict: dict) -> Optional[str]:
     return None
 
 
+def infer_arch(state_dict: dict) -> dict:
+    """The macro layout a released state dict has, read off its shapes.
+
+    Returns:
+        dict with ``channels``, ``depths``, ``kernel_sizes`` and
+        ``expand_ratios`` (one entry per stage), as in ``TransCNN.arch_zoo``.
+        The head dim is not in the weights.
+    """
+    arch = dict(channels=[], depths=[], kernel_sizes=[], expand_ratios=[])
+    for stage in range(4):
+        depth = 0
+        while f'blocks.{stage}.{depth}.attn.qkv.weight' in state_dict:
+            depth += 1
+        if depth == 0:
+            raise KeyError(f'no block of stage {stage} '
+                           f"('blocks.{stage}.0.attn.qkv.weight') in the "
+                           'checkpoint')
+        depthwise = state_dict[f'blocks.{stage}.0.conv.conv2.0.weight']
+        channels = state_dict[f'blocks.{stage}.0.attn.proj.weight'].shape[0]
+        arch['channels'].append(channels)
+        arch['depths'].append(depth)
+        arch['kernel_sizes'].append(depthwise.shape[-1])
+        arch['expand_ratios'].append(depthwise.shape[0] // channels)
+    return arch
+
+
+def matching_presets(state_dict: dict) -> List[str]:
+    """The released presets whose macro layout a released state dict has."""
+    from .transcnn import TransCNN
+    version = detect_version(state_dict)
+    arch = infer_arch(state_dict)
+    return [
+        name for name, info in RELEASED.items() if info.version == version
+        and all(list(TransCNN.arch_zoo[name][k]) == v
+                for k, v in arch.items())
+    ]
+
+
 def _rename(key: str, rules) -> Optional[str]:
     for pattern, repl in rules:
         match = pattern.match(key)
@@ -231,4 +269,4 @@ def convert_released(state_dict: dict,
 
 
 __all__ = ['RELEASED', 'ReleasedModel', 'VERSIONS', 'convert_released',
-           'detect_version']
+           'detect_version', 'infer_arch', 'matching_presets']

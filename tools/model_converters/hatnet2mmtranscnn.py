@@ -17,7 +17,7 @@ evaluates, and which detection / segmentation configs load with
 ``--backbone-only`` leaves the classifier out. Every key must map; any that
 does not is named and nothing is written. The written file is checked by
 loading it strictly into the matching preset (``--arch``, or the preset whose
-layout the file has).
+macro layout, read off the tensor shapes, the file has).
 
 Example::
 
@@ -34,22 +34,8 @@ import torch
 import mmtranscnn  # noqa: F401  (safe checkpoint loading)
 from mmtranscnn.models import TransCNN
 from mmtranscnn.models.pretrained import read_state_dict
-from mmtranscnn.models.released import RELEASED, convert_released
-
-
-def matching_presets(backbone: dict, version: str) -> list:
-    """Released presets of ``version`` whose state dict has exactly the keys
-    and shapes of ``backbone`` (head dims are not in the weights: more than
-    one preset may fit a file built with a custom head_dim)."""
-    found = []
-    for name, info in RELEASED.items():
-        if info.version != version:
-            continue
-        own = TransCNN(name).state_dict()
-        if set(own) == set(backbone) and all(
-                own[k].shape == backbone[k].shape for k in own):
-            found.append(name)
-    return found
+from mmtranscnn.models.released import (RELEASED, convert_released,
+                                        matching_presets)
 
 
 def convert(src: str, dst: str, backbone_only: bool = False,
@@ -57,18 +43,18 @@ def convert(src: str, dst: str, backbone_only: bool = False,
     """Convert ``src`` to ``dst``; returns the written checkpoint."""
     state_dict = read_state_dict(src)
     backbone, head, version = convert_released(state_dict)
+    presets = sorted(k for k, v in RELEASED.items() if v.version == version)
     if arch is None:
-        fits = matching_presets(backbone, version)
+        fits = matching_presets(state_dict)
         if len(fits) != 1:
             raise ValueError(
                 f'{src}: a {version} checkpoint whose layout fits '
                 f'{fits or "no released preset"}; pass --arch with one of '
-                f'{sorted(k for k, v in RELEASED.items() if v.version == version)}')
+                f'{presets}')
         arch = fits[0]
-    if arch not in RELEASED or RELEASED[arch].version != version:
+    if arch not in presets:
         raise ValueError(f'--arch must be a released {version} preset '
-                         f'({sorted(k for k, v in RELEASED.items() if v.version == version)}), '
-                         f'got {arch!r}')
+                         f'({presets}), got {arch!r}')
     # Strict check before anything is written.
     model = TransCNN(arch)
     model.load_state_dict(backbone, strict=True)
