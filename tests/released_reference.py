@@ -281,7 +281,8 @@ def released_layout(version: str, channels: Sequence[int],
 def random_state_dict(layout: Dict[str, Sequence[int]], seed: int = 0,
                       dtype: torch.dtype = torch.float32) -> Dict[str, Tensor]:
     """Random tensors for a released layout: weights scaled by their fan-in,
-    norm scales near 1, small biases, positive running variances."""
+    norm scales near 1 (0.2 at the end of each residual branch), small
+    biases, positive running variances."""
     gen = torch.Generator().manual_seed(seed)
     out = {}
     for name, shape in layout.items():
@@ -301,5 +302,10 @@ def random_state_dict(layout: Dict[str, Sequence[int]], seed: int = 0,
             for n in shape[1:]:
                 fan_in *= n
             x = x / fan_in ** 0.5
+        if name.endswith(('attn.proj.weight', 'conv.conv3.1.weight')):
+            # Residual branches end small, as in trained networks: a random
+            # deep network is otherwise chaotic, and float64 rounding alone
+            # makes two implementations disagree.
+            x = 0.2 * x
         out[name] = x.to(dtype)
     return out

@@ -161,9 +161,16 @@ def test_wrong_released_file_is_reported(tmp_path):
     with pytest.raises(RuntimeError, match=r'shape differs: .*stages\.0'):
         load_backbone_checkpoint(TransCNN('hatnet-tiny'), path)
     # A key with no counterpart is named.
+    sd['blocks.0.0.conv.conv4.weight'] = torch.zeros(1)
+    torch.save(sd, path)
+    with pytest.raises(KeyError, match=r'blocks\.0\.0\.conv\.conv4\.weight'):
+        load_backbone_checkpoint(TransCNN('hatnet-small'), path)
+    # One that maps to no tensor of the model, too.
+    del sd['blocks.0.0.conv.conv4.weight']
     sd['blocks.0.0.attn.extra.weight'] = torch.zeros(1)
     torch.save(sd, path)
-    with pytest.raises(KeyError, match=r'blocks\.0\.0\.attn\.extra\.weight'):
+    with pytest.raises(RuntimeError,
+                       match=r'not in the model: stages\.0\.0\.attn\.extra'):
         load_backbone_checkpoint(TransCNN('hatnet-small'), path)
     # A missing one too.
     del sd['blocks.0.0.attn.extra.weight'], sd['blocks.2.7.attn.kv.bias']
@@ -329,3 +336,18 @@ def test_transcnn_pool_ratios_are_checked():
         TransCNN('hatnet-tiny', pool_ratios=(8, 4))
     with pytest.raises(ValueError, match='arch style must be one of'):
         TransCNN(dict(SMALL_V1, style='v3'))
+
+
+@pytest.mark.parametrize('arch', ['transcnn-v1-tiny', 'hatnet-tiny'])
+def test_inference_fast_paths_compute_the_same(arch):
+    """At CPU float32 inference the BN folding / oneDNN paths apply where
+    they can (first version: BN; HAT-Net's GroupNorm runs the plain path);
+    with autograd on, everything runs the plain modules."""
+    torch.manual_seed(0)
+    model = TransCNN(arch).eval()
+    x = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        fast = model(x)
+    plain = model(x.requires_grad_(True))
+    for f, p in zip(fast, plain):
+        assert rel_err(f, p.detach()) <= 1e-4
