@@ -10,9 +10,13 @@ the authors' released ImageNet files as downloaded (a raw state dict or
 ``argparse.Namespace`` beside it; see :mod:`.released`), and fails, naming
 the keys, when the file does not fit the model.
 """
+import argparse
+import contextlib
 import os.path as osp
-from typing import List, NamedTuple, Optional
+import threading
+from typing import Iterator, List, NamedTuple, Optional
 
+import torch
 from mmengine.runner.checkpoint import CheckpointLoader
 from torch import nn
 
@@ -49,6 +53,50 @@ def _strip_module(state_dict: dict) -> dict:
             for k, v in state_dict.items()}
 
 
+_args_lock = threading.Lock()
+_args_depth = 0
+_args_added = False
+
+
+@contextlib.contextmanager
+def training_script_args_allowed() -> Iterator[None]:
+    """Let ``torch.load(weights_only=True)`` rebuild an ``argparse.Namespace``.
+
+    Training scripts of the DeiT/PVT family (the authors' TransCNN/HAT-Net
+    among them) save their command-line arguments beside the weights.
+    Rebuilding a Namespace creates the object and fills its ``__dict__``;
+    nothing of it runs, and the values inside pass the same allow-list as
+    everything else. Only the loads of :func:`read_state_dict` (backbone
+    ``init_cfg`` and the converters) accept it; other mmengine loads keep the
+    allow-list of :mod:`mmtranscnn.utils.checkpoint_safety` as it is. Nested
+    and concurrent uses share a reference count, and an entry the user added
+    is left in place.
+    """
+    global _args_depth, _args_added
+    serialization = torch.serialization
+    if not hasattr(serialization, 'add_safe_globals'):  # torch < 2.4
+        yield
+        return
+    with _args_lock:
+        if _args_depth == 0:
+            _args_added = (argparse.Namespace
+                           not in serialization.get_safe_globals())
+            if _args_added:
+                serialization.add_safe_globals([argparse.Namespace])
+        _args_depth += 1
+    try:
+        yield
+    finally:
+        with _args_lock:
+            _args_depth -= 1
+            if _args_depth == 0 and _args_added:
+                keep = [g for g in serialization.get_safe_globals()
+                        if g is not argparse.Namespace]
+                serialization.clear_safe_globals()
+                serialization.add_safe_globals(keep)
+                _args_added = False
+
+
 def read_state_dict(checkpoint: str, map_location: str = 'cpu') -> dict:
     """The state dict inside a checkpoint file, whatever its wrapping.
 
@@ -57,15 +105,18 @@ def read_state_dict(checkpoint: str, map_location: str = 'cpu') -> dict:
     their ``argparse.Namespace`` under ``'args'``) and ``module.``
     prefixes. The file is read through mmengine's CheckpointLoader, i.e.
     with ``torch.load(weights_only=True)`` and the allow-list of
-    :mod:`mmtranscnn.utils.checkpoint_safety`: no arbitrary pickle runs.
+    :mod:`mmtranscnn.utils.checkpoint_safety`, plus ``argparse.Namespace``
+    (:func:`training_script_args_allowed`): no arbitrary pickle runs.
 
     Args:
         checkpoint: a local path or any URI mmengine's CheckpointLoader
             understands.
         map_location: where tensors are loaded.
     """
-    return _strip_module(_unwrap(CheckpointLoader.load_checkpoint(
-        checkpoint, map_location=map_location)))
+    with training_script_args_allowed():
+        loaded = CheckpointLoader.load_checkpoint(
+            checkpoint, map_location=map_location)
+    return _strip_module(_unwrap(loaded))
 
 
 def _released_to_backbone(model: nn.Module, state_dict: dict,
