@@ -14,6 +14,7 @@ import os.path as osp
 import mmcv
 
 import mmtranscnn  # noqa: F401  (registers TransCNN for mmdet)
+import mmtranscnn.safe_checkpoints  # noqa: F401  (mmengine files on torch 2.6+)
 
 
 def parse_args(argv=None):

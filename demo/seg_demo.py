@@ -53,9 +53,10 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    # Registers TransCNN in mmseg and makes mmengine's checkpoint loading
-    # work on torch >= 2.6 without unpickling arbitrary code.
+    # Registers TransCNN in mmseg; mmengine's checkpoint loading then works
+    # on torch >= 2.6 without unpickling arbitrary code.
     import mmtranscnn  # noqa: F401
+    import mmtranscnn.safe_checkpoints  # noqa: F401
     from mmseg.apis import inference_model, init_model, show_result_pyplot
 
     # init_model drops the backbone's init_cfg: the checkpoint holds all

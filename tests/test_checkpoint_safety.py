@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
-import mmtranscnn  # noqa: F401  (wiring under test: importing enables it)
+import mmtranscnn.safe_checkpoints  # noqa: F401  (the opt-in under test)
 from mmtranscnn.utils import checkpoint_safety as cs
 
 from mmengine.hooks import Hook  # noqa: E402  (after mmtranscnn on purpose)
@@ -153,7 +153,7 @@ def assert_state_equal(a, b):
 # (a) resume, (b) load_from / load_checkpoint / init_cfg
 # --------------------------------------------------------------------------
 
-def test_import_installs_safe_loader_idempotently():
+def test_opt_in_installs_safe_loader_idempotently():
     assert CheckpointLoader._get_checkpoint_loader('/x/y.pth') is \
         cs.load_from_local_safely
     before = dict(CheckpointLoader._schemes)
@@ -424,3 +424,89 @@ def test_opt_in_by_function(legacy_file, monkeypatch):
     assert not cs.is_trusted_checkpoint(path)
     with pytest.raises(cs.UntrustedCheckpointError):
         load_checkpoint(ToyModel(), path)
+
+
+# --------------------------------------------------------------------------
+# What importing the package changes, and torch's own opt-out
+# --------------------------------------------------------------------------
+
+def _run_python(code, **env):
+    import os
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, '-c', code],
+                         env=dict(os.environ, **env), capture_output=True,
+                         text=True, check=True)
+    return out.stdout.split()
+
+
+def test_import_leaves_mmengine_loading_alone():
+    """`import mmtranscnn` (custom_imports) registers models and nothing
+    else: mmengine's loaders stay mmengine's until someone opts in."""
+    code = (
+        'import mmtranscnn, torch\n'
+        'from mmengine.runner import CheckpointLoader\n'
+        'from mmtranscnn.utils import safe_loading_enabled\n'
+        'from mmengine.logging import HistoryBuffer\n'
+        "before = CheckpointLoader._schemes['']\n"
+        'print(safe_loading_enabled(), HistoryBuffer in torch.serialization.'
+        'get_safe_globals())\n'
+        'import mmtranscnn.safe_checkpoints\n'
+        "print(safe_loading_enabled(), CheckpointLoader._schemes[''] is "
+        'before)\n')
+    assert _run_python(code) == ['False', 'False', 'True', 'False']
+
+
+def test_tools_switch_safe_loading_on(tmp_path):
+    """Our tools' runner builder opts in (resume/load_from of mmengine
+    files on torch >= 2.6)."""
+    code = ('import mmtranscnn\n'
+            'from mmengine.config import Config\n'
+            'from mmtranscnn.engine import build_runner\n'
+            'from mmtranscnn.utils import safe_loading_enabled\n'
+            'print(safe_loading_enabled())\n'
+            'try:\n'
+            '    build_runner(Config(dict(model=None)))\n'
+            'except Exception:\n'
+            '    pass\n'
+            'print(safe_loading_enabled())\n')
+    assert _run_python(code) == ['False', 'True']
+
+
+def test_torch_opt_out_is_honoured(legacy_file, monkeypatch, torch_load_spy):
+    """TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD keeps its documented meaning: files
+    load as torch loads them (full pickle) instead of being refused."""
+    path, weights = legacy_file
+    monkeypatch.delenv(cs.TRUSTED_CHECKPOINTS_ENV, raising=False)
+    for value in ('1', 'true', 'YES'):
+        monkeypatch.setenv(cs.TORCH_OPT_OUT_ENV, value)
+        loaded = CheckpointLoader.load_checkpoint(path)
+        assert loaded['meta']['args'].lr == 0.1
+        assert_state_equal(loaded['state_dict'], weights)
+        assert torch_load_spy[-1] is None  # torch's default decided
+    monkeypatch.setenv(cs.TORCH_OPT_OUT_ENV, '0')
+    with pytest.raises(cs.UntrustedCheckpointError):
+        CheckpointLoader.load_checkpoint(path)
+
+
+def test_empty_numpy_arrays_load(tmp_path):
+    """An empty array's data pickles as a call bytes(): as harmless as any
+    other array's."""
+    meta = dict(empty=np.array([]), empty2d=np.zeros((0, 3), np.float32),
+                ints=np.array([], dtype=np.int64), full=np.arange(3.))
+    path = str(tmp_path / 'empty.pth')
+    torch.save(dict(meta=meta), path)
+    loaded = cs.safe_torch_load(path)['meta']
+    for key, value in meta.items():
+        assert loaded[key].dtype == value.dtype
+        assert loaded[key].shape == value.shape
+        np.testing.assert_array_equal(loaded[key], value)
+    # Through mmengine's route too (a message hub holding one).
+    assert CheckpointLoader.load_checkpoint(path)['meta']['empty'].size == 0
+
+
+def test_bytes_shim_refuses_sizes():
+    assert cs._restricted_bytes() == b''
+    assert cs._restricted_bytes(b'ab') == b'ab'
+    with pytest.raises(pickle.UnpicklingError, match='bytes'):
+        cs._restricted_bytes(10 ** 12)

@@ -32,7 +32,8 @@ from mmengine.registry import DefaultScope
 from mmengine.runner import CheckpointLoader
 from mmengine.utils import import_modules_from_strings
 
-import mmtranscnn  # noqa: F401  (registers TransCNN, safe checkpoint loading)
+import mmtranscnn  # noqa: F401  (registers TransCNN)
+import mmtranscnn.safe_checkpoints  # noqa: F401  (mmengine files, torch 2.6+)
 from mmtranscnn.models import TransCNN, load_backbone_checkpoint
 
 REPO_DIR = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -492,7 +493,7 @@ def test_pretrain_evaluate_then_detect(tmp_path):
     # Detection starts from that checkpoint through the real config.
     from mmdet.registry import MODELS as DET_MODELS
     # A real Runner checkpoint (message hub, numpy scalars): mmengine's
-    # loader reads it with weights_only=True thanks to mmtranscnn.
+    # loader reads it with weights_only=True after the opt-in above.
     state_dict = CheckpointLoader.load_checkpoint(
         checkpoint, map_location='cpu')['state_dict']
     det_cfg = load_config(RETINANET_SMALL)

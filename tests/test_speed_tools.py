@@ -1,4 +1,4 @@
-"""The speed work and the measuring tools (issue 7).
+"""The speed work and the measuring tools (issues 7 and 13).
 
 * The speed-ups (channels-last, eval-time conv+BN folding, pooled merges)
   change nothing that is computed: outputs and gradients match the plain
@@ -6,6 +6,9 @@
 * ``mmtranscnn.analysis.speed`` measures memory before anything else and
   reports what it ran; the tools' option handling, target checks and plot
   work on small inputs.
+* The ConvNeXt-T peer (backbone and RetinaNet) builds and steps through
+  the benchmark's own code path; every output (machine description, JSON,
+  markdown) says which CPU and ISA it was measured with.
 """
 import importlib.util
 import json
@@ -70,59 +73,6 @@ def test_eval_folding_gives_the_unfolded_outputs():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize('act,kernel,groups,stride', [
-    (dict(type='SiLU'), 1, 1, 1), (dict(type='SiLU'), 5, 8, 1),
-    (None, 3, 1, 2), (dict(type='ReLU'), 3, 1, 1)])
-def test_fused_conv_bn_act_equals_the_module(act, kernel, groups, stride):
-    from mmtranscnn.models import blocks
-    torch.manual_seed(0)
-    module = ConvModule(8, 16 if groups == 1 else 8, kernel, stride=stride,
-                        padding=kernel // 2, groups=groups,
-                        norm_cfg=dict(type='BN'), act_cfg=act,
-                        efficient_conv_bn_eval=True)
-    _randomise_bn(module)
-    module.eval()
-    x = torch.randn(2, 8, 13, 11).contiguous(
-        memory_format=torch.channels_last)
-    calls = []
-    kernel_fn = blocks._mkldnn_pointwise_conv()
-    assert kernel_fn is not None, 'this torch has no oneDNN fused conv'
-
-    def counting(*args):
-        calls.append(args[-3])
-        return kernel_fn(*args)
-
-    original = blocks._mkldnn_pointwise_conv
-    blocks._mkldnn_pointwise_conv = lambda: counting
-    try:
-        with torch.no_grad():
-            fused = blocks.conv_bn_act(module, x)
-            plain = module(x)
-        assert len(calls) == 1, 'the fused kernel was not used'
-        torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
-        # Where it does not apply, the module itself runs.
-        blocks.conv_bn_act(module, x)  # gradients enabled
-        module.train()
-        with torch.no_grad():
-            blocks.conv_bn_act(module, x)  # BN with batch statistics
-        assert len(calls) == 1
-    finally:
-        blocks._mkldnn_pointwise_conv = original
-
-
-def test_inference_fast_paths_give_the_autograd_outputs():
-    """Without autograd the backbone takes oneDNN's fused conv and linear
-    kernels and adds residuals in place; with autograd it runs the plain
-    ops. Both compute the same outputs."""
-    model, x = _eval_small_model(2)
-    with torch.no_grad():
-        fast = model(x)
-    plain = model(x)
-    assert plain[0].requires_grad
-    for a, b in zip(fast, plain):
-        torch.testing.assert_close(a, b.detach(), rtol=1e-4, atol=1e-4)
-
-
 def test_folding_keeps_norm_eval_training_semantics():
     """With frozen BN statistics (norm_eval) the folded conv trains exactly
     like conv then BN: same loss, same gradients for conv and BN weights."""
@@ -183,7 +133,7 @@ def test_pooled_merge_equals_masked_merge(size, g):
     fast, fast_valid = merge_tokens(t, None, g)
     slow, slow_valid = merge_tokens(
         t, torch.ones(2, *size, dtype=torch.bool), g)
-    assert fast_valid is None and slow_valid is None
+    assert fast_valid is None and bool(slow_valid.all())
     torch.testing.assert_close(fast, slow, rtol=1e-12, atol=1e-12)
 
 
@@ -397,42 +347,161 @@ def test_plot_scaling_extrapolation():
     assert t == pytest.approx(256.)
 
 
-# -- depthwise conv backward --------------------------------------------------
-@pytest.mark.parametrize('shape,k', [((2, 8, 13, 9), 5), ((1, 6, 7, 11), 7),
-                                     ((1, 4, 3, 2), 5), ((2, 5, 6, 6), 9)])
-@pytest.mark.parametrize('bias', [True, False])
-def test_depthwise_backward_matches_conv2d(shape, k, bias):
-    from mmtranscnn.models.blocks import DepthwiseConv2d
-    torch.manual_seed(0)
-    c = shape[1]
-    conv = DepthwiseConv2d(c, c, k, padding=k // 2, groups=c,
-                           bias=bias).double()
-    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
-    assert conv._fast_backward_applies(x, conv.weight)
-    g = torch.randn(*shape, dtype=torch.float64)
-    params = [x, conv.weight] + ([conv.bias] if bias else [])
-    got = torch.autograd.grad(conv(x), params, g)
-    want = torch.autograd.grad(
-        torch.nn.functional.conv2d(x, conv.weight, conv.bias,
-                                   padding=k // 2, groups=c), params, g)
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
-
-
-def test_depthwise_fast_path_only_where_it_applies():
-    from mmtranscnn.models.blocks import DepthwiseConv2d
-    x = torch.randn(1, 4, 8, 8, requires_grad=True)
-    conv = DepthwiseConv2d(4, 4, 5, padding=2, groups=4)
-    assert conv._fast_backward_applies(x, conv.weight)
+# -- the ConvNeXt-T peer ------------------------------------------------------
+def test_convnext_peer_backbone_is_mmdets_setting():
+    from mmpretrain.models import ConvNeXt
+    model = speed.build_backbone('ConvNeXt-T')
+    assert isinstance(model, ConvNeXt)
+    assert list(model.out_indices) == [0, 1, 2, 3]
+    assert model.gap_before_final_norm is False
+    blocks = [b for stage in model.stages for b in stage]
+    assert len(blocks) == 18  # tiny: depths 3, 3, 9, 3
+    assert all(isinstance(b.drop_path, torch.nn.Identity) for b in blocks)
+    model.eval()
     with torch.no_grad():
-        assert not conv._fast_backward_applies(x, conv.weight)
-    assert not DepthwiseConv2d(4, 4, 3, padding=1, groups=4)\
-        ._fast_backward_applies(x, conv.weight)  # oneDNN's 3x3 is fast
-    assert not DepthwiseConv2d(4, 4, 5, padding=2, stride=2, groups=4)\
-        ._fast_backward_applies(x, conv.weight)
-    assert not DepthwiseConv2d(4, 8, 5, padding=2, groups=4)\
-        ._fast_backward_applies(x, conv.weight)
-    with torch.autocast('cpu', dtype=torch.bfloat16):
-        assert not conv._fast_backward_applies(x, conv.weight)
-    # The state dict is nn.Conv2d's.
-    assert set(conv.state_dict()) == {'weight', 'bias'}
+        outs = model(torch.randn(1, 3, 64, 64))
+    assert [tuple(o.shape[1:]) for o in outs] == [
+        (96, 16, 16), (192, 8, 8), (384, 4, 4), (768, 2, 2)]
+
+
+def test_convnext_peer_backbone_step_in_process():
+    row = speed.run_job(speed.Job('ConvNeXt-T', height=64, width=64,
+                                  warmup=0, repeats=1, threads=1))
+    assert row['job']['model'] == 'ConvNeXt-T' and row['median_s'] > 0
+    assert row['params_m'] == pytest.approx(27.8, abs=0.1)
+    assert row['cpu_capability'] == speed.aten_cpu_capability()
+
+
+@pytest.mark.parametrize('mode', speed.MODES)
+def test_convnext_peer_retinanet_steps(mode):
+    from mmpretrain.models import ConvNeXt
+    job = speed.Job('ConvNeXt-T', kind='detector', mode=mode, height=64,
+                    width=64, threads=1).validate()
+    model, step = speed.build_step(job)
+    assert type(model).__name__ == 'RetinaNet'
+    assert isinstance(model.backbone, ConvNeXt)
+    assert model.backbone.gap_before_final_norm is False
+    assert list(model.neck.in_channels) == [96, 192, 384, 768]
+    assert model.neck.start_level == 1
+    weight = model.neck.lateral_convs[0].conv.weight
+    before = weight.detach().clone()
+    step()
+    assert torch.equal(weight, before) == (mode == 'infer')
+
+
+def test_every_peer_config_is_found():
+    for name, path in speed.DETECTORS.items():
+        if '::' not in path:
+            assert osp.isfile(speed.resolve_config(path)), name
+
+
+# -- which CPU and ISA ----------------------------------------------------------
+XEON_CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+cpu family\t: 6
+model\t\t: 143
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+stepping\t: 8
+flags\t\t: fpu sse2 avx2 avx512f avx512_vnni avx512_bf16 amx_tile amx_bf16
+
+processor\t: 1
+model name\t: another
+"""
+
+
+def test_parse_cpu_reads_name_vendor_signature_and_flags():
+    got = speed.parse_cpu(XEON_CPUINFO, lscpu='')
+    assert got['cpu'] == 'Intel(R) Xeon(R) Platinum 8480+'
+    assert got['cpu_vendor'] == 'GenuineIntel'
+    assert got['cpu_signature'] == 'family 6 model 143 stepping 8'
+    assert got['hypervisor'] is False
+    assert got['isa_flags'] == dict(
+        avx2=True, avx512f=True, avx512_vnni=True, avx512_bf16=True,
+        avx512_fp16=False, amx_tile=True, amx_bf16=True, amx_int8=False)
+    # Where /proc/cpuinfo has no model name or vendor (ARM), lscpu has.
+    got = speed.parse_cpu('processor\t: 0\nFeatures\t: fp asimd sve\n',
+                          lscpu='Architecture:  aarch64\nVendor ID:  ARM\n'
+                          'Model name:  Neoverse-V1\n')
+    assert (got['cpu'], got['cpu_vendor']) == ('Neoverse-V1', 'ARM')
+    assert got['cpu_signature'] is None and not any(
+        got['isa_flags'].values())
+
+
+def test_parse_onednn_verbose():
+    for text in ('onednn_verbose,v1,info,oneDNN v3.12.0 (commit 80af)\n'
+                 'onednn_verbose,v1,info,cpu,isa:Intel AVX2\n',
+                 'onednn_verbose,info,oneDNN v3.1.1 (commit 1)\n'
+                 'onednn_verbose,info,cpu,isa:Intel AVX2\n'):
+        isa, version = speed.parse_onednn_verbose(text)
+        assert isa == 'Intel AVX2' and version.startswith('v3.1')
+    assert speed.parse_onednn_verbose('') == (None, None)
+
+
+def test_machine_info_reports_the_isa_in_force(monkeypatch):
+    monkeypatch.setenv('ONEDNN_MAX_CPU_ISA', 'AVX2')
+    monkeypatch.delenv('ATEN_CPU_CAPABILITY', raising=False)
+    info = speed.machine_info()
+    for key in ('cpu', 'cpu_vendor', 'cpu_signature', 'hypervisor',
+                'isa_flags', 'onednn_version', 'torch', 'torch_threads',
+                'thread_env', 'date'):
+        assert key in info, key
+    assert info['cpu']
+    assert set(info['isa_flags']) == set(speed.ISA_FLAGS)
+    assert info['aten_cpu_capability'] == \
+        torch.backends.cpu.get_cpu_capability()
+    assert info['isa_env']['ONEDNN_MAX_CPU_ISA'] == 'AVX2'
+    assert info['isa_env']['ATEN_CPU_CAPABILITY'] is None
+    assert info['torch'] == torch.__version__
+    if torch.backends.mkldnn.is_available():
+        # The probe ran under the cap: oneDNN reports no AVX-512.
+        assert info['onednn_isa'] and 'AVX-512' not in info['onednn_isa']
+    assert speed.machine_info(probe_onednn=False)['onednn_isa'] is None
+
+
+def test_benchmark_json_and_markdown_name_the_cpu(tmp_path, monkeypatch):
+    bench = _tool('benchmark')
+    info = speed.machine_info(probe_onednn=False)
+    info['onednn_isa'] = 'Intel AVX-512 with Intel DL Boost'
+    monkeypatch.setattr(bench, 'machine_info', lambda: dict(info))
+    jobs = []
+
+    def fake_run(job, timeout=None):
+        jobs.append(job)
+        return dict(_row(job.model, 10., 100.), times_s=[.8],
+                    loadavg_before=[0., 0., 0.],
+                    loadavg_after=[0., 0., 0.], cpu_capability='AVX512')
+
+    monkeypatch.setattr(bench, 'run_in_subprocess', fake_run)
+    out_json, out_md = tmp_path / 'b.json', tmp_path / 'b.md'
+    bench.main(['--cases', 'backbone-224', 'retinanet-infer', '--models',
+                'TransCNN-Base', 'ConvNeXt-T', '--repeats', '1',
+                '--json', str(out_json), '--md', str(out_md)])
+    assert [(j.kind, j.model) for j in jobs] == [
+        ('backbone', 'TransCNN-Base'), ('backbone', 'ConvNeXt-T'),
+        ('detector', 'TransCNN-Base'), ('detector', 'ConvNeXt-T')]
+    saved = json.loads(out_json.read_text())
+    machine = saved['machine']
+    for key in ('cpu', 'cpu_vendor', 'cpu_signature', 'aten_cpu_capability',
+                'onednn_isa', 'isa_env', 'isa_flags', 'torch',
+                'torch_threads'):
+        assert machine[key] == info[key], key
+    assert machine['threads'] == 2  # the benchmark's, not this process's
+    assert all(r['cpu_capability'] == 'AVX512' for r in saved['rows'])
+    text = out_md.read_text()
+    first = text.splitlines()[0]
+    assert first.startswith('### ') and info['date'] in first
+    assert info['cpu'] in first and info['aten_cpu_capability'] in first
+    assert 'Intel AVX-512 with Intel DL Boost' in first
+    assert f"ATen dispatch: {info['aten_cpu_capability']}" in text
+    assert 'ONEDNN_MAX_CPU_ISA=' in text and 'ATEN_CPU_CAPABILITY=' in text
+    have = [f for f, on in info['isa_flags'].items() if on]
+    assert 'flags: ' + (' '.join(have) or 'none of interest') in text
+    captions = [ln for ln in text.splitlines() if ln.startswith('**')]
+    assert len(captions) == 2
+    for line in captions:
+        assert f"({info['cpu']}, ATen {info['aten_cpu_capability']}, " \
+            'oneDNN Intel AVX-512 with Intel DL Boost, 2 threads)' in line
+    assert '| ConvNeXt-T |' in text
+    bench.main(['--cases', 'backbone-224', '--models', 'ConvNeXt-T',
+                '--md', str(out_md), '--md-title', 'Run 3'])
+    assert out_md.read_text().startswith('### Run 3\n')

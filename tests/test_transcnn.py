@@ -89,6 +89,27 @@ def test_out_indices_select_stages():
     assert [o.shape[1] for o in outs] == [128, 512]
 
 
+def test_stages_after_the_last_output_are_frozen_and_skipped():
+    """out_indices=(0, 1, 2): stage 4 is built (full checkpoints load
+    strictly) but frozen, so every trainable parameter gets a gradient and
+    DDP without find_unused_parameters does not stop."""
+    torch.manual_seed(0)
+    full = TransCNN('small')
+    model = TransCNN('small', out_indices=(0, 1, 2))
+    model.load_state_dict(full.state_dict(), strict=True)
+    model.train()
+    outs = model(torch.randn(1, 3, 64, 64))
+    assert [o.shape[1] for o in outs] == [64, 128, 256]
+    sum(o.mean() for o in outs).backward()
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(not n.startswith('stages.3.')
+                             for n in trainable)
+    no_grad = [n for n, p in model.named_parameters()
+               if p.requires_grad and p.grad is None]
+    assert no_grad == []
+    assert not model.stages[3].training
+
+
 def test_frozen_stages_and_norm_eval():
     model = TransCNN('small', frozen_stages=2, norm_eval=True)
     model.train()

@@ -37,8 +37,10 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 # -- what can be measured -------------------------------------------------
 
 #: Backbones by display name: (module path, class name, constructor kwargs).
-#: The baselines are mmdet's own implementations with the settings of
-#: mmdet's RetinaNet configs for them; only the TransCNN grids vary per input.
+#: The baselines are the OpenMMLab implementations (mmdet's, and
+#: mmpretrain's ConvNeXt, which mmdet's ConvNeXt configs use) with the
+#: settings of the detection configs for them; only the TransCNN grids vary
+#: per input.
 BACKBONES: Dict[str, Tuple[str, str, dict]] = {
     # norm_eval as in our RetinaNet configs (and mmdet's ResNet default):
     # BN keeps its statistics when a train step is measured.
@@ -53,6 +55,15 @@ BACKBONES: Dict[str, Tuple[str, str, dict]] = {
                   dict(num_layers=[3, 4, 6, 3])),
     'PVTv2-B2': ('mmdet.models.backbones', 'PyramidVisionTransformerV2',
                  dict(embed_dims=64, num_layers=[3, 4, 6, 3])),
+    # mmpretrain's ConvNeXt as mmdet's ConvNeXt-T detection configs build
+    # it: the four stage maps, each through its own LayerNorm (no global
+    # pooling), layer scale starting at 1. Stochastic depth off, as for
+    # TransCNN-Base: it does nothing in eval mode, and a backbone train step
+    # measures the network itself (the RetinaNet configs set their own).
+    'ConvNeXt-T': ('mmpretrain.models', 'ConvNeXt',
+                   dict(arch='tiny', out_indices=(0, 1, 2, 3),
+                        gap_before_final_norm=False, drop_path_rate=0.,
+                        layer_scale_init_value=1.0)),
     # TransCNN-Base with plain (global) attention in every stage: the
     # quadratic cost that H-MHSA exists to avoid.
     'Plain-Attention': ('mmtranscnn.models', 'TransCNN',
@@ -67,6 +78,9 @@ DETECTORS: Dict[str, str] = {
     'Swin-T': 'mmdet::swin/retinanet_swin-t-p4-w7_fpn_1x_coco.py',
     'PVT-Small': 'mmdet::pvt/retinanet_pvt-s_fpn_1x_coco.py',
     'PVTv2-B2': 'mmdet::pvt/retinanet_pvtv2-b2_fpn_1x_coco.py',
+    # mmdet ships no RetinaNet with ConvNeXt; ours follows its ConvNeXt
+    # configs (mmpretrain's backbone, FPN on [96, 192, 384, 768]).
+    'ConvNeXt-T': 'peers/retinanet_convnext-t_fpn_1x_coco.py',
 }
 
 KINDS = ('backbone', 'detector')
@@ -384,7 +398,8 @@ def run_job(job: Job) -> dict:
         hwm_reset=hwm_was_reset, first_step_s=first_step_s, times_s=times,
         median_s=median, min_s=times_sorted[0], max_s=times_sorted[-1],
         img_per_s=job.batch / median, torch=torch.__version__,
-        num_threads=torch.get_num_threads())
+        num_threads=torch.get_num_threads(),
+        cpu_capability=aten_cpu_capability())
 
 
 def run_in_subprocess(job: Job, timeout: Optional[float] = None) -> dict:
@@ -417,26 +432,171 @@ def run_in_subprocess(job: Job, timeout: Optional[float] = None) -> dict:
     return row
 
 
-def machine_info() -> dict:
-    """What the figures were measured on."""
+# -- the machine ------------------------------------------------------------
+#: CPU flags that decide which kernels oneDNN and ATen can use.
+ISA_FLAGS = ('avx2', 'avx512f', 'avx512_vnni', 'avx512_bf16', 'avx512_fp16',
+             'amx_tile', 'amx_bf16', 'amx_int8')
+#: Environment variables that set which kernels run: the caps on ATen's
+#: dispatch level and on oneDNN's ISA (``DNNL_MAX_CPU_ISA`` is the older
+#: name oneDNN still reads), and oneDNN's default math mode (which can let
+#: it compute fp32 work in bf16).
+ISA_ENV = ('ATEN_CPU_CAPABILITY', 'ONEDNN_MAX_CPU_ISA', 'DNNL_MAX_CPU_ISA',
+           'ONEDNN_DEFAULT_FPMATH_MODE')
+#: Thread settings of the process.
+THREAD_ENV = ('OMP_NUM_THREADS', 'MKL_NUM_THREADS')
+
+
+def _key_values(text: str, sep: str) -> Dict[str, str]:
+    """``key<sep>value`` lines of the first block of ``text`` (the first
+    processor of /proc/cpuinfo), keys lower-cased."""
+    out: Dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            if out:
+                break
+            continue
+        key, found, value = line.partition(sep)
+        if found:
+            out.setdefault(key.strip().lower(), value.strip())
+    return out
+
+
+def parse_cpu(cpuinfo: Optional[str] = None,
+              lscpu: Optional[str] = None) -> dict:
+    """The CPU's name, vendor, signature and ISA flags.
+
+    Args:
+        cpuinfo: text of /proc/cpuinfo (read when None).
+        lscpu: output of ``lscpu``, used for what /proc/cpuinfo lacks (run
+            when needed and None).
+
+    Returns:
+        ``cpu`` (model name), ``cpu_vendor``, ``cpu_signature`` (x86
+        family/model/stepping, which names the core generation where a
+        hypervisor hides the model name), ``hypervisor`` and ``isa_flags``
+        (each of :data:`ISA_FLAGS` -> present or not).
+    """
+    if cpuinfo is None:
+        try:
+            with open('/proc/cpuinfo') as f:
+                cpuinfo = f.read()
+        except OSError:
+            cpuinfo = ''
+    info = _key_values(cpuinfo, ':')
+    name = info.get('model name')
+    vendor = info.get('vendor_id')
+    flags = info.get('flags', info.get('features'))
+    if name is None or vendor is None or flags is None:
+        if lscpu is None:
+            import subprocess
+            try:
+                lscpu = subprocess.run(
+                    ['lscpu'], capture_output=True, text=True,
+                    timeout=30, env=dict(os.environ, LC_ALL='C')).stdout
+            except (OSError, subprocess.SubprocessError):
+                lscpu = ''
+        ls = _key_values(lscpu, ':')
+        name = name or ls.get('model name')
+        vendor = vendor or ls.get('vendor id')
+        flags = flags if flags is not None else ls.get('flags')
+    flag_set = set((flags or '').split())
+    signature = None
+    if 'cpu family' in info:
+        signature = (f"family {info['cpu family']} model "
+                     f"{info.get('model', '?')} stepping "
+                     f"{info.get('stepping', '?')}")
+    return dict(
+        cpu=name or platform.processor() or platform.machine(),
+        cpu_vendor=vendor, cpu_signature=signature,
+        hypervisor='hypervisor' in flag_set,
+        isa_flags={f: f in flag_set for f in ISA_FLAGS})
+
+
+def aten_cpu_capability() -> Optional[str]:
+    """The SIMD level ATen's CPU kernels dispatch to in this process (e.g.
+    'AVX512', 'AVX2', 'DEFAULT'; lowered by ``ATEN_CPU_CAPABILITY``)."""
     import torch
-    cpu = platform.processor() or platform.machine()
+    get = getattr(getattr(torch.backends, 'cpu', None),
+                  'get_cpu_capability', None)
+    return get() if get is not None else None
+
+
+_ONEDNN_ISA = re.compile(r'onednn_verbose,(?:v\d+,)?info,cpu,isa:(.+)')
+_ONEDNN_VERSION = re.compile(r'(?:oneDNN|MKL-DNN) (v[\d.]+)')
+
+
+def parse_onednn_verbose(text: str) -> Tuple[Optional[str], Optional[str]]:
+    """(ISA, version) from oneDNN's verbose output, None where absent."""
+    isa = _ONEDNN_ISA.search(text)
+    version = _ONEDNN_VERSION.search(text)
+    return (isa.group(1).strip() if isa else None,
+            version.group(1) if version else None)
+
+
+#: Runs one convolution big enough for oneDNN, which then prints its info.
+_ONEDNN_PROBE = ('import torch\n'
+                 'torch.nn.functional.conv2d(torch.randn(1, 64, 56, 56), '
+                 'torch.randn(64, 64, 3, 3), padding=1)\n')
+
+
+def onednn_isa(timeout: float = 120) -> Tuple[Optional[str], Optional[str]]:
+    """The instruction set oneDNN's CPU kernels use, and oneDNN's version.
+
+    oneDNN says it only in its verbose output, so one convolution runs in a
+    fresh interpreter with ``ONEDNN_VERBOSE=1`` and this process's
+    environment (``ONEDNN_MAX_CPU_ISA`` in force as for the measurements).
+    (None, None) when torch has no oneDNN or the probe fails.
+    """
+    import subprocess
+    import torch
+    if not torch.backends.mkldnn.is_available():
+        return None, None
+    env = dict(os.environ, ONEDNN_VERBOSE='1', DNNL_VERBOSE='1',
+               OMP_NUM_THREADS='1')
     try:
-        with open('/proc/cpuinfo') as f:
-            match = re.search(r'model name\s*:\s*(.+)', f.read())
-        if match:
-            cpu = match.group(1).strip()
-    except OSError:
-        pass
+        out = subprocess.run([sys.executable, '-c', _ONEDNN_PROBE],
+                             capture_output=True, text=True, env=env,
+                             timeout=timeout)
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+    return parse_onednn_verbose(out.stdout + out.stderr)
+
+
+def machine_info(probe_onednn: bool = True) -> dict:
+    """What the figures were measured on.
+
+    Args:
+        probe_onednn: run :func:`onednn_isa` (a few seconds: one extra
+            interpreter) for the ISA oneDNN uses; else ``onednn_isa`` is
+            None.
+
+    Returns:
+        :func:`parse_cpu`'s fields, plus ``aten_cpu_capability``,
+        ``onednn_isa``, ``onednn_version``, ``isa_env`` (each of
+        :data:`ISA_ENV` -> its value, None when unset), ``torch``,
+        ``torch_threads`` (this process's), ``thread_env``, ``logical_cpus``,
+        ``mem_gb``, ``python``, ``date`` and, with CUDA, ``gpu``.
+    """
+    import torch
+    info = parse_cpu()
     mem_gb = None
     try:
         mem_gb = os.sysconf('SC_PAGE_SIZE') * os.sysconf(
             'SC_PHYS_PAGES') / 2**30
     except (ValueError, OSError):
         pass
-    info = dict(cpu=cpu, logical_cpus=os.cpu_count(), mem_gb=mem_gb,
-                python=platform.python_version(), torch=torch.__version__,
-                date=time.strftime('%Y-%m-%d %H:%M %Z'))
+    isa, version = onednn_isa() if probe_onednn else (None, None)
+    if version is None:
+        version = parse_onednn_verbose(torch.__config__.show())[1]
+    info.update(
+        aten_cpu_capability=aten_cpu_capability(), onednn_isa=isa,
+        onednn_version=version,
+        isa_env={k: os.environ.get(k) for k in ISA_ENV},
+        torch=torch.__version__, torch_threads=torch.get_num_threads(),
+        thread_env={k: os.environ.get(k) for k in THREAD_ENV},
+        logical_cpus=os.cpu_count(), mem_gb=mem_gb,
+        python=platform.python_version(),
+        date=time.strftime('%Y-%m-%d %H:%M %Z'))
     if torch.cuda.is_available():
         info['gpu'] = torch.cuda.get_device_name(0)
     return info

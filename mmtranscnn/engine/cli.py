@@ -12,6 +12,9 @@ from mmengine.device import get_device
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from mmtranscnn.utils.checkpoint_safety import \
+    enable_safe_checkpoint_loading
+
 from .dist import check_launcher
 
 PICKLE_SUFFIXES = ('.pkl', '.pickle')
@@ -226,6 +229,9 @@ def build_runner(cfg):
     Returns:
         Runner: The runner.
     """
+    # Our tools read mmengine checkpoints (resume, load_from) safely on
+    # torch >= 2.6; see mmtranscnn.utils.checkpoint_safety.
+    enable_safe_checkpoint_loading()
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)

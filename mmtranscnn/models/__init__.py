@@ -1,4 +1,5 @@
 """TransCNN models. Importing this package registers them (see downstream)."""
+from . import fastpath  # noqa: F401  (CPU fast paths and their switch)
 from .blocks import (ConvStem, InvertedResidual, TransCNNBlock,
                      TwoBranchDownsample)
 from .downstream import register_in_downstream_scopes

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 
 from mmtranscnn.registry import MODELS
 
-from . import onednn
+from .fastpath import Linear, add_residual
 
 QUERY_FORMS = ('full', 'merged')
 
@@ -86,32 +86,6 @@ def parse_grid_sizes(value: Union[int, Sequence[int], None],
         return sizes
     raise ValueError(f'{field} must be an int >= 0 or a sequence of ints >= 1,'
                      f' got {type(value).__name__} {value!r}')
-
-
-def _mkldnn_linear():
-    """oneDNN's linear kernel, or None where torch lacks it."""
-    return onednn.kernel('_linear_pointwise')
-
-
-def project(layer: nn.Linear, x: Tensor) -> Tensor:
-    """``layer(x)``; at CPU float32 inference through oneDNN's linear kernel.
-
-    aten's ``addmm`` first fills the output with the broadcast bias and
-    then accumulates the product into it; on token maps of detection size
-    that extra pass and the slower accumulate-GEMM took about 3x the time
-    of the product alone (measured on 2 cores). oneDNN adds the bias inside
-    the GEMM. Used only where it computes the same function: CPU float32,
-    no autograd, no autocast, not while tracing (FLOP counters see
-    ``aten::linear``).
-
-    Args:
-        layer: the linear layer.
-        x: (..., in_features) input.
-    """
-    fused = _mkldnn_linear()
-    if fused is None or not onednn.applies(x):
-        return layer(x)
-    return fused(x, layer.weight, layer.bias, 'none', [], '')
 
 
 def _pad_bottom_right(t: Tensor, ph: int, pw: int, value: float = 0.) -> Tensor:
@@ -211,7 +185,9 @@ def merge_tokens(t: Tensor, valid: Optional[Tensor],
     mean = regions.masked_fill(~mask, 0.).sum(dim=(2, 4)) / count.clamp(min=1)
     merged_valid = (count > 0).squeeze(-1)
     merged = (top + mean).masked_fill(~merged_valid.unsqueeze(-1), 0.)
-    return merged, (None if bool(merged_valid.all()) else merged_valid)
+    # The mask is returned as it is, even where every merged token is real:
+    # asking the tensor would be a host-device sync on accelerators.
+    return merged, merged_valid
 
 
 @MODELS.register_module()
@@ -269,13 +245,13 @@ class HMHSA(BaseModule):
 
         self.norm = (build_norm_layer(norm_cfg, embed_dims)[1]
                      if norm_cfg is not None else nn.Identity())
-        self.qkv = nn.Linear(embed_dims, 3 * embed_dims, bias=qkv_bias)
+        self.qkv = Linear(embed_dims, 3 * embed_dims, bias=qkv_bias)
         if self.hierarchical:
             # One projection pair for every level above 0: adding levels for
             # larger inputs adds no weights.
-            self.q = nn.Linear(embed_dims, embed_dims, bias=qkv_bias)
-            self.kv = nn.Linear(embed_dims, 2 * embed_dims, bias=qkv_bias)
-        self.proj = nn.Linear(embed_dims, embed_dims)
+            self.q = Linear(embed_dims, embed_dims, bias=qkv_bias)
+            self.kv = Linear(embed_dims, 2 * embed_dims, bias=qkv_bias)
+        self.proj = Linear(embed_dims, embed_dims)
         self.drop_path = (DropPath(drop_path_rate)
                           if drop_path_rate > 0 else nn.Identity())
 
@@ -370,8 +346,8 @@ class HMHSA(BaseModule):
             total = total + self._higher_levels(tokens + attn, h, w)
 
         # Back to (B, C, H, W); channels-last memory, no copy.
-        out = self.drop_path(project(self.proj, total).permute(0, 3, 1, 2))
-        return onednn.add_residual(x, out)
+        out = self.drop_path(self.proj(total).permute(0, 3, 1, 2))
+        return add_residual(x, out)
 
     def _level0(self, tokens: Tensor, g0: Optional[int]) -> Tensor:
         """attn_0 of Eq. 5-6: attention inside G0 x G0 grids.
@@ -392,7 +368,7 @@ class HMHSA(BaseModule):
         b, h, w, _ = tokens.shape
         heads = self.num_heads
         if g0 is None or (h <= g0 and w <= g0):
-            q, k, v = _windows(project(self.qkv, tokens), None, 3,
+            q, k, v = _windows(self.qkv(tokens), None, 3,
                                heads).unbind(0)
             return _unwindows(self._attend(q, k, v, None), b, h, w, None)
         ph, pw = (-h) % g0, (-w) % g0
@@ -402,7 +378,7 @@ class HMHSA(BaseModule):
             key_valid = _partition(
                 F.pad(tokens.new_ones((b, h, w), dtype=torch.bool),
                       (0, pw, 0, ph), value=False), g0, g0)
-        qkv = project(self.qkv, _partition(tokens, g0, g0))  # (N, L, 3C)
+        qkv = self.qkv(_partition(tokens, g0, g0))  # (N, L, 3C)
         n, length = qkv.shape[:2]
         q, k, v = qkv.reshape(n, length, 3, heads, self.head_dim).permute(
             2, 0, 3, 1, 4).unbind(0)
@@ -414,7 +390,7 @@ class HMHSA(BaseModule):
         """Sum of attn_1 .. attn_M at full resolution (Eq. 8-12)."""
         grids = self.grid_sizes
         full_res_queries = self.query_from == 'full'
-        query = project(self.q, a0) if full_res_queries else None
+        query = self.q(a0) if full_res_queries else None
         prev, valid = a0, None
         region = 1  # input positions spanned by one merged token
         total = None
@@ -426,12 +402,12 @@ class HMHSA(BaseModule):
             last = level == len(grids) or (mh <= grids[level]
                                            and mw <= grids[level])
             g = None if last else grids[level]
-            kv = project(self.kv, merged)  # keys|values, packed
+            kv = self.kv(merged)  # keys|values, packed
             if full_res_queries:
                 attn = self._grid_attention(query, kv, valid, g, region)
                 prev = merged  # next level pools this level's tokens
             else:
-                attn = self._grid_attention(project(self.q, merged), kv, valid, g)
+                attn = self._grid_attention(self.q(merged), kv, valid, g)
                 prev = merged + attn  # Eq. 11
                 # Nearest upsampling: each merged token back over its
                 # region, in one copy.
@@ -445,5 +421,4 @@ class HMHSA(BaseModule):
             level += 1
 
 
-__all__ = ['HMHSA', 'merge_tokens', 'parse_grid_sizes', 'project',
-           'QUERY_FORMS']
+__all__ = ['HMHSA', 'merge_tokens', 'parse_grid_sizes', 'QUERY_FORMS']

@@ -20,6 +20,9 @@ import torch
 from mmengine.runner.checkpoint import CheckpointLoader
 from torch import nn
 
+from mmtranscnn.utils.checkpoint_safety import (mmengine_safe_globals,
+                                                safe_torch_load)
+
 from .released import RELEASED, convert_released, detect_version
 
 GET_A_CHECKPOINT = (
@@ -35,6 +38,16 @@ class LoadReport(NamedTuple):
     missing: List[str]
     unexpected: List[str]
     mismatched: List[str]
+
+
+def _read(checkpoint: str, map_location: str):
+    """The file's content, read safely whether or not mmengine's loaders
+    were switched to safe loading (see mmtranscnn.utils.checkpoint_safety)."""
+    if '://' not in checkpoint:
+        return safe_torch_load(checkpoint, map_location)
+    with mmengine_safe_globals():
+        return CheckpointLoader.load_checkpoint(checkpoint,
+                                                map_location=map_location)
 
 
 def _unwrap(checkpoint) -> dict:
@@ -103,10 +116,10 @@ def read_state_dict(checkpoint: str, map_location: str = 'cpu') -> dict:
     Accepts a raw state dict, ``{'state_dict': ...}`` (mmengine),
     ``{'model': ...}`` (DeiT/PVT-style training scripts, which also store
     their ``argparse.Namespace`` under ``'args'``) and ``module.``
-    prefixes. The file is read through mmengine's CheckpointLoader, i.e.
-    with ``torch.load(weights_only=True)`` and the allow-list of
-    :mod:`mmtranscnn.utils.checkpoint_safety`, plus ``argparse.Namespace``
-    (:func:`training_script_args_allowed`): no arbitrary pickle runs.
+    prefixes. The file is read with ``torch.load(weights_only=True)`` and
+    the allow-list of :mod:`mmtranscnn.utils.checkpoint_safety`, plus
+    ``argparse.Namespace`` (:func:`training_script_args_allowed`): no
+    arbitrary pickle runs.
 
     Args:
         checkpoint: a local path or any URI mmengine's CheckpointLoader
@@ -114,8 +127,7 @@ def read_state_dict(checkpoint: str, map_location: str = 'cpu') -> dict:
         map_location: where tensors are loaded.
     """
     with training_script_args_allowed():
-        loaded = CheckpointLoader.load_checkpoint(
-            checkpoint, map_location=map_location)
+        loaded = _read(checkpoint, map_location)
     return _strip_module(_unwrap(loaded))
 
 

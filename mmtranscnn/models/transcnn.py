@@ -43,7 +43,10 @@ class TransCNN(BaseModule):
         query_from (str): H-MHSA query form, 'full' (§4.1) or 'merged'
             (Eq. 9-12). Default: 'full'.
         out_indices (Sequence[int]): stages to output (0-3 for strides
-            4/8/16/32). Default: (0, 1, 2, 3).
+            4/8/16/32). Stages after the last one named are still built,
+            so full checkpoints load strictly, but they are frozen and never
+            run (no compute, and no parameters that DDP would find unused).
+            Default: (0, 1, 2, 3).
         frozen_stages (int): freeze the stem (0) and stages up to this index
             (1..4 = stages[0..3]); -1 freezes nothing. Default: -1.
         norm_eval (bool): keep norm layers in eval mode while training
@@ -201,6 +204,8 @@ class TransCNN(BaseModule):
         if self.frozen_stages >= 0:
             frozen.append(self.stem)
         frozen.extend(self.stages[:max(self.frozen_stages, 0)])
+        # Stages past the last output never run (see out_indices).
+        frozen.extend(self.stages[max(self.out_indices) + 1:])
         for module in frozen:
             module.eval()
             for param in module.parameters():

@@ -14,6 +14,19 @@ keep ``weights_only=True`` and allow-list exactly the globals that mmengine and
 numpy write into checkpoints (found by saving a real Runner checkpoint and
 reading what the restricted unpickler rejects).
 
+When it is active
+-----------------
+Importing ``mmtranscnn`` does not switch it on: a plugin import should not
+change how every other model in the process loads checkpoints. It is on
+where it is asked for: our tools (``tools/train.py``, ``tools/test.py``, the
+demos and converters) call :func:`enable_safe_checkpoint_loading`, and any
+other entry point opts in with ``import mmtranscnn.safe_checkpoints``
+(``custom_imports``) or that call. :func:`safe_loading_enabled` tells
+whether it is on. TransCNN's own ``init_cfg=dict(type='Pretrained')`` loads
+through :func:`safe_torch_load` either way. ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``,
+torch's documented opt-out, is honoured: with it set, files load as torch
+would load them.
+
 Design: a scoped allow-list inside mmengine's loaders
 -----------------------------------------------------
 Every checkpoint mmengine reads (Runner ``resume``/``load_from``,
@@ -114,6 +127,22 @@ def _restricted_getattr(obj: Any, name: str) -> Any:
         f'{list(_HISTORY_BUFFER_METHODS)}) is on the allow-list.')
 
 
+def _restricted_bytes(*args: Any) -> bytes:
+    """Stand-in for ``builtins.bytes`` while unpickling.
+
+    Pickle protocol 2 (torch.save's) writes an empty ``bytes`` object as a
+    call ``bytes()``, e.g. the data of an empty numpy array. Only that and
+    copies of bytes-like values are allowed; ``bytes(n)`` with a number would
+    let a file allocate any amount of memory.
+    """
+    if not args or (len(args) == 1 and isinstance(
+            args[0], (bytes, bytearray, memoryview))):
+        return bytes(*args)
+    raise pickle.UnpicklingError(
+        f'bytes{args!r} is not allowed while loading a checkpoint: only '
+        'bytes() and copies of bytes are on the allow-list.')
+
+
 def _numpy_multiarray():
     """The module holding numpy's pickle helpers, without deprecation noise.
 
@@ -144,7 +173,8 @@ def checkpoint_safe_globals() -> tuple:
     from mmengine.logging import HistoryBuffer
 
     multiarray = _numpy_multiarray()
-    entries: list = [HistoryBuffer, (_restricted_getattr, 'builtins.getattr')]
+    entries: list = [HistoryBuffer, (_restricted_getattr, 'builtins.getattr'),
+                     (_restricted_bytes, 'builtins.bytes')]
     # Arrays: _reconstruct(ndarray, shape, dtype) then ndarray.__setstate__;
     # scalars: scalar(dtype, raw bytes). Both paths, for either numpy major.
     for helper in ('_reconstruct', 'scalar'):
@@ -337,6 +367,20 @@ def _refusal(filename: str, error: Exception,
     return UntrustedCheckpointError(message, filename, names)
 
 
+#: torch's documented opt-out of ``weights_only`` loading, with the values
+#: torch itself reads as true.
+TORCH_OPT_OUT_ENV = 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'
+_TRUE_VALUES = ('1', 'y', 'yes', 'true')
+
+
+def user_opted_out_of_weights_only() -> bool:
+    """Whether the user set ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``: then
+    checkpoints load as torch would load them (full pickle), as torch
+    documents for that variable."""
+    return os.environ.get(TORCH_OPT_OUT_ENV, '0').strip().lower() in \
+        _TRUE_VALUES
+
+
 def safe_torch_load(filename: str, map_location: Any = None) -> Any:
     """``torch.load`` a local checkpoint with ``weights_only=True`` kept.
 
@@ -350,13 +394,18 @@ def safe_torch_load(filename: str, map_location: Any = None) -> Any:
         map_location (str | torch.device | Callable | dict, optional): Same
             as for :func:`torch.load`. Defaults to None.
 
+    With ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` set (torch's documented
+    opt-out), the file is loaded with torch's defaults, i.e. full pickle.
+
     Returns:
         Any: The loaded object (usually a dict).
     """
+    if user_opted_out_of_weights_only():
+        # torch's own default then applies (weights_only=False): the user
+        # asked for it in the documented way.
+        return torch.load(filename, map_location=map_location)
     try:
         with mmengine_safe_globals():
-            # weights_only passed explicitly: $TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD
-            # only changes the default, so it cannot switch this off.
             return torch.load(
                 filename, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
@@ -409,6 +458,14 @@ def _wrap_remote_loader(loader: Callable) -> Callable:
 
 
 _enable_lock = threading.Lock()
+
+
+def safe_loading_enabled() -> bool:
+    """Whether mmengine's local-file loader is ours (see
+    :func:`enable_safe_checkpoint_loading`)."""
+    from mmengine.runner.checkpoint import CheckpointLoader
+    return bool(getattr(CheckpointLoader._schemes.get(''), _SAFE_MARK,
+                        False))
 
 
 def enable_safe_checkpoint_loading() -> bool:

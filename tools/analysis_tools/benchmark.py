@@ -1,8 +1,9 @@
-"""Throughput and peak memory of TransCNN-Base against mmdet's backbones.
+"""Throughput and peak memory of TransCNN-Base against OpenMMLab backbones.
 
 Measures, side by side in one run and with the same input and threads,
-TransCNN-Base and mmdet's own ResNet-50, Swin-T (window 7), PVT-Small and
-PVTv2-B2:
+TransCNN-Base, mmdet's own ResNet-50, Swin-T (window 7), PVT-Small and
+PVTv2-B2, and mmpretrain's ConvNeXt-T (as mmdet's ConvNeXt configs build it;
+its RetinaNet is ``configs/peers/retinanet_convnext-t_fpn_1x_coco.py``):
 
 * ``backbone-224``: the backbone at 224x224, batch 8 (TransCNN grid sizes
   (8, 4, 2, 0), the ImageNet setting);
@@ -24,14 +25,31 @@ interleaved, and pools the timings, which evens out a machine whose load
 drifts. On a GPU, ``--device cuda --dtypes fp32 fp16 bf16`` measures each
 precision (fp16/bf16 through autocast; fp16 training with a GradScaler).
 
+CPU figures depend on the instruction set the kernels use, so the output
+says which: the CPU's model name, vendor and family/model/stepping, whether
+it runs under a hypervisor, its AVX2/AVX-512/AVX512-BF16/AMX flags, the
+SIMD level ATen dispatches to (``torch.backends.cpu.get_cpu_capability()``),
+the ISA oneDNN uses (from its verbose output), and the ISA caps in force
+(``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``), with torch's version and
+the threads. The JSON has them under ``machine`` (and each row its process's
+``cpu_capability``); the markdown opens with a heading naming the date, CPU
+and ISA (``--md-title`` replaces it) and a paragraph with all of them, and
+every table's caption names the CPU, ISA and threads again, so a table
+copied alone still says where it was measured.
+
 Usage:
     python tools/analysis_tools/benchmark.py \
         [--cases backbone-224 backbone-det backbone-train retinanet-infer
                  retinanet-train] \
-        [--models TransCNN-Base ResNet-50 Swin-T PVT-Small PVTv2-B2] \
+        [--models TransCNN-Base ResNet-50 Swin-T PVT-Small PVTv2-B2
+                  ConvNeXt-T] \
         [--device cpu|cuda] [--dtypes fp32 ...] [--threads 2] \
         [--warmup 2] [--repeats 5] [--rounds 1] \
-        [--json out.json] [--md out.md]
+        [--json out.json] [--md out.md] [--md-title TITLE]
+
+    # e.g. only the new peer against the reference, smallest case:
+    python tools/analysis_tools/benchmark.py --cases backbone-224 \
+        --models TransCNN-Base ConvNeXt-T
 """
 import argparse
 import json
@@ -63,7 +81,7 @@ CASE_TITLES = {
     '(forward + backward + AdamW)',
 }
 DEFAULT_MODELS = ['TransCNN-Base', 'ResNet-50', 'Swin-T', 'PVT-Small',
-                  'PVTv2-B2']
+                  'PVTv2-B2', 'ConvNeXt-T']
 
 #: Issue 7's targets: (case, other model, quantity, bound). 'speed' means
 #: TransCNN-Base img/s / other's >= bound; 'memory' means TransCNN-Base
@@ -80,7 +98,8 @@ TARGETS = [
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description='Speed and memory of TransCNN-Base vs mmdet backbones.')
+        description='Speed and memory of TransCNN-Base vs OpenMMLab '
+        'backbones.')
     parser.add_argument('--cases', nargs='+', default=list(CASES),
                         choices=list(CASES))
     parser.add_argument('--models', nargs='+', default=DEFAULT_MODELS,
@@ -101,6 +120,9 @@ def parse_args(argv=None):
                         help='seconds per model process')
     parser.add_argument('--json', help='write all rows and the machine here')
     parser.add_argument('--md', help='write the markdown tables here')
+    parser.add_argument('--md-title',
+                        help='heading of the markdown (default: the date, '
+                        'CPU and ISA of the run)')
     args = parser.parse_args(argv)
     if args.dtypes is None:
         args.dtypes = ['fp32'] if args.device == 'cpu' else list(DTYPES)
@@ -152,24 +174,71 @@ def fmt_row(r, ref):
             f"{r['peak_mem_mb']:.0f} | {ratio} |")
 
 
+def isa_summary(info):
+    """'ATen AVX512, oneDNN <its ISA>' (the parts known)."""
+    parts = []
+    if info.get('aten_cpu_capability'):
+        parts.append(f"ATen {info['aten_cpu_capability']}")
+    if info.get('onednn_isa'):
+        parts.append(f"oneDNN {info['onednn_isa']}")
+    return ', '.join(parts) or 'ISA unknown'
+
+
+def default_title(info):
+    return f"Benchmark {info['date']}: {info['cpu']}, {isa_summary(info)}"
+
+
+def cpu_paragraph(info):
+    """The CPU, its ISA and the ISA settings in force, in words (header);
+    fields a machine description lacks are left out."""
+    cpu = info['cpu']
+    details = [d for d in (info.get('cpu_vendor'),
+                           info.get('cpu_signature')) if d]
+    if info.get('hypervisor'):
+        details.append('under a hypervisor')
+    text = f"CPU: {cpu}" + (f" ({', '.join(details)})" if details else '')
+    flags = info.get('isa_flags')
+    if flags:
+        have = [f for f, on in flags.items() if on]
+        lack = [f for f, on in flags.items() if not on]
+        text += ('; flags: ' + (' '.join(have) if have else 'none of '
+                                'interest') +
+                 (f" (no {', '.join(lack)})" if lack else ''))
+    text += f". ATen dispatch: {info.get('aten_cpu_capability') or '?'}"
+    if info.get('onednn_version') or info.get('onednn_isa'):
+        name = ' '.join(['oneDNN'] + ([info['onednn_version']]
+                                      if info.get('onednn_version') else []))
+        text += f"; {name} ISA: {info.get('onednn_isa') or '?'}"
+    env = info.get('isa_env')
+    if env:
+        text += '; ISA settings in the environment: ' + ', '.join(
+            f"{k}={v if v is not None else 'unset'}" for k, v in env.items())
+    return text + '.'
+
+
 def markdown(results, args, info):
+    threads = f'{args.threads} threads'
     lines = [
+        f"### {getattr(args, 'md_title', None) or default_title(info)}", '',
         f"Measured {info['date']} on {info['cpu']} ({info['logical_cpus']} "
         f"logical CPUs, {info['mem_gb']:.0f} GiB"
         + (f", GPU {info['gpu']}" if 'gpu' in info else '') +
-        f"), torch {info['torch']}, device {args.device}, {args.threads} "
-        f"threads, {args.warmup} warm-up + {args.repeats} timed steps x "
+        f"), torch {info['torch']}, device {args.device}, {threads}, "
+        f"{args.warmup} warm-up + {args.repeats} timed steps x "
         f"{args.rounds} round(s) per model, each model in its own process. "
         f"Load average (1 min) during the run: {info['load_min']:.2f} to "
-        f"{info['load_max']:.2f}.", ''
+        f"{info['load_max']:.2f}.", '', cpu_paragraph(info), ''
     ]
+    where = f"{info['cpu']}, {isa_summary(info)}, {threads}"
+    if args.device == 'cuda' and info.get('gpu'):
+        where = f"{info['gpu']}; {where}"
     for case in args.cases:
         for dtype in args.dtypes:
             rows = [results[(case, m, dtype)] for m in args.models
                     if (case, m, dtype) in results]
             ref = results.get((case, REFERENCE, dtype))
             lines += [
-                f'**{CASE_TITLES[case]}, {dtype}**', '',
+                f'**{CASE_TITLES[case]}, {dtype}** ({where})', '',
                 '| model | params (M) | GFLOPs | img/s (median) | img/s '
                 '(min-max) | latency (ms) | peak memory (MB) | '
                 f'{REFERENCE} speed / memory ratio |',
@@ -208,6 +277,7 @@ def target_lines(results, args):
 def main(argv=None):
     args = parse_args(argv)
     info = machine_info()
+    info['threads'] = args.threads
     info['command'] = ' '.join([os.path.basename(sys.executable)] +
                                sys.argv)
     loads = [os.getloadavg()[0]]

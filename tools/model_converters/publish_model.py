@@ -29,9 +29,9 @@ from collections import OrderedDict
 import torch
 from mmengine.runner.checkpoint import CheckpointLoader
 
-# Importing mmtranscnn lets mmengine's loader read mmengine checkpoints with
-# torch.load(weights_only=True) (its allow-list for message hubs and numpy).
-import mmtranscnn  # noqa: F401
+# mmengine's loader reads mmengine checkpoints with
+# torch.load(weights_only=True) and our allow-list (message hubs, numpy).
+import mmtranscnn.safe_checkpoints  # noqa: F401
 
 # Top-level entries a published file keeps; everything else (optimizer,
 # message_hub, param_schedulers, ema_state_dict, ...) serves resuming only.

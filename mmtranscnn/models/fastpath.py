@@ -1,0 +1,355 @@
+"""CPU fast paths: the one place where device-specific speed code lives.
+
+The model files (``hmhsa.py``, ``blocks.py``, ``transcnn.py``) are written
+with plain layers and read like the paper; the layers they build from here
+(:class:`Linear`, :class:`ConvNormAct`, :class:`DepthwiseConv2d`) are those
+plain layers (same parameters, same state dict, same ``forward`` result),
+each with one CPU shortcut that it takes only where it computes the same
+function:
+
+* :class:`ConvNormAct` (an mmcv ``ConvModule``): at CPU inference, conv +
+  eval-mode BN + activation in one oneDNN call (BN folded into the conv
+  weights, the activation applied as a post-op), so the map is written once
+  instead of three times. torch.compile emits the same kernel; eager
+  PyTorch does not call it by itself.
+* :class:`Linear`: at CPU inference, oneDNN's linear, which adds the bias
+  inside the GEMM (aten's ``addmm`` first fills the output with the bias,
+  an extra pass over token maps of detection size).
+* :class:`DepthwiseConv2d`: in CPU training, the backward of a stride-1
+  depthwise conv with k > 3 through oneDNN's fast kernels only (the input
+  gradient as a forward conv with the flipped kernel, the weight gradient
+  from 3x3 pieces), where oneDNN's own k x k backward is slow.
+* :func:`add_residual`: without autograd, the residual sum is written into
+  the branch output (one map fewer per block).
+
+The switch
+----------
+All of them are on by default and off, everywhere at once, when
+
+* the environment variable ``MMTRANSCNN_FAST_PATHS`` is ``0`` (read at
+  import), or :func:`set_enabled` ``(False)`` was called, or inside
+  ``with fastpath.enabled(False):``;
+* oneDNN is switched off: ``torch.backends.mkldnn.flags(enabled=False)``
+  (or torch was built without it).
+
+They also stand aside, so that tools see the plain aten ops, while a tool
+traces or intercepts the model: ``torch.jit`` tracing/scripting,
+``torch.compile``/``torch.export`` (dynamo), any ``TorchDispatchMode`` or
+``TorchFunctionMode`` (``FlopCounterMode``, fake tensors, ``make_fx``) and
+tensor subclasses; and whenever autocast is on or the tensors are not CPU
+float32. ``tests/test_fastpath.py`` proves each shortcut equal to its plain
+path; CI runs those tests on its own CPU and once more with oneDNN limited
+to AVX2.
+"""
+import contextlib
+import functools
+import os
+from typing import Callable, Iterator, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from mmcv.cnn import ConvModule
+from torch import Tensor, nn
+
+ENV_VAR = 'MMTRANSCNN_FAST_PATHS'
+
+
+def _env_enabled() -> bool:
+    value = os.environ.get(ENV_VAR, '1').strip().lower()
+    if value in ('1', 'true', 'on', 'yes', ''):
+        return True
+    if value in ('0', 'false', 'off', 'no'):
+        return False
+    raise ValueError(f'{ENV_VAR} must be 1/on or 0/off, got {value!r}')
+
+
+_enabled = _env_enabled()
+
+
+def set_enabled(flag: bool) -> None:
+    """Switch every fast path on or off for the whole process.
+
+    Args:
+        flag: True to allow the fast paths (where they apply), False for the
+            plain layers everywhere.
+    """
+    global _enabled
+    if not isinstance(flag, bool):
+        raise TypeError(f'set_enabled takes a bool, got {flag!r}')
+    _enabled = flag
+
+
+def is_enabled() -> bool:
+    """Whether the switch allows fast paths (oneDNN's own flag included)."""
+    return (_enabled and torch.backends.mkldnn.is_available()
+            and torch.backends.mkldnn.enabled)
+
+
+@contextlib.contextmanager
+def enabled(flag: bool) -> Iterator[None]:
+    """``with fastpath.enabled(False): ...`` runs the plain layers only.
+
+    Args:
+        flag: the switch's value inside the block.
+    """
+    previous = _enabled
+    set_enabled(flag)
+    try:
+        yield
+    finally:
+        set_enabled(previous)
+
+
+@functools.lru_cache(maxsize=None)
+def kernel(name: str) -> Optional[Callable]:
+    """``torch.ops.mkldnn.<name>``, or None where this torch lacks it.
+
+    Args:
+        name: the operator, e.g. ``'_convolution_pointwise'``.
+    """
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return getattr(torch.ops.mkldnn, name)
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def _autocast_on() -> bool:
+    try:
+        return torch.is_autocast_enabled('cpu')
+    except TypeError:  # torch < 2.4 has no device argument
+        return torch.is_autocast_cpu_enabled()
+
+
+def _compiling_check() -> Callable[[], bool]:
+    compiler = getattr(torch, 'compiler', None)
+    if compiler is not None and hasattr(compiler, 'is_compiling'):
+        return compiler.is_compiling
+    try:  # torch < 2.3
+        from torch._dynamo import is_compiling
+        return is_compiling
+    except ImportError:  # no dynamo: nothing compiles
+        return lambda: False
+
+
+_is_compiling = _compiling_check()
+
+
+def _intercepted() -> bool:
+    """Whether something traces or intercepts the ops being run."""
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or _is_compiling():
+        return True
+    dispatch_modes = getattr(torch._C, '_len_torch_dispatch_stack', None)
+    if dispatch_modes is not None and dispatch_modes() > 0:
+        return True
+    return torch._C._is_torch_function_mode_enabled()
+
+
+def _common(x: Tensor) -> bool:
+    return (_enabled and type(x) is Tensor and x.device.type == 'cpu'
+            and torch.backends.mkldnn.enabled and not _autocast_on()
+            and not _intercepted())
+
+
+def inference_applies(x: Tensor) -> bool:
+    """Whether a oneDNN inference kernel may replace the plain ops on ``x``.
+
+    Args:
+        x: the layer's input.
+    """
+    return (not torch.is_grad_enabled() and x.dtype == torch.float32
+            and _common(x))
+
+
+def training_applies(x: Tensor) -> bool:
+    """Whether a CPU training shortcut may replace the plain backward.
+
+    Args:
+        x: the layer's input.
+    """
+    return torch.is_grad_enabled() and _common(x)
+
+
+def add_residual(x: Tensor, branch: Tensor) -> Tensor:
+    """``x + branch``; without autograd the sum goes into ``branch``, a map
+    the caller just made, instead of a new allocation.
+
+    Args:
+        x: the residual input.
+        branch: the freshly computed branch output (same shape).
+    """
+    if _enabled and not torch.is_grad_enabled() and not _intercepted():
+        return branch.add_(x)
+    return x + branch
+
+
+# ---------------------------------------------------------------------------
+# Linear
+# ---------------------------------------------------------------------------
+class Linear(nn.Linear):
+    """``nn.Linear``; at CPU float32 inference through oneDNN's linear
+    kernel (bias added inside the GEMM)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        fused = kernel('_linear_pointwise')
+        if fused is None or not inference_applies(x):
+            return super().forward(x)
+        return fused(x, self.weight, self.bias, 'none', [], '')
+
+
+# ---------------------------------------------------------------------------
+# Conv + BN + activation
+# ---------------------------------------------------------------------------
+def _fused_activation(module: ConvModule) -> Optional[Tuple[str, str]]:
+    """oneDNN's (post-op, algorithm) for ``module``'s activation, or None
+    if oneDNN does not fuse it."""
+    if not module.with_activation:
+        return 'none', ''
+    act = module.activate
+    if type(act) is nn.GELU:  # oneDNN needs GELU's approximation named
+        return 'gelu', act.approximate
+    name = {nn.SiLU: 'swish', nn.ReLU: 'relu'}.get(type(act))
+    return None if name is None else (name, '')
+
+
+def _folds(module: ConvModule, x: Tensor) -> bool:
+    """Whether ``module`` is a conv + eval-mode BN (+ act) that oneDNN can
+    run as one call on ``x``."""
+    norm = module.norm if module.with_norm else None
+    conv = module.conv
+    return (module.order == ('conv', 'norm', 'act')
+            # the module's own eval-time folding is on (switching it off
+            # gives the plain path)
+            and getattr(module, 'efficient_conv_bn_eval_forward',
+                        None) is not None
+            and isinstance(norm, nn.modules.batchnorm._BatchNorm)
+            and not norm.training and norm.track_running_stats
+            and type(conv) in (nn.Conv2d, DepthwiseConv2d)
+            and conv.padding_mode == 'zeros'
+            and not isinstance(conv.padding, str)
+            and x.is_contiguous(memory_format=torch.channels_last))
+
+
+class ConvNormAct(ConvModule):
+    """mmcv's ``ConvModule``; at CPU float32 inference with an eval-mode BN,
+    conv + BN + activation in one oneDNN call."""
+
+    def forward(self, x: Tensor, activate: bool = True,
+                norm: bool = True) -> Tensor:
+        fused = kernel('_convolution_pointwise')
+        act = _fused_activation(self) if activate and norm else None
+        if (fused is None or act is None or not inference_applies(x)
+                or not _folds(self, x)):
+            return super().forward(x, activate, norm)
+        conv, bn = self.conv, self.norm
+        scale = bn.running_var.add(bn.eps).rsqrt()
+        if bn.affine:
+            scale = scale * bn.weight
+        weight = (conv.weight * scale.view(-1, 1, 1, 1)).contiguous(
+            memory_format=torch.channels_last)
+        bias = -bn.running_mean if conv.bias is None else \
+            conv.bias - bn.running_mean
+        bias = bias * scale
+        if bn.affine:
+            bias = bias + bn.bias
+        return fused(x, weight, bias, list(conv.padding), list(conv.stride),
+                     list(conv.dilation), conv.groups, act[0], [], act[1])
+
+
+# ---------------------------------------------------------------------------
+# Depthwise conv backward
+# ---------------------------------------------------------------------------
+def _tile_starts(k: int) -> Tuple[int, ...]:
+    """Starts of the 3-wide tiles that cover kernel offsets 0 .. k-1."""
+    return tuple(sorted(set(range(0, k - 2, 3)) | {k - 3}))
+
+
+def depthwise_weight_grad(x: Tensor, grad_out: Tensor, k: int) -> Tensor:
+    """Weight gradient of a stride-1, 'same'-padded k x k depthwise conv.
+
+    ``dW[c, 0, a, b] = sum_{n,y,x} grad_out[n,c,y,x] * xp[n,c,y+a,x+b]``
+    with ``xp`` = x zero-padded by k // 2. Each 3 x 3 block of offsets
+    ``(s..s+2, t..t+2)`` is the weight gradient of a 3 x 3 depthwise conv
+    (no padding) on the window of ``xp`` that starts at (s, t), which
+    oneDNN computes with its fast 3 x 3 kernel; overlapping tiles (k=5:
+    starts 0 and 2) write the same values twice.
+
+    Args:
+        x: (N, C, H, W) conv input.
+        grad_out: (N, C, H, W) gradient of the conv output.
+        k: odd kernel size >= 3.
+
+    Returns:
+        (C, 1, k, k) weight gradient.
+    """
+    n, c, h, w = x.shape
+    p = k // 2
+    xp = F.pad(x, (p, p, p, p))
+    grad = x.new_empty((c, 1, k, k))
+    starts = _tile_starts(k)
+    for s in starts:
+        for t in starts:
+            grad[:, :, s:s + 3, t:t + 3] = torch.nn.grad.conv2d_weight(
+                xp[:, :, s:s + h + 2, t:t + w + 2], (c, 1, 3, 3), grad_out,
+                groups=c)
+    return grad
+
+
+class _DepthwiseConvFn(torch.autograd.Function):
+    """Depthwise conv whose backward uses oneDNN's fast kernels only."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, padding):
+        ctx.save_for_backward(x, weight)
+        ctx.padding = padding
+        ctx.has_bias = bias is not None
+        return F.conv2d(x, weight, bias, padding=padding,
+                        groups=weight.shape[0])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        c, k = weight.shape[0], weight.shape[-1]
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            # The input gradient of a stride-1 'same' conv is the same conv
+            # of grad_out with the kernel flipped: oneDNN's forward kernel,
+            # several times faster here than its backward-data path.
+            grad_x = F.conv2d(grad_out, weight.flip((2, 3)),
+                              padding=ctx.padding, groups=c)
+        if ctx.needs_input_grad[1]:
+            grad_w = depthwise_weight_grad(x, grad_out, k)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_out.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b, None
+
+
+class DepthwiseConv2d(nn.Conv2d):
+    """``nn.Conv2d`` (same parameters and state dict); in CPU training, a
+    stride-1 depthwise conv with k > 3 gets the backward of
+    :class:`_DepthwiseConvFn`."""
+
+    def _fast_backward_applies(self, x: Tensor, weight: Tensor) -> bool:
+        k = self.kernel_size
+        return (training_applies(x)
+                and (x.requires_grad or weight.requires_grad)
+                and self.groups == self.in_channels == self.out_channels
+                and k[0] == k[1] and k[0] > 3 and k[0] % 2 == 1
+                and self.stride == (1, 1) and self.dilation == (1, 1)
+                and self.padding == (k[0] // 2, k[0] // 2)
+                and self.padding_mode == 'zeros')
+
+    def _conv_forward(self, x: Tensor, weight: Tensor,
+                      bias: Optional[Tensor]) -> Tensor:
+        # ConvModule's eval-time BN folding also calls this with folded
+        # weights, so both paths get the fast backward.
+        if self._fast_backward_applies(x, weight):
+            return _DepthwiseConvFn.apply(x, weight, bias, self.padding)
+        return super()._conv_forward(x, weight, bias)
+
+
+__all__ = ['ENV_VAR', 'set_enabled', 'is_enabled', 'enabled', 'kernel',
+           'inference_applies', 'training_applies', 'add_residual', 'Linear',
+           'ConvNormAct', 'DepthwiseConv2d', 'depthwise_weight_grad']

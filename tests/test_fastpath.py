@@ -1,0 +1,291 @@
+"""The CPU fast paths (:mod:`mmtranscnn.models.fastpath`) equal the plain
+paths, take effect only where they apply, and obey their switch.
+
+``.ci/run`` runs this file twice: on the CPU as it is, and with oneDNN and
+ATen limited to AVX2 (``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2``),
+since users' CPUs differ from CI's.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmtranscnn.models import HMHSA, TransCNN, fastpath
+from mmtranscnn.models.fastpath import (ConvNormAct, DepthwiseConv2d,
+                                        Linear)
+
+
+def _randomise_bn(model):
+    """Non-trivial running statistics and affine weights."""
+    gen = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=gen) * .1)
+            m.running_var.copy_(torch.rand(n, generator=gen) + .5)
+            m.weight.data.copy_(torch.rand(n, generator=gen) + .5)
+            m.bias.data.copy_(torch.randn(n, generator=gen) * .1)
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """Records the name of every oneDNN kernel the fast paths call."""
+    calls = []
+    real = fastpath.kernel
+
+    def counting(name):
+        fn = real(name)
+        if fn is None:
+            return None
+
+        def call(*args):
+            calls.append(name)
+            return fn(*args)
+        return call
+
+    monkeypatch.setattr(fastpath, 'kernel', counting)
+    return calls
+
+
+def _eval_model(act_cfg=dict(type='SiLU'), batch=2):
+    """Eval-mode TransCNN-Small with random BN statistics and an input whose
+    size is no multiple of the grids."""
+    torch.manual_seed(0)
+    model = TransCNN('small', grid_sizes=(4, 2, 2, 0), act_cfg=act_cfg)
+    _randomise_bn(model)
+    return model.eval(), torch.randn(batch, 3, 75, 93)
+
+
+def _assert_all_close(a, b, tol=1e-4):
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=tol, atol=tol)
+
+
+def test_onednn_is_available_here():
+    """The equality tests below only mean something if the kernels run."""
+    assert fastpath.is_enabled()
+    assert fastpath.kernel('_convolution_pointwise') is not None
+    assert fastpath.kernel('_linear_pointwise') is not None
+
+
+# -- each shortcut equals its plain layer -----------------------------------
+@pytest.mark.parametrize('act,kernel,groups,stride', [
+    (dict(type='SiLU'), 1, 1, 1), (dict(type='SiLU'), 5, 8, 1),
+    (None, 3, 1, 2), (dict(type='ReLU'), 3, 1, 1),
+    (dict(type='GELU'), 1, 1, 1), (dict(type='GELU', approximate='tanh'),
+                                   3, 8, 1)])
+def test_fused_conv_norm_act_equals_the_plain_module(kernel_calls, act,
+                                                     kernel, groups, stride):
+    torch.manual_seed(0)
+    module = ConvNormAct(8, 16 if groups == 1 else 8, kernel, stride=stride,
+                         padding=kernel // 2, groups=groups,
+                         norm_cfg=dict(type='BN'), act_cfg=act,
+                         efficient_conv_bn_eval=True)
+    _randomise_bn(module)
+    module.eval()
+    x = torch.randn(2, 8, 13, 11).contiguous(
+        memory_format=torch.channels_last)
+    with torch.no_grad():
+        fused = module(x)
+        assert kernel_calls == ['_convolution_pointwise']
+        with fastpath.enabled(False):
+            plain = module(x)
+    assert len(kernel_calls) == 1
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+    # Where it does not apply, the plain module runs.
+    module(x)  # gradients enabled
+    module.train()
+    with torch.no_grad():
+        module(x)  # BN with batch statistics
+    assert len(kernel_calls) == 1
+
+
+def test_fused_linear_equals_the_plain_layer(kernel_calls):
+    torch.manual_seed(0)
+    layer = Linear(24, 40)
+    x = torch.randn(3, 7, 24)
+    with torch.no_grad():
+        fused = layer(x)
+    assert kernel_calls == ['_linear_pointwise']
+    torch.testing.assert_close(fused, F.linear(x, layer.weight, layer.bias),
+                               rtol=1e-5, atol=1e-5)
+    assert set(layer.state_dict()) == {'weight', 'bias'}
+
+
+@pytest.mark.parametrize('act', ['SiLU', 'GELU', 'ReLU'])
+def test_backbone_fast_inference_equals_plain(kernel_calls, act):
+    """The whole backbone with and without the fast paths (GELU included:
+    the fused kernel needs GELU's approximation named)."""
+    model, x = _eval_model(dict(type=act))
+    with torch.no_grad():
+        fast = model(x)
+        assert '_convolution_pointwise' in kernel_calls
+        assert '_linear_pointwise' in kernel_calls
+        n = len(kernel_calls)
+        with fastpath.enabled(False):
+            plain = model(x)
+        assert len(kernel_calls) == n
+    _assert_all_close(fast, plain)
+    # and both equal the autograd forward
+    _assert_all_close(fast, [o.detach() for o in model(x)])
+
+
+def test_backbone_fast_training_equals_plain():
+    """The depthwise backward shortcut gives the plain gradients."""
+    torch.manual_seed(0)
+    model = TransCNN('small', grid_sizes=(4, 2, 2, 0))
+    x = torch.randn(2, 3, 64, 72)
+    grads = []
+    for on in (True, False):
+        model.zero_grad()
+        with fastpath.enabled(on):
+            sum(o.square().mean() for o in model(x)).backward()
+        grads.append({n: p.grad.clone()
+                      for n, p in model.named_parameters()})
+    for name, g in grads[0].items():
+        torch.testing.assert_close(g, grads[1][name], rtol=1e-3, atol=1e-5,
+                                   msg=name)
+
+
+# -- the switch --------------------------------------------------------------
+def test_mkldnn_flag_switches_the_fast_paths_off(kernel_calls):
+    model, x = _eval_model()
+    with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False):
+        assert not fastpath.is_enabled()
+        model(x)
+    assert kernel_calls == []
+    dw = DepthwiseConv2d(4, 4, 5, padding=2, groups=4)
+    xg = torch.randn(1, 4, 8, 8, requires_grad=True)
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert not dw._fast_backward_applies(xg, dw.weight)
+    assert dw._fast_backward_applies(xg, dw.weight)
+
+
+def test_switch_and_context(kernel_calls):
+    layer = Linear(8, 8)
+    x = torch.randn(2, 8)
+    with torch.no_grad():
+        with fastpath.enabled(False):
+            assert not fastpath.is_enabled()
+            layer(x)
+        assert kernel_calls == []
+        layer(x)
+        assert kernel_calls == ['_linear_pointwise']
+    with pytest.raises(TypeError, match='bool'):
+        fastpath.set_enabled('no')
+
+
+@pytest.mark.parametrize('value,expect', [('0', False), ('off', False),
+                                          ('no', False), ('1', True),
+                                          ('ON', True), ('', True)])
+def test_environment_switch_values(monkeypatch, value, expect):
+    monkeypatch.setenv(fastpath.ENV_VAR, value)
+    assert fastpath._env_enabled() is expect
+    monkeypatch.setenv(fastpath.ENV_VAR, 'maybe')
+    with pytest.raises(ValueError, match='MMTRANSCNN_FAST_PATHS must be'):
+        fastpath._env_enabled()
+
+
+def test_environment_switch_is_read_at_import():
+    env = dict(os.environ, MMTRANSCNN_FAST_PATHS='0')
+    out = subprocess.run(
+        [sys.executable, '-c', 'from mmtranscnn.models import fastpath; '
+         'print(fastpath.is_enabled())'], env=env, capture_output=True,
+        text=True, check=True)
+    assert out.stdout.strip() == 'False'
+
+
+# -- tools below the JIT see the plain ops -----------------------------------
+def _aten_ops_under_no_grad(model, x):
+    from torch.utils.flop_counter import FlopCounterMode
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(x)
+    return {str(op) for op in counter.get_flop_counts()['Global']}
+
+
+def test_flop_counter_mode_sees_conv_and_linear(kernel_calls):
+    model, x = _eval_model(batch=1)
+    ops = _aten_ops_under_no_grad(model, x)
+    assert kernel_calls == []
+    assert any('convolution' in op for op in ops), ops
+    assert any(op.startswith('aten.addmm') or op.startswith('aten.mm')
+               for op in ops), ops
+
+
+def test_export_sees_plain_ops():
+    model, _ = _eval_model(batch=1)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        exported = torch.export.export(model, (x, ))
+    targets = {str(n.target) for n in exported.graph.nodes
+               if n.op == 'call_function'}
+    assert not any('mkldnn' in t for t in targets), targets
+    assert any('conv' in t for t in targets), targets
+    with torch.no_grad():
+        _assert_all_close(exported.module()(x), model(x))
+
+
+# -- depthwise conv backward --------------------------------------------------
+@pytest.mark.parametrize('shape,k', [((2, 8, 13, 9), 5), ((1, 6, 7, 11), 7),
+                                     ((1, 4, 3, 2), 5), ((2, 5, 6, 6), 9)])
+@pytest.mark.parametrize('bias', [True, False])
+def test_depthwise_backward_matches_conv2d(shape, k, bias):
+    torch.manual_seed(0)
+    c = shape[1]
+    conv = DepthwiseConv2d(c, c, k, padding=k // 2, groups=c,
+                           bias=bias).double()
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    assert conv._fast_backward_applies(x, conv.weight)
+    g = torch.randn(*shape, dtype=torch.float64)
+    params = [x, conv.weight] + ([conv.bias] if bias else [])
+    got = torch.autograd.grad(conv(x), params, g)
+    want = torch.autograd.grad(
+        F.conv2d(x, conv.weight, conv.bias, padding=k // 2, groups=c),
+        params, g)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_depthwise_fast_path_only_where_it_applies():
+    x = torch.randn(1, 4, 8, 8, requires_grad=True)
+    conv = DepthwiseConv2d(4, 4, 5, padding=2, groups=4)
+    assert conv._fast_backward_applies(x, conv.weight)
+    with torch.no_grad():
+        assert not conv._fast_backward_applies(x, conv.weight)
+    with fastpath.enabled(False):
+        assert not conv._fast_backward_applies(x, conv.weight)
+    assert not DepthwiseConv2d(4, 4, 3, padding=1, groups=4)\
+        ._fast_backward_applies(x, conv.weight)  # oneDNN's 3x3 is fast
+    assert not DepthwiseConv2d(4, 4, 5, padding=2, stride=2, groups=4)\
+        ._fast_backward_applies(x, conv.weight)
+    assert not DepthwiseConv2d(4, 8, 5, padding=2, groups=4)\
+        ._fast_backward_applies(x, conv.weight)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert not conv._fast_backward_applies(x, conv.weight)
+    # The state dict is nn.Conv2d's.
+    assert set(conv.state_dict()) == {'weight', 'bias'}
+
+
+def test_hmhsa_residual_in_place_only_without_autograd():
+    torch.manual_seed(0)
+    m = HMHSA(32, grid_sizes=(4, ), head_dim=16).eval()
+    x = torch.randn(1, 32, 9, 10)
+    keep = x.clone()
+    with torch.no_grad():
+        m(x)
+    assert torch.equal(x, keep), 'the input must never be overwritten'
+
+
+def test_isa_limit_is_in_force_when_asked():
+    """scripts/test.sh reruns this file with ATen limited to AVX2; make sure
+    the limit really reached torch (else that run would prove nothing)."""
+    want = os.environ.get('ATEN_CPU_CAPABILITY')
+    if want:
+        assert torch.backends.cpu.get_cpu_capability() == want.upper()
+    else:
+        assert torch.backends.cpu.get_cpu_capability() in (
+            'DEFAULT', 'AVX2', 'AVX512', 'VSX', 'ZVECTOR', 'SVE256')
