@@ -26,7 +26,7 @@ import pytest
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
-import mmtranscnn  # noqa: F401  (safe checkpoint loading)
+import mmtranscnn  # noqa: F401  (registers the models)
 from mmtranscnn.models import HMHSA, TransCNN, load_backbone_checkpoint
 from mmtranscnn.models.released import RELEASED, convert_released
 

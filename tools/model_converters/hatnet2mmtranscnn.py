@@ -31,7 +31,7 @@ import sys
 
 import torch
 
-import mmtranscnn  # noqa: F401  (safe checkpoint loading)
+import mmtranscnn  # noqa: F401  (registers the models)
 from mmtranscnn.models import TransCNN
 from mmtranscnn.models.pretrained import read_state_dict
 from mmtranscnn.models.released import (RELEASED, convert_released,
