@@ -290,9 +290,9 @@ def random_state_dict(layout: Dict[str, Sequence[int]], seed: int = 0,
         if name.endswith('num_batches_tracked'):
             out[name] = torch.tensor(0)
             continue
-        x = torch.randn(shape, generator=gen, dtype=torch.float64)
+        x = torch.randn(shape, generator=gen, dtype=dtype)
         if name.endswith('running_var'):
-            x = 0.5 + torch.rand(shape, generator=gen, dtype=torch.float64)
+            x = 0.5 + torch.rand(shape, generator=gen, dtype=dtype)
         elif name.endswith('running_mean') or name.endswith('bias'):
             x = 0.1 * x
         elif len(shape) == 1:  # a norm's scale
@@ -307,5 +307,5 @@ def random_state_dict(layout: Dict[str, Sequence[int]], seed: int = 0,
             # deep network is otherwise chaotic, and float64 rounding alone
             # makes two implementations disagree.
             x = 0.2 * x
-        out[name] = x.to(dtype)
+        out[name] = x
     return out
