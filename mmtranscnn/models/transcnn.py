@@ -121,7 +121,15 @@ class TransCNN(BaseModule):
         init_cfg (dict, optional): initialisation; ``dict(type='Pretrained',
             checkpoint=PATH, prefix='backbone.')`` loads our classification
             (or backbone-only) checkpoint strictly and reports any key that
-            did not load. Add ``strict=False`` to accept a partial load.
+            did not load. Add ``strict=False`` to accept a partial load. A
+            released preset also loads the authors' file as downloaded
+            (``checkpoint='HAT-Net_Small.pth'``; see :mod:`.released`).
+
+    Attributes:
+        style (str): the key of :data:`STYLES` the blocks are built with.
+        released_version (str | None): the released layout a checkpoint of
+            the authors must have ('transcnn-v1' or 'hatnet'), None for
+            Table 1's presets.
     """
     arch_zoo: Dict[str, dict] = {
         # Table 1 (our reading of the paper; no released weights).
