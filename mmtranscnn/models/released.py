@@ -118,7 +118,8 @@ def _rules(version: str) -> List[Tuple[re.Pattern, str]]:
          r'stages.\1.{J}.irb.project.conv.weight'),
         (r'blocks\.(\d+)\.(\d+)\.conv\.conv3\.1\.(.+)$',
          rf'stages.\1.{{J}}.irb.project.{n}.\3'),
-        (r'ds([234])\.conv\.(weight|bias)$', r'stages.{K}.0.conv_branch.conv.\2'),
+        (r'ds([234])\.conv\.(weight|bias)$',
+         r'stages.{K}.0.conv_branch.conv.\2'),
     ]
     if version == 'transcnn-v1':
         # Fig. 1c IRB: conv -> BN (-> SiLU) for each of the three convs;

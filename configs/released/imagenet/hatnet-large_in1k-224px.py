@@ -1,4 +1,5 @@
-# HAT-Net-Large (HAT_Net.py, journal version), the authors' released ImageNet-1k checkpoint
+# HAT-Net-Large (HAT_Net.py, journal version), the authors' released
+# ImageNet-1k checkpoint
 # HAT-Net_Large.pth: 84.2% top-1 as published, 224x224.
 #   python tools/model_converters/hatnet2mmtranscnn.py \
 #       checkpoints/HAT-Net_Large.pth checkpoints/hatnet-large_in1k.pth

@@ -1,4 +1,5 @@
-# HAT-Net-Medium (HAT_Net.py, journal version), the authors' released ImageNet-1k checkpoint
+# HAT-Net-Medium (HAT_Net.py, journal version), the authors' released
+# ImageNet-1k checkpoint
 # HAT-Net_Medium.pth: 84.0% top-1 as published, 224x224.
 #   python tools/model_converters/hatnet2mmtranscnn.py \
 #       checkpoints/HAT-Net_Medium.pth checkpoints/hatnet-medium_in1k.pth

@@ -1,4 +1,5 @@
-# HAT-Net-Small (HAT_Net.py, journal version), the authors' released ImageNet-1k checkpoint
+# HAT-Net-Small (HAT_Net.py, journal version), the authors' released
+# ImageNet-1k checkpoint
 # HAT-Net_Small.pth: 82.6% top-1 as published, 224x224.
 #   python tools/model_converters/hatnet2mmtranscnn.py \
 #       checkpoints/HAT-Net_Small.pth checkpoints/hatnet-small_in1k.pth

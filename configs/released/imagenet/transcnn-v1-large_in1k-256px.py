@@ -1,4 +1,5 @@
-# TransCNN-Large (TransCNN.py, first version), the authors' released ImageNet-1k checkpoint
+# TransCNN-Large (TransCNN.py, first version), the authors' released
+# ImageNet-1k checkpoint
 # TransCNN-Large.pth: 84.2% top-1 as published, 256x256.
 #   python tools/model_converters/hatnet2mmtranscnn.py \
 #       checkpoints/TransCNN-Large.pth checkpoints/transcnn-v1-large_in1k.pth

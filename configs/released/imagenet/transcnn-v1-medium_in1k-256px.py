@@ -1,4 +1,5 @@
-# TransCNN-Medium (TransCNN.py, first version), the authors' released ImageNet-1k checkpoint
+# TransCNN-Medium (TransCNN.py, first version), the authors' released
+# ImageNet-1k checkpoint
 # TransCNN-Medium.pth: 83.8% top-1 as published, 256x256.
 #   python tools/model_converters/hatnet2mmtranscnn.py \
 #       checkpoints/TransCNN-Medium.pth checkpoints/transcnn-v1-medium_in1k.pth

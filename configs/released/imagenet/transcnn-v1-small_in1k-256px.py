@@ -1,4 +1,5 @@
-# TransCNN-Small (TransCNN.py, first version), the authors' released ImageNet-1k checkpoint
+# TransCNN-Small (TransCNN.py, first version), the authors' released
+# ImageNet-1k checkpoint
 # TransCNN-Small.pth: 83.1% top-1 as published, 256x256.
 #   python tools/model_converters/hatnet2mmtranscnn.py \
 #       checkpoints/TransCNN-Small.pth checkpoints/transcnn-v1-small_in1k.pth

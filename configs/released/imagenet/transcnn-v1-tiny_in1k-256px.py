@@ -1,4 +1,5 @@
-# TransCNN-Tiny (TransCNN.py, first version), the authors' released ImageNet-1k checkpoint
+# TransCNN-Tiny (TransCNN.py, first version), the authors' released
+# ImageNet-1k checkpoint
 # TransCNN-Tiny.pth: 80.4% top-1 as published, 256x256.
 #   python tools/model_converters/hatnet2mmtranscnn.py \
 #       checkpoints/TransCNN-Tiny.pth checkpoints/transcnn-v1-tiny_in1k.pth

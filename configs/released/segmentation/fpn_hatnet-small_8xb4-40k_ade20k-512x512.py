@@ -1,6 +1,8 @@
-# Semantic FPN on ADE20K (512x512, protocol of ../../segmentation/fpn_transcnn-base_8xb4-40k_ade20k-512x512.py)
+# Semantic FPN on ADE20K (512x512, protocol of
+# ../../segmentation/fpn_transcnn-base_8xb4-40k_ade20k-512x512.py)
 # with the backbone HAT-Net-Small (HAT_Net.py, the journal version),
-# started from the authors' released ImageNet file HAT-Net_Small.pth as downloaded:
+# started from the authors' released ImageNet file HAT-Net_Small.pth as
+# downloaded:
 #
 #   wget -P checkpoints \
 #       https://github.com/yun-liu/HAT-Net/releases/download/v2.0/HAT-Net_Small.pth

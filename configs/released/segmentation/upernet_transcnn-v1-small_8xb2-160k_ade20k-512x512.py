@@ -1,7 +1,10 @@
-# UperNet on ADE20K (512x512, protocol of ../../segmentation/upernet_transcnn-base_8xb2-160k_ade20k-512x512.py)
-# with the backbone TransCNN-Small of the first version (TransCNN.py; Table 1's Base
+# UperNet on ADE20K (512x512, protocol of
+# ../../segmentation/upernet_transcnn-base_8xb2-160k_ade20k-512x512.py)
+# with the backbone TransCNN-Small of the first version (TransCNN.py; Table
+# 1's Base
 # layout),
-# started from the authors' released ImageNet file TransCNN-Small.pth as downloaded:
+# started from the authors' released ImageNet file TransCNN-Small.pth as
+# downloaded:
 #
 #   wget -P checkpoints \
 #       https://github.com/yun-liu/TransCNN/releases/download/v1/TransCNN-Small.pth
