@@ -281,6 +281,22 @@ def test_detection_grids_load_the_released_file_and_run_800x1333(tmp_path):
 
 
 # -- usable like every other setting ---------------------------------------
+def test_more_levels_load_the_released_file_and_run_any_size(tmp_path):
+    """Windows and pooling ratios per level are settings: a released file
+    loads strictly into a preset built with two grid levels per stage."""
+    path, _ = released_file(tmp_path, 'transcnn-v1-tiny')
+    model = TransCNN('transcnn-v1-tiny', grid_sizes=((8, 4), (8, 4), 8, 0),
+                     pool_ratios=((4, 2), (2, 2), 2, 0),
+                     init_cfg=dict(type='Pretrained', checkpoint=path))
+    model.init_weights()
+    assert model.stages[0][0].attn.pool_ratios == (4, 2)
+    with torch.no_grad():
+        outs = model.eval()(torch.randn(1, 3, 150, 203))
+    assert [tuple(o.shape[2:]) for o in outs] == [(38, 51), (19, 26),
+                                                  (10, 13), (5, 7)]
+    assert all(torch.isfinite(o).all() for o in outs)
+
+
 @pytest.mark.parametrize('arch', ['transcnn-v1-tiny', 'hatnet-tiny'])
 def test_training_options(arch):
     torch.manual_seed(0)

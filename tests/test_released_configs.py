@@ -118,6 +118,12 @@ def test_converted_file_loads_strictly_into_the_classifier(preset, tmp_path):
         [src, dst, '--arch', preset])
     load_checkpoint(model, dst, strict=True)
     assert torch.equal(model.head.fc.weight, sd['classifier.1.weight'])
+    # The file as downloaded also initialises the backbone in mmpretrain.
+    cfg.model.backbone.init_cfg = dict(type='Pretrained', checkpoint=src)
+    fresh = build(cfg, 'mmpretrain')
+    fresh.init_weights()
+    for key, value in fresh.backbone.state_dict().items():
+        assert torch.equal(value, model.backbone.state_dict()[key]), key
     model.eval()
     with torch.no_grad():
         scores = model(torch.randn(1, 3, size, size), mode='tensor')
