@@ -202,7 +202,7 @@ class TransCNN(BaseModule):
         num_stages = len(channels)
         settings = self.arch_settings
         self.style = settings.get('style', 'paper')
-        style = STYLES[self.style]
+        style = copy.deepcopy(STYLES[self.style])
         # The released layout a checkpoint must have (models/released.py).
         self.released_version = None if self.style == 'paper' else self.style
         if grid_sizes is None:
