@@ -64,6 +64,21 @@ def released_file(directory, preset):
     return path, sd
 
 
+@pytest.fixture(scope='module')
+def released_files(tmp_path_factory):
+    """preset -> (path, state dict) of a random file in its released
+    layout, written once for the whole module."""
+    directory = tmp_path_factory.mktemp('released')
+    cache = {}
+
+    def get(preset):
+        if preset not in cache:
+            cache[preset] = released_file(directory, preset)
+        return cache[preset]
+
+    return get
+
+
 def build(cfg, registry_scope):
     import_modules_from_strings(**cfg.custom_imports)
     registry = __import__(f'{registry_scope}.registry',
@@ -164,12 +179,12 @@ def test_test_tool_evaluates_a_converted_file(tmp_path):
     assert 'accuracy/top5' in metrics
 
 
-def _released_backbone_check(cfg, scope, tmp_path):
+def _released_backbone_check(cfg, scope, released_files):
     backbone = cfg.model.backbone
     preset = backbone.arch
     assert preset in RELEASED
     assert osp.basename(backbone.init_cfg.checkpoint) == RELEASED[preset].file
-    src, sd = released_file(tmp_path, preset)
+    src, sd = released_files(preset)
     cfg.model.backbone.init_cfg.checkpoint = src
     model = build(cfg, scope)
     model.backbone.init_weights()  # strict: raises on any key
@@ -180,11 +195,12 @@ def _released_backbone_check(cfg, scope, tmp_path):
 
 @pytest.mark.parametrize('path', DETECTION, ids=[name_of(p) for p in
                                                  DETECTION])
-def test_detection_config_starts_from_the_released_file(path, tmp_path):
+def test_detection_config_starts_from_the_released_file(path,
+                                                       released_files):
     cfg = Config.fromfile(path)
     assert cfg.custom_imports.imports == ['mmtranscnn']
     assert tuple(cfg.model.backbone.pool_ratios) == (16, 8, 4, 0)
-    model = _released_backbone_check(cfg, 'mmdet', tmp_path)
+    model = _released_backbone_check(cfg, 'mmdet', released_files)
     channels = TransCNN.arch_zoo[cfg.model.backbone.arch]['channels']
     assert list(cfg.model.neck.in_channels) == channels
     assert model.backbone.grid_sizes == tuple(
@@ -193,9 +209,10 @@ def test_detection_config_starts_from_the_released_file(path, tmp_path):
 
 @pytest.mark.parametrize('path', SEGMENTATION,
                          ids=[name_of(p) for p in SEGMENTATION])
-def test_segmentation_config_starts_from_the_released_file(path, tmp_path):
+def test_segmentation_config_starts_from_the_released_file(path,
+                                                          released_files):
     cfg = Config.fromfile(path)
-    model = _released_backbone_check(cfg, 'mmseg', tmp_path)
+    model = _released_backbone_check(cfg, 'mmseg', released_files)
     if cfg.model.backbone.arch.startswith('hatnet'):
         # GroupNorm, not the base file's SyncBN.
         assert model.backbone.stem.conv1.gn is not None
