@@ -343,3 +343,28 @@ def test_isa_limit_is_in_force_when_asked():
     else:
         assert torch.backends.cpu.get_cpu_capability() in (
             'DEFAULT', 'AVX2', 'AVX512', 'VSX', 'ZVECTOR', 'SVE256')
+
+
+def test_training_attention_choice_keeps_gradients_and_checkpointing():
+    """In training the attention is also chosen by measurement (forward +
+    backward timed on detached copies); gradients equal SDPA's, also with
+    activation checkpointing around the block."""
+    fastpath.reset_tuning()
+    torch.manual_seed(0)
+    plain = TransCNN('small', grid_sizes=(4, 2, 2, 0))
+    ckpt = TransCNN('small', grid_sizes=(4, 2, 2, 0), with_cp=True)
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.randn(1, 3, 64, 72)
+    grads = []
+    for model, on in ((plain, False), (plain, True), (ckpt, True)):
+        model.train()
+        model.zero_grad()
+        with fastpath.enabled(on):
+            sum(o.square().mean() for o in model(x)).backward()
+        grads.append({n: p.grad.clone()
+                      for n, p in model.named_parameters()})
+    assert fastpath.tuning_report()['attention-train']
+    for other in grads[1:]:
+        for name, g in grads[0].items():
+            torch.testing.assert_close(other[name], g, rtol=1e-3,
+                                       atol=1e-5, msg=name)

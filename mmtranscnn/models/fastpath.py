@@ -215,22 +215,26 @@ class ShapeTuner:
             function of the same arguments. The first is the plain one.
         repeats: timed runs per candidate (after one warm-up run); the
             fastest run counts.
+        trial: ``trial(fn, args)`` runs one timed trial of a candidate;
+            default ``fn(*args)``. A training tuner passes one that also
+            runs the backward.
     """
 
     def __init__(self, name: str, candidates: Dict[str, Callable],
-                 repeats: int = 2):
+                 repeats: int = 2, trial: Optional[Callable] = None):
         self.name = name
         self.candidates = dict(candidates)
         self.repeats = repeats
+        self.trial = trial or (lambda fn, args: fn(*args))
         self.choices: Dict[Hashable, str] = {}
 
     def _measure(self, args) -> str:
         best, best_time = None, math.inf
         for name, fn in self.candidates.items():
-            fn(*args)  # warm-up: first-call costs (kernel creation)
+            self.trial(fn, args)  # warm-up: first-call costs
             for _ in range(self.repeats):
                 start = time.perf_counter()
-                fn(*args)
+                self.trial(fn, args)
                 elapsed = time.perf_counter() - start
                 if elapsed < best_time:
                     best, best_time = name, elapsed
@@ -246,9 +250,10 @@ class ShapeTuner:
 _TUNERS: Dict[str, ShapeTuner] = {}
 
 
-def _tuner(name: str, candidates: Dict[str, Callable]) -> ShapeTuner:
+def _tuner(name: str, candidates: Dict[str, Callable],
+           trial: Optional[Callable] = None) -> ShapeTuner:
     if name not in _TUNERS:
-        _TUNERS[name] = ShapeTuner(name, candidates)
+        _TUNERS[name] = ShapeTuner(name, candidates, trial=trial)
     return _TUNERS[name]
 
 
@@ -280,12 +285,24 @@ def _sdpa(q, k, v, attn_mask):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
 
 
+def _forward_backward(fn, args):
+    """One training trial: forward and backward on detached copies, so the
+    caller's graph is untouched. Identity saved-tensor hooks on top keep
+    an enclosing activation checkpoint (``with_cp``) out of the trial."""
+    q, k, v = (t.detach().requires_grad_() for t in args[:3])
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+        out = fn(q, k, v, *args[3:])
+        out.backward(torch.ones_like(out))
+
+
 def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor,
                                  attn_mask: Optional[Tensor] = None,
                                  dropout_p: float = 0.) -> Tensor:
-    """``F.scaled_dot_product_attention`` (boolean masks only); at CPU
-    float32 inference SDPA's kernel or :func:`matmul_attention`, whichever
-    is faster for the shape class.
+    """``F.scaled_dot_product_attention`` (boolean masks only); on the CPU
+    (float32, no dropout) SDPA's kernel or :func:`matmul_attention`,
+    whichever is faster for the shape class: at inference timed forward
+    only, in training timed forward + backward (SDPA's CPU backward costs
+    about 2.6x its forward on the small grids).
 
     Args:
         q: (N, heads, Lq, d) queries.
@@ -294,13 +311,17 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor,
             where a key may be seen; or None.
         dropout_p: attention dropout (training only).
     """
-    if dropout_p > 0 or not inference_applies(q):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
-                                              dropout_p=dropout_p)
-    key = (q.shape[1:], k.shape[-2], attn_mask is not None,
+    candidates = dict(sdpa=_sdpa, matmul=matmul_attention)
+    key = (tuple(q.shape[1:]), k.shape[-2], attn_mask is not None,
            size_class(q.shape[0]))
-    return _tuner('attention', dict(sdpa=_sdpa, matmul=matmul_attention))(
-        key, q, k, v, attn_mask)
+    if dropout_p == 0 and inference_applies(q):
+        return _tuner('attention', candidates)(key, q, k, v, attn_mask)
+    if (dropout_p == 0 and q.dtype == torch.float32 and training_applies(q)
+            and (q.requires_grad or k.requires_grad or v.requires_grad)):
+        return _tuner('attention-train', candidates,
+                      _forward_backward)(key, q, k, v, attn_mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                          dropout_p=dropout_p)
 
 
 # ---------------------------------------------------------------------------
