@@ -62,7 +62,8 @@ from torch import Tensor, nn
 
 from mmtranscnn.registry import MODELS
 
-from .fastpath import Linear, add_residual
+from .fastpath import (Linear, add_residual,
+                       scaled_dot_product_attention)
 
 QUERY_FORMS = ('full', 'merged')
 POOL_MODES = ('max+avg', 'avg')
@@ -380,7 +381,7 @@ class HMHSA(BaseModule):
             # cropped, so let them see their own padding instead.
             empty = ~key_valid.any(dim=-1, keepdim=True)
             mask = (key_valid | empty)[:, None, None, :]
-        return F.scaled_dot_product_attention(
+        return scaled_dot_product_attention(
             q, k, v, attn_mask=mask,
             dropout_p=self.attn_drop if self.training else 0.)
 
