@@ -447,9 +447,14 @@ class HMHSA(BaseModule):
         attn = self._level0(tokens, grids[0] if grids else None)
         total = attn
         if grids:
+            # Eq. 7: A0 = X + attn_0. Ours adds the normalised map the
+            # attention saw; the released code adds the raw block input.
             shortcut = (tokens if self.level0_shortcut == 'normed' else
                         x.permute(0, 2, 3, 1))
+            # Released only: a norm on A0 (its grid_norm); None: identity.
             a0 = self._norm_tokens(self.grid_norm, shortcut + attn)
+            # Eq. 12: ours sums attn_0 (one level is then plain MHSA); the
+            # released code sums A0 itself, residual and norm included.
             if self.output_sum == 'level0_map':
                 total = a0
             total = total + self._higher_levels(a0, h, w)
@@ -505,6 +510,8 @@ class HMHSA(BaseModule):
         total = None
         level = 1
         while True:
+            # Eq. 8 by the level's ratio (the previous grid unless set;
+            # released: its own ratio, average pooling only).
             ratio = self.pool_ratios[level - 1]
             merged, valid = merge_tokens(prev, valid, ratio, self.pool_mode)
             region *= ratio
@@ -513,8 +520,8 @@ class HMHSA(BaseModule):
                                            and mw <= grids[level])
             g = None if last else grids[level]
             # Merged maps hold real tokens only (pooling with ceil_mode
-            # averages the real positions of a region), so the norm sees no
-            # padding.
+            # averages the real positions of a region), so a norm sees no
+            # padding. Released only: a norm on them (its ds_norm).
             keys = self._norm_tokens(self.ds_norm, merged)
             kv = self.kv(keys)  # keys|values, packed
             if full_res_queries:
