@@ -89,18 +89,22 @@ def test_fused_conv_norm_act_equals_the_plain_module(kernel_calls, act,
     x = torch.randn(2, 8, 13, 11).contiguous(
         memory_format=torch.channels_last)
     with torch.no_grad():
-        fused = module(x)
+        assert fastpath._folds(module, x)
+        fused = fastpath._onednn_conv(module, x,
+                                      fastpath._fused_activation(module))
         assert kernel_calls == ['_convolution_pointwise']
         with fastpath.enabled(False):
             plain = module(x)
-    assert len(kernel_calls) == 1
+        tuned = module(x)  # whichever the tuner picked
     torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(tuned, plain, rtol=1e-5, atol=1e-5)
     # Where it does not apply, the plain module runs.
+    kernel_calls.clear()
     module(x)  # gradients enabled
     module.train()
     with torch.no_grad():
         module(x)  # BN with batch statistics
-    assert len(kernel_calls) == 1
+    assert kernel_calls == []
 
 
 def test_fused_linear_equals_the_plain_layer(kernel_calls):
@@ -108,11 +112,55 @@ def test_fused_linear_equals_the_plain_layer(kernel_calls):
     layer = Linear(24, 40)
     x = torch.randn(3, 7, 24)
     with torch.no_grad():
-        fused = layer(x)
-    assert kernel_calls == ['_linear_pointwise']
-    torch.testing.assert_close(fused, F.linear(x, layer.weight, layer.bias),
-                               rtol=1e-5, atol=1e-5)
+        fused = fastpath._onednn_linear(layer, x)
+        tuned = layer(x)
+    assert kernel_calls[0] == '_linear_pointwise'
+    plain = F.linear(x, layer.weight, layer.bias)
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(tuned, plain, rtol=1e-5, atol=1e-5)
     assert set(layer.state_dict()) == {'weight', 'bias'}
+
+
+@pytest.mark.parametrize('lq,lk,masked', [(4, 4, False), (16, 16, True),
+                                          (64, 64, True), (256, 16, False),
+                                          (49, 49, False)])
+def test_matmul_attention_equals_sdpa(lq, lk, masked):
+    torch.manual_seed(0)
+    q = torch.randn(5, 2, lq, 32)
+    k, v = torch.randn(2, 5, 2, lk, 32).unbind(0)
+    mask = None
+    if masked:
+        mask = torch.rand(5, 1, 1, lk) > .3
+        mask[..., 0] = True  # no all-masked rows (callers guarantee it)
+    torch.testing.assert_close(
+        fastpath.matmul_attention(q, k, v, mask),
+        F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
+        rtol=1e-5, atol=1e-5)
+
+
+def test_shape_tuner_keeps_the_fastest_per_shape_class():
+    import time
+    calls = []
+
+    def slow(x):
+        calls.append('slow')
+        time.sleep(0.002)
+        return x + 1
+
+    def fast(x):
+        calls.append('fast')
+        return x + 1
+
+    tuner = fastpath.ShapeTuner('toy', dict(slow=slow, fast=fast))
+    assert tuner('a', 1) == 2
+    assert tuner.choices == {'a': 'fast'}
+    calls.clear()
+    assert tuner('a', 5) == 6
+    assert calls == ['fast']  # measured once per shape class
+    tuner('b', 1)
+    assert set(tuner.choices) == {'a', 'b'}
+    assert fastpath.size_class(1000) == fastpath.size_class(1023) != \
+        fastpath.size_class(1024)
 
 
 @pytest.mark.parametrize('act', ['SiLU', 'GELU', 'ReLU'])
@@ -120,15 +168,20 @@ def test_backbone_fast_inference_equals_plain(kernel_calls, act):
     """The whole backbone with and without the fast paths (GELU included:
     the fused kernel needs GELU's approximation named)."""
     model, x = _eval_model(dict(type=act))
+    fastpath.reset_tuning()
     with torch.no_grad():
         fast = model(x)
+        report = fastpath.tuning_report()
+        assert report['conv'] and report['linear'] and report['attention']
         assert '_convolution_pointwise' in kernel_calls
         assert '_linear_pointwise' in kernel_calls
         n = len(kernel_calls)
         with fastpath.enabled(False):
             plain = model(x)
         assert len(kernel_calls) == n
+        again = model(x)  # with the choices made
     _assert_all_close(fast, plain)
+    _assert_all_close(again, plain)
     # and both equal the autograd forward
     _assert_all_close(fast, [o.detach() for o in model(x)])
 
@@ -167,13 +220,14 @@ def test_mkldnn_flag_switches_the_fast_paths_off(kernel_calls):
 def test_switch_and_context(kernel_calls):
     layer = Linear(8, 8)
     x = torch.randn(2, 8)
+    fastpath.reset_tuning()
     with torch.no_grad():
         with fastpath.enabled(False):
             assert not fastpath.is_enabled()
             layer(x)
-        assert kernel_calls == []
+        assert kernel_calls == [] and fastpath.tuning_report()['linear'] == {}
         layer(x)
-        assert kernel_calls == ['_linear_pointwise']
+        assert kernel_calls and fastpath.tuning_report()['linear']
     with pytest.raises(TypeError, match='bool'):
         fastpath.set_enabled('no')
 
@@ -289,3 +343,28 @@ def test_isa_limit_is_in_force_when_asked():
     else:
         assert torch.backends.cpu.get_cpu_capability() in (
             'DEFAULT', 'AVX2', 'AVX512', 'VSX', 'ZVECTOR', 'SVE256')
+
+
+def test_training_attention_choice_keeps_gradients_and_checkpointing():
+    """In training the attention is also chosen by measurement (forward +
+    backward timed on detached copies); gradients equal SDPA's, also with
+    activation checkpointing around the block."""
+    fastpath.reset_tuning()
+    torch.manual_seed(0)
+    plain = TransCNN('small', grid_sizes=(4, 2, 2, 0))
+    ckpt = TransCNN('small', grid_sizes=(4, 2, 2, 0), with_cp=True)
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.randn(1, 3, 64, 72)
+    grads = []
+    for model, on in ((plain, False), (plain, True), (ckpt, True)):
+        model.train()
+        model.zero_grad()
+        with fastpath.enabled(on):
+            sum(o.square().mean() for o in model(x)).backward()
+        grads.append({n: p.grad.clone()
+                      for n, p in model.named_parameters()})
+    assert fastpath.tuning_report()['attention-train']
+    for other in grads[1:]:
+        for name, g in grads[0].items():
+            torch.testing.assert_close(other[name], g, rtol=1e-3,
+                                       atol=1e-5, msg=name)

@@ -505,3 +505,18 @@ def test_benchmark_json_and_markdown_name_the_cpu(tmp_path, monkeypatch):
     bench.main(['--cases', 'backbone-224', '--models', 'ConvNeXt-T',
                 '--md', str(out_md), '--md-title', 'Run 3'])
     assert out_md.read_text().startswith('### Run 3\n')
+
+
+# -- the released presets as benchmark models ---------------------------------
+def test_released_presets_keep_their_windows_in_every_case():
+    """The case's grid sizes become the pooling ratios of a released preset
+    (its level-0 windows are what its weights were trained with)."""
+    for case in ('backbone-224', 'backbone-det'):
+        grids = _tool('benchmark').CASES[case][5]
+        model = speed.build_backbone('HAT-Net-Small', grids)
+        first = model.stages[2][1].attn  # [0] is the downsampling block
+        assert first.grid_sizes == (7, )
+        assert first.pool_ratios == (grids[2], )
+    detector = speed.build_detector('TransCNN-v1-Small', [16, 8, 4, 0])
+    attn = detector.backbone.stages[1][1].attn
+    assert attn.grid_sizes == (8, ) and attn.pool_ratios == (8, )

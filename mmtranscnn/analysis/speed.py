@@ -64,6 +64,14 @@ BACKBONES: Dict[str, Tuple[str, str, dict]] = {
                    dict(arch='tiny', out_indices=(0, 1, 2, 3),
                         gap_before_final_norm=False, drop_path_rate=0.,
                         layer_scale_init_value=1.0)),
+    # The authors' released networks (ImageNet weights exist for these):
+    # their own level-0 windows; the case's grid sizes set the pooling
+    # ratios, (8, 4, 2, 0) at 224 and (16, 8, 4, 0) at detection size, as
+    # in configs/released/.
+    'TransCNN-v1-Small': ('mmtranscnn.models', 'TransCNN',
+                          dict(arch='transcnn-v1-small', norm_eval=True)),
+    'HAT-Net-Small': ('mmtranscnn.models', 'TransCNN',
+                      dict(arch='hatnet-small', norm_eval=True)),
     # TransCNN-Base with plain (global) attention in every stage: the
     # quadratic cost that H-MHSA exists to avoid.
     'Plain-Attention': ('mmtranscnn.models', 'TransCNN',
@@ -74,6 +82,9 @@ BACKBONES: Dict[str, Tuple[str, str, dict]] = {
 #: shipped configs; a bare path is relative to our configs folder).
 DETECTORS: Dict[str, str] = {
     'TransCNN-Base': 'retinanet_transcnn_base.py',
+    'TransCNN-v1-Small':
+    'released/detection/retinanet_transcnn-v1-small_fpn_1x_coco.py',
+    'HAT-Net-Small': 'released/detection/retinanet_hatnet-small_fpn_1x_coco.py',
     'ResNet-50': 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py',
     'Swin-T': 'mmdet::swin/retinanet_swin-t-p4-w7_fpn_1x_coco.py',
     'PVT-Small': 'mmdet::pvt/retinanet_pvt-s_fpn_1x_coco.py',
@@ -208,6 +219,11 @@ def resolve_config(path: str) -> str:
     raise FileNotFoundError(f'config {path!r} not found')
 
 
+def _is_released(arch) -> bool:
+    from mmtranscnn.models.released import RELEASED
+    return isinstance(arch, str) and arch in RELEASED
+
+
 def build_backbone(name: str, grid_sizes=None):
     """A backbone of :data:`BACKBONES` with its default initialisation."""
     import importlib
@@ -215,8 +231,11 @@ def build_backbone(name: str, grid_sizes=None):
     kwargs = dict(kwargs)
     if cls_name == 'TransCNN' and grid_sizes is not None \
             and 'grid_sizes' not in kwargs:
-        kwargs['grid_sizes'] = tuple(
-            tuple(g) if isinstance(g, list) else g for g in grid_sizes)
+        grids = tuple(tuple(g) if isinstance(g, list) else g
+                      for g in grid_sizes)
+        # Released presets keep their windows; the case sets the ratios.
+        released = _is_released(kwargs.get('arch'))
+        kwargs['pool_ratios' if released else 'grid_sizes'] = grids
     model = getattr(importlib.import_module(module), cls_name)(**kwargs)
     model.init_weights()
     return model
@@ -229,7 +248,10 @@ def build_detector(name: str, grid_sizes=None):
     from mmengine.registry import init_default_scope
     cfg = Config.fromfile(resolve_config(DETECTORS[name]))
     cfg.model.backbone.init_cfg = None
-    if grid_sizes is not None and 'TransCNN' in str(cfg.model.backbone.type):
+    if grid_sizes is not None and 'TransCNN' in str(
+            cfg.model.backbone.type) and not _is_released(
+                cfg.model.backbone.get('arch')):
+        # (released presets' configs already hold the detection setting)
         cfg.model.backbone.grid_sizes = grid_sizes
     init_default_scope(cfg.get('default_scope', 'mmdet'))
     from mmdet.registry import MODELS

@@ -6,7 +6,8 @@ from .downstream import register_in_downstream_scopes
 from .grids import grid_sizes_for_input
 from .hmhsa import HMHSA, merge_tokens, parse_grid_sizes
 from .pretrained import LoadReport, load_backbone_checkpoint
-from .transcnn import TransCNN
+from .released import RELEASED, convert_released
+from .transcnn import STYLES, TransCNN
 
 register_in_downstream_scopes()
 
@@ -14,5 +15,5 @@ __all__ = [
     'HMHSA', 'TransCNN', 'ConvStem', 'InvertedResidual',
     'TwoBranchDownsample', 'TransCNNBlock', 'merge_tokens',
     'parse_grid_sizes', 'load_backbone_checkpoint', 'LoadReport',
-    'grid_sizes_for_input'
+    'grid_sizes_for_input', 'RELEASED', 'convert_released', 'STYLES'
 ]

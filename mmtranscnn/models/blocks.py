@@ -20,9 +20,12 @@ Choices made for speed, none of which changes what is computed:
   the depthwise-conv backward in training) live in :mod:`.fastpath`, whose
   layers the blocks are built from; they compute what the plain layers do.
 """
-from typing import Optional
+import contextlib
+import warnings
+from typing import Iterator, Optional, Union
 
 import torch
+from mmcv.cnn import build_activation_layer
 from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
 from torch import Tensor, nn
@@ -31,6 +34,18 @@ from mmtranscnn.registry import MODELS
 
 from .fastpath import ConvNormAct, DepthwiseConv2d, add_residual
 from .hmhsa import HMHSA
+
+IRB_NORM_LAYOUTS = ('conv-norm', 'pre-post')
+TDB_POOLS = ('avg', 'max', None)
+
+
+@contextlib.contextmanager
+def _bias_before_norm_allowed() -> Iterator[None]:
+    """Silence mmcv's warning about a conv bias before a norm: the released
+    networks have one (``bias=True``), and their weights need it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', 'Unnecessary conv bias')
+        yield
 
 
 class ConvStem(BaseModule):
@@ -42,6 +57,13 @@ class ConvStem(BaseModule):
         out_channels (int): channels of the second conv. Default: 64.
         norm_cfg (dict): norm config. Default: BN.
         act_cfg (dict): activation config. Default: SiLU.
+        bias (bool | str): conv biases, ConvModule's convention ('auto':
+            none before a norm). The released networks keep a bias before
+            the norm too (True). Default: 'auto'.
+        last_norm_act (bool): norm and activation after the second conv
+            too (our reading of §3.3: two alike "3x3 conv" layers). The
+            released networks end the stem with the bare conv (False).
+            Default: True.
     """
 
     def __init__(self,
@@ -50,12 +72,20 @@ class ConvStem(BaseModule):
                  out_channels: int = 64,
                  norm_cfg: dict = dict(type='BN'),
                  act_cfg: dict = dict(type='SiLU'),
+                 bias: Union[bool, str] = 'auto',
+                 last_norm_act: bool = True,
                  init_cfg: Optional[dict] = None):
         super().__init__(init_cfg=init_cfg)
-        common = dict(kernel_size=3, stride=2, padding=1, norm_cfg=norm_cfg,
-                      act_cfg=act_cfg, efficient_conv_bn_eval=True)
-        self.conv1 = ConvNormAct(in_channels, mid_channels, **common)
-        self.conv2 = ConvNormAct(mid_channels, out_channels, **common)
+        common = dict(kernel_size=3, stride=2, padding=1, bias=bias,
+                      efficient_conv_bn_eval=True)
+        with _bias_before_norm_allowed():
+            self.conv1 = ConvNormAct(in_channels, mid_channels,
+                                     norm_cfg=norm_cfg, act_cfg=act_cfg,
+                                     **common)
+        self.conv2 = ConvNormAct(
+            mid_channels, out_channels,
+            norm_cfg=norm_cfg if last_norm_act else None,
+            act_cfg=act_cfg if last_norm_act else None, **common)
 
     def forward(self, x: Tensor) -> Tensor:
         # Channels-last from here on (see the module docstring); copying the
@@ -69,8 +99,14 @@ class InvertedResidual(BaseModule):
     """Inverted residual bottleneck (IRB, Fig. 1c).
 
     1x1 conv expanding C to E*C channels, KxK depthwise conv, 1x1 conv back
-    to C, each followed by a norm; activations after the first two; an
-    identity shortcut around the whole.
+    to C; activations after the first two; an identity shortcut around the
+    whole. Where the norms sit is ``norm_layout``:
+
+    * ``'conv-norm'``: a norm after each of the three convs (Fig. 1c; also
+      the first released version, ``TransCNN.py``);
+    * ``'pre-post'``: a norm on the block input before the expansion, none
+      after the depthwise conv, one after the projection (the journal
+      version, ``HAT_Net.py``).
 
     Args:
         channels (int): input and output channels C.
@@ -79,6 +115,8 @@ class InvertedResidual(BaseModule):
         norm_cfg (dict): norm config. Default: BN.
         act_cfg (dict): activation config. Default: SiLU.
         drop_path_rate (float): stochastic depth on the residual branch.
+        norm_layout (str): ``'conv-norm'`` or ``'pre-post'``.
+            Default: 'conv-norm'.
     """
 
     def __init__(self,
@@ -88,21 +126,36 @@ class InvertedResidual(BaseModule):
                  norm_cfg: dict = dict(type='BN'),
                  act_cfg: dict = dict(type='SiLU'),
                  drop_path_rate: float = 0.,
+                 norm_layout: str = 'conv-norm',
                  init_cfg: Optional[dict] = None):
         super().__init__(init_cfg=init_cfg)
         if kernel_size % 2 != 1:
             raise ValueError(f'kernel_size must be odd, got {kernel_size}')
+        if norm_layout not in IRB_NORM_LAYOUTS:
+            raise ValueError(f'norm_layout must be one of {IRB_NORM_LAYOUTS}'
+                             f', got {norm_layout!r}')
         hidden = int(round(channels * expand_ratio))
+        self.norm_layout = norm_layout
         fold = dict(efficient_conv_bn_eval=True)
-        self.expand = ConvNormAct(channels, hidden, 1, norm_cfg=norm_cfg,
-                                 act_cfg=act_cfg, **fold)
-        self.depthwise = ConvNormAct(hidden, hidden, kernel_size,
-                                    padding=kernel_size // 2, groups=hidden,
-                                    conv_cfg=dict(type=DepthwiseConv2d),
-                                    norm_cfg=norm_cfg, act_cfg=act_cfg,
-                                    **fold)
+        depthwise = dict(padding=kernel_size // 2, groups=hidden,
+                         conv_cfg=dict(type=DepthwiseConv2d))
+        if norm_layout == 'conv-norm':
+            self.expand = ConvNormAct(channels, hidden, 1, norm_cfg=norm_cfg,
+                                      act_cfg=act_cfg, **fold)
+            self.depthwise = ConvNormAct(hidden, hidden, kernel_size,
+                                         norm_cfg=norm_cfg, act_cfg=act_cfg,
+                                         **depthwise, **fold)
+        else:
+            # The norm runs on the input, before the conv (nothing to fold;
+            # ConvNormAct then runs its plain path).
+            self.expand = ConvNormAct(channels, hidden, 1, norm_cfg=norm_cfg,
+                                      act_cfg=act_cfg,
+                                      order=('norm', 'conv', 'act'))
+            self.depthwise = ConvNormAct(hidden, hidden, kernel_size,
+                                         bias=False, norm_cfg=None,
+                                         act_cfg=act_cfg, **depthwise)
         self.project = ConvNormAct(hidden, channels, 1, norm_cfg=norm_cfg,
-                                  act_cfg=None, **fold)
+                                   act_cfg=None, **fold)
         self.drop_path = (DropPath(drop_path_rate)
                           if drop_path_rate > 0 else nn.Identity())
 
@@ -115,32 +168,58 @@ class InvertedResidual(BaseModule):
 class TwoBranchDownsample(BaseModule):
     """Two-branch downsampling block (TDB, Fig. 1d).
 
-    A 3x3 stride-2 conv, plus a 2x2 average pool followed by a 1x1 conv,
-    summed. Odd sizes round up in both branches (``ceil_mode``), so the
-    output is ceil(H/2) x ceil(W/2) like the strided conv's.
+    A 3x3 stride-2 conv, plus a 2x2 pool followed by a 1x1 conv, each
+    followed by a norm, summed. Odd sizes round up in both branches
+    (``ceil_mode``: an overhanging window pools its real positions only), so
+    the output is ceil(H/2) x ceil(W/2) like the strided conv's.
+
+    The released networks differ: ``TransCNN.py`` pools with a max and
+    applies an activation to the sum (``pool='max'``,
+    ``act_cfg=dict(type='SiLU')``); ``HAT_Net.py`` has the conv branch only
+    (``pool=None``, the "direct downsampling" of §4.2). Both keep the conv
+    biases before the norms (``bias=True``).
 
     Args:
         in_channels (int): input channels.
         out_channels (int): output channels.
         norm_cfg (dict): norm config (after each branch's conv). Default: BN.
+        pool (str | None): the second branch's pool, ``'avg'`` or ``'max'``,
+            or None for no second branch. Default: 'avg'.
+        act_cfg (dict, optional): activation after the sum. Default: None.
+        bias (bool | str): conv biases, ConvModule's convention.
+            Default: 'auto' (none before a norm).
     """
 
     def __init__(self,
                  in_channels: int,
                  out_channels: int,
                  norm_cfg: dict = dict(type='BN'),
+                 pool: Optional[str] = 'avg',
+                 act_cfg: Optional[dict] = None,
+                 bias: Union[bool, str] = 'auto',
                  init_cfg: Optional[dict] = None):
         super().__init__(init_cfg=init_cfg)
-        fold = dict(efficient_conv_bn_eval=True)
-        self.conv_branch = ConvNormAct(in_channels, out_channels, 3, stride=2,
-                                      padding=1, norm_cfg=norm_cfg,
-                                      act_cfg=None, **fold)
-        self.pool = nn.AvgPool2d(2, stride=2, ceil_mode=True)
-        self.pool_branch = ConvNormAct(in_channels, out_channels, 1,
-                                      norm_cfg=norm_cfg, act_cfg=None, **fold)
+        if pool not in TDB_POOLS:
+            raise ValueError(f'pool must be one of {TDB_POOLS}, got {pool!r}')
+        common = dict(norm_cfg=norm_cfg, act_cfg=None, bias=bias,
+                      efficient_conv_bn_eval=True)
+        with _bias_before_norm_allowed():
+            self.conv_branch = ConvNormAct(in_channels, out_channels, 3,
+                                           stride=2, padding=1, **common)
+        self.pool = self.pool_branch = None
+        if pool is not None:
+            pool_layer = nn.AvgPool2d if pool == 'avg' else nn.MaxPool2d
+            self.pool = pool_layer(2, stride=2, ceil_mode=True)
+            with _bias_before_norm_allowed():
+                self.pool_branch = ConvNormAct(in_channels, out_channels, 1,
+                                               **common)
+        self.act = build_activation_layer(act_cfg) if act_cfg else None
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv_branch(x) + self.pool_branch(self.pool(x))
+        out = self.conv_branch(x)
+        if self.pool is not None:
+            out = out + self.pool_branch(self.pool(x))
+        return out if self.act is None else self.act(out)
 
 
 class TransCNNBlock(BaseModule):
@@ -157,6 +236,12 @@ class TransCNNBlock(BaseModule):
         act_cfg (dict): activation config of the IRB.
         drop_path_rate (float): stochastic depth of both residual branches.
         with_cp (bool): recompute the block in backward to save memory.
+        attn_options (dict, optional): further :class:`HMHSA` arguments
+            (``pool_ratios``, ``pool_mode``, ``level0_shortcut``,
+            ``grid_norm_cfg``, ``ds_norm_cfg``, ``output_sum``,
+            ``unused_proj_norm_cfg``). Default: None (HMHSA's defaults).
+        irb_norm_layout (str): the IRB's ``norm_layout``.
+            Default: 'conv-norm'.
     """
 
     def __init__(self,
@@ -170,15 +255,19 @@ class TransCNNBlock(BaseModule):
                  act_cfg: dict = dict(type='SiLU'),
                  drop_path_rate: float = 0.,
                  with_cp: bool = False,
+                 attn_options: Optional[dict] = None,
+                 irb_norm_layout: str = 'conv-norm',
                  init_cfg: Optional[dict] = None):
         super().__init__(init_cfg=init_cfg)
         self.with_cp = with_cp
         self.attn = HMHSA(channels, grid_sizes=grid_sizes, head_dim=head_dim,
                           query_from=query_from, norm_cfg=norm_cfg,
-                          drop_path_rate=drop_path_rate)
+                          drop_path_rate=drop_path_rate,
+                          **(attn_options or {}))
         self.irb = InvertedResidual(channels, expand_ratio, kernel_size,
                                     norm_cfg=norm_cfg, act_cfg=act_cfg,
-                                    drop_path_rate=drop_path_rate)
+                                    drop_path_rate=drop_path_rate,
+                                    norm_layout=irb_norm_layout)
 
     def _inner_forward(self, x: Tensor) -> Tensor:
         return self.irb(self.attn(x))

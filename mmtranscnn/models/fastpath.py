@@ -19,8 +19,19 @@ function:
   depthwise conv with k > 3 through oneDNN's fast kernels only (the input
   gradient as a forward conv with the flipped kernel, the weight gradient
   from 3x3 pieces), where oneDNN's own k x k backward is slow.
+* :func:`scaled_dot_product_attention`: at CPU inference, SDPA's fused
+  kernel or a plain matmul + softmax + matmul, whichever is faster for the
+  shape (the fused kernel has a high fixed cost per grid, which dominates
+  for the small grids of the deeper stages).
 * :func:`add_residual`: without autograd, the residual sum is written into
   the branch output (one map fewer per block).
+
+Where two ways compute the same function and neither is faster on every CPU
+and shape, the choice is made by measurement, per shape, on the machine at
+hand (:class:`ShapeTuner`, in the spirit of ``cudnn.benchmark``): the first
+time a layer meets a shape class, each way runs a few times on those very
+inputs and the fastest is kept for that shape class. Nothing is decided by
+the CPU's name.
 
 The switch
 ----------
@@ -43,8 +54,10 @@ to AVX2.
 """
 import contextlib
 import functools
+import math
 import os
-from typing import Callable, Iterator, Optional, Tuple
+import time
+from typing import Callable, Dict, Hashable, Iterator, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -185,17 +198,156 @@ def add_residual(x: Tensor, branch: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------
+# Choosing between equal implementations by measurement
+# ---------------------------------------------------------------------------
+def size_class(numel: int) -> int:
+    """Shape classes by size: sizes within a factor of 2 share a class."""
+    return max(int(numel), 1).bit_length()
+
+
+class ShapeTuner:
+    """Keeps, per shape class, the fastest of several implementations of
+    one function, timed on the first inputs of that class.
+
+    Args:
+        name: what is tuned (for :func:`tuning_report`).
+        candidates: implementation name -> callable; all compute the same
+            function of the same arguments. The first is the plain one.
+        repeats: timed runs per candidate (after one warm-up run); the
+            fastest run counts.
+        trial: ``trial(fn, args)`` runs one timed trial of a candidate;
+            default ``fn(*args)``. A training tuner passes one that also
+            runs the backward.
+    """
+
+    def __init__(self, name: str, candidates: Dict[str, Callable],
+                 repeats: int = 2, trial: Optional[Callable] = None):
+        self.name = name
+        self.candidates = dict(candidates)
+        self.repeats = repeats
+        self.trial = trial or (lambda fn, args: fn(*args))
+        self.choices: Dict[Hashable, str] = {}
+
+    def _measure(self, args) -> str:
+        best, best_time = None, math.inf
+        for name, fn in self.candidates.items():
+            self.trial(fn, args)  # warm-up: first-call costs
+            for _ in range(self.repeats):
+                start = time.perf_counter()
+                self.trial(fn, args)
+                elapsed = time.perf_counter() - start
+                if elapsed < best_time:
+                    best, best_time = name, elapsed
+        return best
+
+    def __call__(self, key: Hashable, *args):
+        choice = self.choices.get(key)
+        if choice is None:
+            choice = self.choices[key] = self._measure(args)
+        return self.candidates[choice](*args)
+
+
+_TUNERS: Dict[str, ShapeTuner] = {}
+
+
+def _tuner(name: str, candidates: Dict[str, Callable],
+           trial: Optional[Callable] = None) -> ShapeTuner:
+    if name not in _TUNERS:
+        _TUNERS[name] = ShapeTuner(name, candidates, trial=trial)
+    return _TUNERS[name]
+
+
+def tuning_report() -> Dict[str, Dict[Hashable, str]]:
+    """What each tuner chose so far: tuner -> shape class -> choice."""
+    return {name: dict(t.choices) for name, t in _TUNERS.items()}
+
+
+def reset_tuning() -> None:
+    """Forget every choice (the next inputs are measured again)."""
+    for t in _TUNERS.values():
+        t.choices.clear()
+
+
+# ---------------------------------------------------------------------------
+# Attention
+# ---------------------------------------------------------------------------
+def matmul_attention(q: Tensor, k: Tensor, v: Tensor,
+                     attn_mask: Optional[Tensor] = None) -> Tensor:
+    """softmax(q k^T / sqrt(d) + mask) v with plain matmuls; the same
+    function as SDPA (a boolean mask marks the keys that may be seen)."""
+    scores = torch.matmul(q, k.transpose(-2, -1)).mul_(q.shape[-1]**-0.5)
+    if attn_mask is not None:
+        scores.masked_fill_(~attn_mask, float('-inf'))
+    return torch.matmul(scores.softmax(-1), v)
+
+
+def _sdpa(q, k, v, attn_mask):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+
+
+def _forward_backward(fn, args):
+    """One training trial: forward and backward on detached copies, so the
+    caller's graph is untouched. Identity saved-tensor hooks on top keep
+    an enclosing activation checkpoint (``with_cp``) out of the trial."""
+    q, k, v = (t.detach().requires_grad_() for t in args[:3])
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+        out = fn(q, k, v, *args[3:])
+        out.backward(torch.ones_like(out))
+
+
+def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor,
+                                 attn_mask: Optional[Tensor] = None,
+                                 dropout_p: float = 0.) -> Tensor:
+    """``F.scaled_dot_product_attention`` (boolean masks only); on the CPU
+    (float32, no dropout) SDPA's kernel or :func:`matmul_attention`,
+    whichever is faster for the shape class: at inference timed forward
+    only, in training timed forward + backward (SDPA's CPU backward costs
+    about 2.6x its forward on the small grids).
+
+    Args:
+        q: (N, heads, Lq, d) queries.
+        k, v: (N, heads, Lk, d) keys and values.
+        attn_mask: boolean mask broadcastable to (N, heads, Lq, Lk), True
+            where a key may be seen; or None.
+        dropout_p: attention dropout (training only).
+    """
+    candidates = dict(sdpa=_sdpa, matmul=matmul_attention)
+    key = (tuple(q.shape[1:]), k.shape[-2], attn_mask is not None,
+           size_class(q.shape[0]))
+    if dropout_p == 0 and inference_applies(q):
+        return _tuner('attention', candidates)(key, q, k, v, attn_mask)
+    if (dropout_p == 0 and q.dtype == torch.float32 and training_applies(q)
+            and (q.requires_grad or k.requires_grad or v.requires_grad)):
+        return _tuner('attention-train', candidates,
+                      _forward_backward)(key, q, k, v, attn_mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                          dropout_p=dropout_p)
+
+
+# ---------------------------------------------------------------------------
 # Linear
 # ---------------------------------------------------------------------------
+def _aten_linear(layer, x):
+    return F.linear(x, layer.weight, layer.bias)
+
+
+def _onednn_linear(layer, x):
+    return kernel('_linear_pointwise')(x, layer.weight, layer.bias, 'none',
+                                       [], '')
+
+
 class Linear(nn.Linear):
-    """``nn.Linear``; at CPU float32 inference through oneDNN's linear
-    kernel (bias added inside the GEMM)."""
+    """``nn.Linear``; at CPU float32 inference aten's or oneDNN's linear
+    kernel (bias added inside the GEMM), whichever is faster for the shape
+    class."""
 
     def forward(self, x: Tensor) -> Tensor:
-        fused = kernel('_linear_pointwise')
-        if fused is None or not inference_applies(x):
+        if kernel('_linear_pointwise') is None or not inference_applies(x):
             return super().forward(x)
-        return fused(x, self.weight, self.bias, 'none', [], '')
+        key = (self.in_features, self.out_features, self.bias is not None,
+               size_class(x.numel() // self.in_features))
+        return _tuner('linear', dict(aten=_aten_linear,
+                                     onednn=_onednn_linear))(key, self, x)
 
 
 # ---------------------------------------------------------------------------
@@ -231,30 +383,46 @@ def _folds(module: ConvModule, x: Tensor) -> bool:
             and x.is_contiguous(memory_format=torch.channels_last))
 
 
+def _module_conv(module, x, act):
+    """The module as it is (mmcv's eval-time folding, then the act)."""
+    return ConvModule.forward(module, x)
+
+
+def _onednn_conv(module, x, act):
+    """Conv + eval-mode BN + activation ``act`` in one oneDNN call."""
+    conv, bn = module.conv, module.norm
+    scale = bn.running_var.add(bn.eps).rsqrt()
+    if bn.affine:
+        scale = scale * bn.weight
+    weight = (conv.weight * scale.view(-1, 1, 1, 1)).contiguous(
+        memory_format=torch.channels_last)
+    bias = -bn.running_mean if conv.bias is None else \
+        conv.bias - bn.running_mean
+    bias = bias * scale
+    if bn.affine:
+        bias = bias + bn.bias
+    return kernel('_convolution_pointwise')(
+        x, weight, bias, list(conv.padding), list(conv.stride),
+        list(conv.dilation), conv.groups, act[0], [], act[1])
+
+
 class ConvNormAct(ConvModule):
     """mmcv's ``ConvModule``; at CPU float32 inference with an eval-mode BN,
-    conv + BN + activation in one oneDNN call."""
+    the module as it is (conv with folded BN, then the activation) or conv
+    + BN + activation in one oneDNN call, whichever is faster for the shape
+    class."""
 
     def forward(self, x: Tensor, activate: bool = True,
                 norm: bool = True) -> Tensor:
-        fused = kernel('_convolution_pointwise')
         act = _fused_activation(self) if activate and norm else None
-        if (fused is None or act is None or not inference_applies(x)
-                or not _folds(self, x)):
+        if (kernel('_convolution_pointwise') is None or act is None
+                or not inference_applies(x) or not _folds(self, x)):
             return super().forward(x, activate, norm)
-        conv, bn = self.conv, self.norm
-        scale = bn.running_var.add(bn.eps).rsqrt()
-        if bn.affine:
-            scale = scale * bn.weight
-        weight = (conv.weight * scale.view(-1, 1, 1, 1)).contiguous(
-            memory_format=torch.channels_last)
-        bias = -bn.running_mean if conv.bias is None else \
-            conv.bias - bn.running_mean
-        bias = bias * scale
-        if bn.affine:
-            bias = bias + bn.bias
-        return fused(x, weight, bias, list(conv.padding), list(conv.stride),
-                     list(conv.dilation), conv.groups, act[0], [], act[1])
+        conv = self.conv
+        key = (conv.in_channels, conv.out_channels, conv.kernel_size,
+               conv.stride, conv.groups, act, size_class(x.numel()))
+        return _tuner('conv', dict(module=_module_conv,
+                                   onednn=_onednn_conv))(key, self, x, act)
 
 
 # ---------------------------------------------------------------------------
@@ -352,4 +520,6 @@ class DepthwiseConv2d(nn.Conv2d):
 
 __all__ = ['ENV_VAR', 'set_enabled', 'is_enabled', 'enabled', 'kernel',
            'inference_applies', 'training_applies', 'add_residual', 'Linear',
-           'ConvNormAct', 'DepthwiseConv2d', 'depthwise_weight_grad']
+           'ConvNormAct', 'DepthwiseConv2d', 'depthwise_weight_grad',
+           'ShapeTuner', 'tuning_report', 'reset_tuning', 'size_class',
+           'matmul_attention', 'scaled_dot_product_attention']

@@ -27,6 +27,21 @@ maps that are merged for the next level, while the sum of Eq. 12 adds the
 attention outputs ``attn_i``. With a single level this is exactly plain MHSA
 (Eq. 1-2: ``attn Wp + X``), as the paper states H-MHSA generalises it.
 
+The authors' released networks (``TransCNN.py`` and ``HAT_Net.py``, whose
+ImageNet weights are published) read these equations differently in five
+places. Each is an option here, so the same module computes either function
+(docs/released_weights.md lists every difference):
+
+* ``level0_shortcut='input'``: Eq. 7 adds the block input X itself, before
+  the pre-norm (ours adds the normalised map the attention saw);
+* ``grid_norm_cfg``: a norm on ``A0 = X + attn_0``;
+* ``pool_mode='avg'`` and ``pool_ratios``: Eq. 8 is an average pool only,
+  by a ratio of its own (8/4/2 per stage) instead of the level-0 grid;
+* ``ds_norm_cfg``: a norm on the pooled tokens before the key/value
+  projection;
+* ``output_sum='level0_map'``: Eq. 12 sums ``A0`` (residual and norm
+  included) instead of ``attn_0``, i.e. ``(A0 + attn_1) Wp + X``.
+
 Grid sizes hold no weights: level 0 owns the ``qkv`` projection, all levels
 above 0 share one ``q`` and one ``kv`` projection, and pooling is
 parameter-free. A state dict therefore loads strictly into a module built
@@ -47,9 +62,13 @@ from torch import Tensor, nn
 
 from mmtranscnn.registry import MODELS
 
-from .fastpath import Linear, add_residual
+from .fastpath import (Linear, add_residual,
+                       scaled_dot_product_attention)
 
 QUERY_FORMS = ('full', 'merged')
+POOL_MODES = ('max+avg', 'avg')
+LEVEL0_SHORTCUTS = ('normed', 'input')
+OUTPUT_SUMS = ('attention', 'level0_map')
 
 
 def parse_grid_sizes(value: Union[int, Sequence[int], None],
@@ -150,14 +169,16 @@ def _unwindows(t: Tensor, b: int, h: int, w: int,
     return t.reshape(b, h, w, c)
 
 
-def merge_tokens(t: Tensor, valid: Optional[Tensor],
-                 g: int) -> Tuple[Tensor, Optional[Tensor]]:
+def merge_tokens(t: Tensor, valid: Optional[Tensor], g: int,
+                 mode: str = 'max+avg') -> Tuple[Tensor, Optional[Tensor]]:
     """Eq. 8: MaxPool_g + AvgPool_g over g x g regions, ignoring padding.
 
     Args:
         t: (B, H, W, C) map.
         valid: (B, H, W) bool mask of real positions, or None if all are.
         g: region side length (kernel = stride = g).
+        mode: ``'max+avg'`` (Eq. 8) or ``'avg'`` (the released code's
+            ``AvgPool2d`` alone).
 
     Returns:
         The merged (B, ceil(H/g), ceil(W/g), C) map and its validity mask
@@ -171,8 +192,9 @@ def merge_tokens(t: Tensor, valid: Optional[Tensor],
         # positions only. On a contiguous (B, H, W, C) map the NCHW view is
         # channels-last, which the pooling kernels read without a copy.
         view = t.permute(0, 3, 1, 2)
-        merged = (F.max_pool2d(view, g, g, ceil_mode=True) +
-                  F.avg_pool2d(view, g, g, ceil_mode=True))
+        merged = F.avg_pool2d(view, g, g, ceil_mode=True)
+        if mode == 'max+avg':
+            merged = merged + F.max_pool2d(view, g, g, ceil_mode=True)
         return merged.permute(0, 2, 3, 1), None
     ph, pw = (-h) % g, (-w) % g
     t = _pad_bottom_right(t, ph, pw)
@@ -181,10 +203,12 @@ def merge_tokens(t: Tensor, valid: Optional[Tensor],
     mask = valid.reshape(b, hh, g, ww, g, 1)
     regions = t.reshape(b, hh, g, ww, g, c)
     count = mask.sum(dim=(2, 4))
-    top = regions.masked_fill(~mask, float('-inf')).amax(dim=(2, 4))
     mean = regions.masked_fill(~mask, 0.).sum(dim=(2, 4)) / count.clamp(min=1)
+    if mode == 'max+avg':
+        mean = mean + regions.masked_fill(~mask, float('-inf')).amax(
+            dim=(2, 4))
     merged_valid = (count > 0).squeeze(-1)
-    merged = (top + mean).masked_fill(~merged_valid.unsqueeze(-1), 0.)
+    merged = mean.masked_fill(~merged_valid.unsqueeze(-1), 0.)
     # The mask is returned as it is, even where every merged token is real:
     # asking the tensor would be a host-device sync on accelerators.
     return merged, merged_valid
@@ -212,6 +236,29 @@ class HMHSA(BaseModule):
         attn_drop (float): dropout on attention weights. Default: 0.
         drop_path_rate (float): stochastic depth on the attention branch.
             Default: 0.
+        pool_ratios (int | Sequence[int], optional): per-level merge ratios
+            ``(R1, R2, ...)``, one per entry of ``grid_sizes``: level i > 0
+            pools the previous level's map by ``R_i``. None merges each
+            level's grid, ``R_i = G_(i-1)`` (Eq. 8). The released networks
+            pool by their own ratio, e.g. window 8 but ratio 4 in stage 3.
+            Default: None.
+        pool_mode (str): ``'max+avg'`` (Eq. 8) or ``'avg'`` (released).
+            Default: 'max+avg'.
+        level0_shortcut (str): what Eq. 7 adds to ``attn_0``: ``'normed'``
+            (the normalised map the attention saw) or ``'input'`` (the block
+            input before ``norm_cfg``, as released). Default: 'normed'.
+        grid_norm_cfg (dict, optional): a norm on ``A0`` (released:
+            ``grid_norm``). Default: None.
+        ds_norm_cfg (dict, optional): a norm on the pooled tokens before
+            the key/value projection (released: ``ds_norm``). Default: None.
+        output_sum (str): what Eq. 12 adds to the higher levels:
+            ``'attention'`` (``attn_0``) or ``'level0_map'`` (``A0`` with
+            its shortcut and norm, as released). Default: 'attention'.
+        unused_proj_norm_cfg (dict, optional): build a norm named
+            ``proj_norm`` that is never applied, with frozen parameters
+            (HAT_Net.py builds one in every attention block and never calls
+            it; keeping it lets the released files load strictly and the
+            parameter count match). Default: None.
         init_cfg (dict, optional): mmengine initialisation config.
     """
 
@@ -224,6 +271,13 @@ class HMHSA(BaseModule):
                  norm_cfg: Optional[dict] = None,
                  attn_drop: float = 0.,
                  drop_path_rate: float = 0.,
+                 pool_ratios: Union[int, Sequence[int], None] = None,
+                 pool_mode: str = 'max+avg',
+                 level0_shortcut: str = 'normed',
+                 grid_norm_cfg: Optional[dict] = None,
+                 ds_norm_cfg: Optional[dict] = None,
+                 output_sum: str = 'attention',
+                 unused_proj_norm_cfg: Optional[dict] = None,
                  init_cfg: Optional[dict] = None):
         super().__init__(init_cfg=init_cfg)
         if not isinstance(embed_dims, int) or embed_dims < 1:
@@ -236,12 +290,23 @@ class HMHSA(BaseModule):
         if query_from not in QUERY_FORMS:
             raise ValueError(f'query_from must be one of {QUERY_FORMS}, got '
                              f'{query_from!r}')
+        for field, value, allowed in (
+                ('pool_mode', pool_mode, POOL_MODES),
+                ('level0_shortcut', level0_shortcut, LEVEL0_SHORTCUTS),
+                ('output_sum', output_sum, OUTPUT_SUMS)):
+            if value not in allowed:
+                raise ValueError(f'{field} must be one of {allowed}, got '
+                                 f'{value!r}')
         self.embed_dims = embed_dims
         self.num_heads = embed_dims // head_dim
         self.head_dim = head_dim
         self.grid_sizes = parse_grid_sizes(grid_sizes)
+        self.pool_ratios = self._parse_pool_ratios(pool_ratios)
         self.query_from = query_from
         self.attn_drop = attn_drop
+        self.pool_mode = pool_mode
+        self.level0_shortcut = level0_shortcut
+        self.output_sum = output_sum
 
         self.norm = (build_norm_layer(norm_cfg, embed_dims)[1]
                      if norm_cfg is not None else nn.Identity())
@@ -254,6 +319,37 @@ class HMHSA(BaseModule):
         self.proj = Linear(embed_dims, embed_dims)
         self.drop_path = (DropPath(drop_path_rate)
                           if drop_path_rate > 0 else nn.Identity())
+        # The released code builds these two only in hierarchical blocks.
+        self.grid_norm = self.ds_norm = None
+        if self.hierarchical and grid_norm_cfg is not None:
+            self.grid_norm = build_norm_layer(grid_norm_cfg, embed_dims)[1]
+        if self.hierarchical and ds_norm_cfg is not None:
+            self.ds_norm = build_norm_layer(ds_norm_cfg, embed_dims)[1]
+        if unused_proj_norm_cfg is not None:
+            # HAT-Net's dead layer, kept for its weights only: never called;
+            # frozen, so no optimizer or DDP reducer waits for its gradient.
+            self.proj_norm = build_norm_layer(unused_proj_norm_cfg,
+                                              embed_dims)[1]
+            self.proj_norm.requires_grad_(False)
+
+    def _parse_pool_ratios(self, value) -> Tuple[int, ...]:
+        """One merge ratio per grid level; defaults to the grids (Eq. 8)."""
+        if value is None or (not self.hierarchical and value in (0, ())):
+            return self.grid_sizes
+        ratios = parse_grid_sizes(value, 'pool_ratios')
+        if len(ratios) != len(self.grid_sizes):
+            raise ValueError(
+                f'pool_ratios needs one ratio per entry of grid_sizes '
+                f'{self.grid_sizes} (level i > 0 pools by the i-th), got '
+                f'{value!r}')
+        return ratios
+
+    @staticmethod
+    def _norm_tokens(norm: Optional[nn.Module], t: Tensor) -> Tensor:
+        """A (B, C, H, W) norm layer applied to a (B, H, W, C) map."""
+        if norm is None:
+            return t
+        return norm(t.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
     @property
     def hierarchical(self) -> bool:
@@ -261,9 +357,17 @@ class HMHSA(BaseModule):
         return len(self.grid_sizes) > 0
 
     def extra_repr(self) -> str:
-        return (f'embed_dims={self.embed_dims}, num_heads={self.num_heads}, '
+        text = (f'embed_dims={self.embed_dims}, num_heads={self.num_heads}, '
                 f'grid_sizes={self.grid_sizes}, '
                 f'query_from={self.query_from!r}')
+        if self.pool_ratios != self.grid_sizes:
+            text += f', pool_ratios={self.pool_ratios}'
+        for name, default in (('pool_mode', 'max+avg'),
+                              ('level0_shortcut', 'normed'),
+                              ('output_sum', 'attention')):
+            if getattr(self, name) != default:
+                text += f', {name}={getattr(self, name)!r}'
+        return text
 
     # -- attention primitives ---------------------------------------------
     def _attend(self, q: Tensor, k: Tensor, v: Tensor,
@@ -277,7 +381,7 @@ class HMHSA(BaseModule):
             # cropped, so let them see their own padding instead.
             empty = ~key_valid.any(dim=-1, keepdim=True)
             mask = (key_valid | empty)[:, None, None, :]
-        return F.scaled_dot_product_attention(
+        return scaled_dot_product_attention(
             q, k, v, attn_mask=mask,
             dropout_p=self.attn_drop if self.training else 0.)
 
@@ -343,7 +447,17 @@ class HMHSA(BaseModule):
         attn = self._level0(tokens, grids[0] if grids else None)
         total = attn
         if grids:
-            total = total + self._higher_levels(tokens + attn, h, w)
+            # Eq. 7: A0 = X + attn_0. Ours adds the normalised map the
+            # attention saw; the released code adds the raw block input.
+            shortcut = (tokens if self.level0_shortcut == 'normed' else
+                        x.permute(0, 2, 3, 1))
+            # Released only: a norm on A0 (its grid_norm); None: identity.
+            a0 = self._norm_tokens(self.grid_norm, shortcut + attn)
+            # Eq. 12: ours sums attn_0 (one level is then plain MHSA); the
+            # released code sums A0 itself, residual and norm included.
+            if self.output_sum == 'level0_map':
+                total = a0
+            total = total + self._higher_levels(a0, h, w)
 
         # Back to (B, C, H, W); channels-last memory, no copy.
         out = self.drop_path(self.proj(total).permute(0, 3, 1, 2))
@@ -396,18 +510,25 @@ class HMHSA(BaseModule):
         total = None
         level = 1
         while True:
-            merged, valid = merge_tokens(prev, valid, grids[level - 1])
-            region *= grids[level - 1]
+            # Eq. 8 by the level's ratio (the previous grid unless set;
+            # released: its own ratio, average pooling only).
+            ratio = self.pool_ratios[level - 1]
+            merged, valid = merge_tokens(prev, valid, ratio, self.pool_mode)
+            region *= ratio
             mh, mw = merged.shape[1:3]
             last = level == len(grids) or (mh <= grids[level]
                                            and mw <= grids[level])
             g = None if last else grids[level]
-            kv = self.kv(merged)  # keys|values, packed
+            # Merged maps hold real tokens only (pooling with ceil_mode
+            # averages the real positions of a region), so a norm sees no
+            # padding. Released only: a norm on them (its ds_norm).
+            keys = self._norm_tokens(self.ds_norm, merged)
+            kv = self.kv(keys)  # keys|values, packed
             if full_res_queries:
                 attn = self._grid_attention(query, kv, valid, g, region)
                 prev = merged  # next level pools this level's tokens
             else:
-                attn = self._grid_attention(self.q(merged), kv, valid, g)
+                attn = self._grid_attention(self.q(keys), kv, valid, g)
                 prev = merged + attn  # Eq. 11
                 # Nearest upsampling: each merged token back over its
                 # region, in one copy.
@@ -421,4 +542,5 @@ class HMHSA(BaseModule):
             level += 1
 
 
-__all__ = ['HMHSA', 'merge_tokens', 'parse_grid_sizes', 'QUERY_FORMS']
+__all__ = ['HMHSA', 'merge_tokens', 'parse_grid_sizes', 'QUERY_FORMS',
+           'POOL_MODES', 'LEVEL0_SHORTCUTS', 'OUTPUT_SUMS']

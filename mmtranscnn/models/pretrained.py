@@ -5,21 +5,31 @@ logs the keys it skipped, so a wrong file can leave a detector with a
 half-random backbone. :func:`load_backbone_checkpoint` accepts the layouts our
 tools produce (a full mmpretrain/mmdet checkpoint, its ``state_dict`` with a
 ``backbone.`` prefix, a DDP ``module.`` prefix, or a backbone-only file) and
-fails, naming the keys, when the file does not fit the model.
+the authors' released ImageNet files as downloaded (a raw state dict or
+``{'model': ...}``, possibly with the training script's
+``argparse.Namespace`` beside it; see :mod:`.released`), and fails, naming
+the keys, when the file does not fit the model.
 """
+import argparse
+import contextlib
 import os.path as osp
-from typing import List, NamedTuple, Optional
+import threading
+from typing import Iterator, List, NamedTuple, Optional
 
+import torch
 from mmengine.runner.checkpoint import CheckpointLoader
 from torch import nn
 
 from mmtranscnn.utils.checkpoint_safety import (mmengine_safe_globals,
                                                 safe_torch_load)
 
+from .released import RELEASED, convert_released, detect_version
+
 GET_A_CHECKPOINT = (
     'Produce one with our ImageNet configs (configs/imagenet/, then '
-    'tools/train.py), or set the backbone\'s init_cfg=None to train from '
-    'scratch on purpose.')
+    'tools/train.py), download the authors\' released file for a released '
+    'preset (README, "Released ImageNet weights"), or set the backbone\'s '
+    'init_cfg=None to train from scratch on purpose.')
 
 
 class LoadReport(NamedTuple):
@@ -50,10 +60,99 @@ def _unwrap(checkpoint) -> dict:
     return checkpoint
 
 
+def _strip_module(state_dict: dict) -> dict:
+    """Drop the ``module.`` prefix DDP/DataParallel put on every key."""
+    return {(k[7:] if k.startswith('module.') else k): v
+            for k, v in state_dict.items()}
+
+
+_args_lock = threading.Lock()
+_args_depth = 0
+_args_added = False
+
+
+@contextlib.contextmanager
+def training_script_args_allowed() -> Iterator[None]:
+    """Let ``torch.load(weights_only=True)`` rebuild an ``argparse.Namespace``.
+
+    Training scripts of the DeiT/PVT family (the authors' TransCNN/HAT-Net
+    among them) save their command-line arguments beside the weights.
+    Rebuilding a Namespace creates the object and fills its ``__dict__``;
+    nothing of it runs, and the values inside pass the same allow-list as
+    everything else. Only the loads of :func:`read_state_dict` (backbone
+    ``init_cfg`` and the converters) accept it; other mmengine loads keep the
+    allow-list of :mod:`mmtranscnn.utils.checkpoint_safety` as it is. Nested
+    and concurrent uses share a reference count, and an entry the user added
+    is left in place.
+    """
+    global _args_depth, _args_added
+    serialization = torch.serialization
+    if not hasattr(serialization, 'add_safe_globals'):  # torch < 2.4
+        yield
+        return
+    with _args_lock:
+        if _args_depth == 0:
+            _args_added = (argparse.Namespace
+                           not in serialization.get_safe_globals())
+            if _args_added:
+                serialization.add_safe_globals([argparse.Namespace])
+        _args_depth += 1
+    try:
+        yield
+    finally:
+        with _args_lock:
+            _args_depth -= 1
+            if _args_depth == 0 and _args_added:
+                keep = [g for g in serialization.get_safe_globals()
+                        if g is not argparse.Namespace]
+                serialization.clear_safe_globals()
+                serialization.add_safe_globals(keep)
+                _args_added = False
+
+
+def read_state_dict(checkpoint: str, map_location: str = 'cpu') -> dict:
+    """The state dict inside a checkpoint file, whatever its wrapping.
+
+    Accepts a raw state dict, ``{'state_dict': ...}`` (mmengine),
+    ``{'model': ...}`` (DeiT/PVT-style training scripts, which also store
+    their ``argparse.Namespace`` under ``'args'``) and ``module.``
+    prefixes. The file is read with ``torch.load(weights_only=True)`` and
+    the allow-list of :mod:`mmtranscnn.utils.checkpoint_safety`, plus
+    ``argparse.Namespace`` (:func:`training_script_args_allowed`): no
+    arbitrary pickle runs.
+
+    Args:
+        checkpoint: a local path or any URI mmengine's CheckpointLoader
+            understands.
+        map_location: where tensors are loaded.
+    """
+    with training_script_args_allowed():
+        loaded = _read(checkpoint, map_location)
+    return _strip_module(_unwrap(loaded))
+
+
+def _released_to_backbone(model: nn.Module, state_dict: dict,
+                          checkpoint: str) -> dict:
+    """Our backbone keys for a released file, checking it fits ``model``."""
+    version = detect_version(state_dict)
+    wanted = getattr(model, 'released_version', None)
+    if wanted != version:
+        presets = sorted(k for k, v in RELEASED.items()
+                         if v.version == version)
+        built = (f"a {wanted} preset" if wanted else
+                 "a preset without released weights")
+        raise RuntimeError(
+            f'checkpoint {checkpoint!r} is a released {version} file '
+            f'({"TransCNN.py" if version == "transcnn-v1" else "HAT_Net.py"})'
+            f', but the model is {built}; build it with arch set to one of '
+            f'{presets}.')
+    backbone, _head, _ = convert_released(state_dict, version)
+    return backbone
+
+
 def _select(state_dict: dict, prefix: Optional[str]) -> dict:
     """Keep the backbone's tensors and strip their prefix."""
-    state_dict = {(k[7:] if k.startswith('module.') else k): v
-                  for k, v in state_dict.items()}
+    state_dict = _strip_module(state_dict)
     if prefix is None:
         prefix = 'backbone.' if any(
             k.startswith('backbone.') for k in state_dict) else ''
@@ -82,7 +181,8 @@ def load_backbone_checkpoint(model: nn.Module,
                              strict: bool = True,
                              map_location: str = 'cpu',
                              logger=None) -> LoadReport:
-    """Load a checkpoint of ours into ``model`` and report what happened.
+    """Load a checkpoint of ours, or a released file of the authors, into
+    ``model`` and report what happened.
 
     Args:
         model: the backbone to fill.
@@ -103,7 +203,14 @@ def load_backbone_checkpoint(model: nn.Module,
         raise FileNotFoundError(
             f'pretrained checkpoint not found: {checkpoint!r}. '
             f'{GET_A_CHECKPOINT}')
-    state_dict = _select(_unwrap(_read(checkpoint, map_location)), prefix)
+    state_dict = read_state_dict(checkpoint, map_location)
+    if detect_version(state_dict) is not None:
+        # The authors' file as downloaded (its keys carry no prefix, so
+        # ``prefix`` does not apply): rename to our layout; its classifier
+        # is not part of the backbone.
+        state_dict = _released_to_backbone(model, state_dict, checkpoint)
+    else:
+        state_dict = _select(state_dict, prefix)
     own = model.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))

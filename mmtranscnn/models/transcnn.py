@@ -23,6 +23,51 @@ from .hmhsa import QUERY_FORMS, parse_grid_sizes
 from .pretrained import load_backbone_checkpoint
 
 ARCH_KEYS = ('channels', 'depths', 'kernel_sizes', 'expand_ratios')
+# Optional arch keys: the released presets carry their own defaults.
+ARCH_OPTIONAL_KEYS = ('stem_channels', 'style', 'head_dim', 'grid_sizes',
+                      'pool_ratios')
+
+# How the blocks are built. 'paper' is our reading of §3 (Table 1 'small' and
+# 'base'); the two others are the authors' released code, which the eight
+# published ImageNet checkpoints need exactly (docs/released_weights.md).
+# Every entry is a named option of one building block.
+GN = dict(type='GN', num_groups=1, eps=1e-6)
+STYLES: Dict[str, dict] = {
+    'paper': dict(
+        norm_cfg=dict(type='BN'),
+        stem=dict(bias='auto', last_norm_act=True),
+        attn=dict(pool_mode='max+avg',      # Eq. 8
+                  level0_shortcut='normed',  # Eq. 7 on the map attended to
+                  grid_norm=False, ds_norm=False,
+                  output_sum='attention',    # Eq. 12 sums attn_0 .. attn_M
+                  unused_proj_norm=False),
+        irb_norm_layout='conv-norm',         # Fig. 1c
+        tdb=dict(pool='avg', act=False, bias='auto')),  # Fig. 1d
+    # TransCNN.py (first version, 256x256 weights).
+    'transcnn-v1': dict(
+        norm_cfg=dict(type='BN'),
+        # its stem: conv(bias)-BN-SiLU, then a bare conv(bias)
+        stem=dict(bias=True, last_norm_act=False),
+        attn=dict(pool_mode='avg',          # AvgPool2d(ds_ratio) only
+                  level0_shortcut='input',   # grid_norm(x + attn_0), raw x
+                  grid_norm=True, ds_norm=True,
+                  output_sum='level0_map',   # proj(attn_1 + grid_x)
+                  unused_proj_norm=False),
+        irb_norm_layout='conv-norm',         # conv-BN(-SiLU) x 3, as ours
+        # MaxPool2d branch, SiLU on the sum, biases before the BNs
+        tdb=dict(pool='max', act=True, bias=True)),
+    # HAT_Net.py (journal version, 224x224 weights).
+    'hatnet': dict(
+        norm_cfg=GN,                         # GroupNorm(1, C, eps=1e-6)
+        stem=dict(bias=True, last_norm_act=False),
+        attn=dict(pool_mode='avg', level0_shortcut='input',
+                  grid_norm=True, ds_norm=True, output_sum='level0_map',
+                  # attn.proj_norm: built, never called
+                  unused_proj_norm=True),
+        irb_norm_layout='pre-post',          # GN-conv-SiLU, dw-SiLU, conv-GN
+        # a single conv(bias) + GN, no pooled branch
+        tdb=dict(pool=None, act=False, bias=True)),
+}
 
 
 @MODELS.register_module()
@@ -30,16 +75,31 @@ class TransCNN(BaseModule):
     """TransCNN: H-MHSA blocks alternating with inverted residuals.
 
     Args:
-        arch (str | dict): ``'small'`` or ``'base'`` (Table 1), or a dict
-            with the keys ``channels``, ``depths``, ``kernel_sizes`` and
+        arch (str | dict): ``'small'`` or ``'base'`` (Table 1, our reading
+            of the paper), one of the eight presets of the authors' released
+            ImageNet weights (``'transcnn-v1-{tiny,small,medium,large}'``
+            from ``TransCNN.py``, ``'hatnet-{tiny,small,medium,large}'``
+            from ``HAT_Net.py``; see :mod:`.released`), or a dict with the
+            keys ``channels``, ``depths``, ``kernel_sizes`` and
             ``expand_ratios`` (one entry per stage) and optionally
-            ``stem_channels`` (default 16). Default: 'base'.
-        grid_sizes (Sequence): one entry per stage: an int G0, a sequence of
-            per-level grid sizes ``(G0, G1, ...)``, or 0 / ``()`` for plain
-            attention. Default: (8, 4, 2, 0), the paper's ImageNet setting
-            for 224x224 inputs; §4.4 uses (16, 8, 4, 0) for COCO.
+            ``stem_channels`` (default 16), ``style`` (a key of
+            :data:`STYLES`, default 'paper'), ``head_dim``, ``grid_sizes``
+            and ``pool_ratios`` (defaults for the arguments of the same
+            names). Default: 'base'.
+        grid_sizes (Sequence, optional): one entry per stage: an int G0, a
+            sequence of per-level grid sizes ``(G0, G1, ...)``, or 0 /
+            ``()`` for plain attention. None takes the preset's: (8, 4, 2,
+            0) for Table 1's, the paper's ImageNet setting for 224x224
+            inputs (§4.4 uses (16, 8, 4, 0) for COCO); the released presets'
+            level-0 windows, (8, 8, 8, 0) or (8, 7, 7, 0). Default: None.
+        pool_ratios (Sequence, optional): one entry per stage, like
+            ``grid_sizes``: the pooling ratio of each level above 0 (see
+            :class:`HMHSA`), 0 for a plain stage. None takes the preset's
+            ((8, 4, 2, 0) for the released ones) or, for Table 1's, pools
+            each level by its grid (Eq. 8). Holds no weights. Default: None.
         in_channels (int): input image channels. Default: 3.
-        head_dim (int): channels per attention head. Default: 64.
+        head_dim (int, optional): channels per attention head; None takes
+            the preset's (48 for 'hatnet-tiny', else 64). Default: None.
         query_from (str): H-MHSA query form, 'full' (§4.1) or 'merged'
             (Eq. 9-12). Default: 'full'.
         out_indices (Sequence[int]): stages to output (0-3 for strides
@@ -55,39 +115,110 @@ class TransCNN(BaseModule):
         with_cp (bool): gradient checkpointing per block. Default: False.
         drop_path_rate (float): stochastic depth, increasing linearly over
             the blocks up to this value. Default: 0.
-        norm_cfg (dict): norm config. Default: dict(type='BN').
+        norm_cfg (dict, optional): norm config; None takes the style's:
+            BN, or GroupNorm(1, C, eps=1e-6) for HAT-Net. Default: None.
         act_cfg (dict): activation config. Default: dict(type='SiLU').
         init_cfg (dict, optional): initialisation; ``dict(type='Pretrained',
             checkpoint=PATH, prefix='backbone.')`` loads our classification
             (or backbone-only) checkpoint strictly and reports any key that
-            did not load. Add ``strict=False`` to accept a partial load.
+            did not load. Add ``strict=False`` to accept a partial load. A
+            released preset also loads the authors' file as downloaded
+            (``checkpoint='HAT-Net_Small.pth'``; see :mod:`.released`).
+
+    Attributes:
+        style (str): the key of :data:`STYLES` the blocks are built with.
+        released_version (str | None): the released layout a checkpoint of
+            the authors must have ('transcnn-v1' or 'hatnet'), None for
+            Table 1's presets.
     """
     arch_zoo: Dict[str, dict] = {
+        # Table 1 (our reading of the paper; no released weights).
         'small': dict(channels=[64, 128, 256, 512], depths=[2, 2, 2, 2],
                       kernel_sizes=[5, 3, 5, 3], expand_ratios=[4, 4, 6, 5]),
         'base': dict(channels=[64, 128, 256, 512], depths=[3, 4, 8, 3],
                      kernel_sizes=[5, 3, 5, 3], expand_ratios=[4, 4, 6, 6]),
+        # The authors' released networks (weights: see models/released.py).
+        # TransCNN.py: level-0 windows 8/8/8, pooling ratios 8/4/2, 256x256.
+        'transcnn-v1-tiny': dict(
+            style='transcnn-v1', channels=[64, 128, 256, 512],
+            depths=[2, 2, 4, 2], kernel_sizes=[5, 3, 5, 3],
+            expand_ratios=[4, 4, 4, 4], head_dim=64,
+            grid_sizes=(8, 8, 8, 0), pool_ratios=(8, 4, 2, 0)),
+        # Table 1's "Base" layout, released under the name TransCNN-Small.
+        'transcnn-v1-small': dict(
+            style='transcnn-v1', channels=[64, 128, 256, 512],
+            depths=[3, 4, 8, 3], kernel_sizes=[5, 3, 5, 3],
+            expand_ratios=[4, 4, 6, 6], head_dim=64,
+            grid_sizes=(8, 8, 8, 0), pool_ratios=(8, 4, 2, 0)),
+        'transcnn-v1-medium': dict(
+            style='transcnn-v1', channels=[64, 128, 320, 640],
+            depths=[3, 4, 12, 3], kernel_sizes=[5, 3, 5, 3],
+            expand_ratios=[4, 4, 6, 6], head_dim=64,
+            grid_sizes=(8, 8, 8, 0), pool_ratios=(8, 4, 2, 0)),
+        'transcnn-v1-large': dict(
+            style='transcnn-v1', channels=[64, 128, 384, 768],
+            depths=[3, 4, 16, 3], kernel_sizes=[5, 3, 5, 3],
+            expand_ratios=[4, 4, 6, 6], head_dim=64,
+            grid_sizes=(8, 8, 8, 0), pool_ratios=(8, 4, 2, 0)),
+        # HAT_Net.py: windows 8/7/7, pooling ratios 8/4/2, 224x224.
+        'hatnet-tiny': dict(
+            style='hatnet', channels=[48, 96, 240, 384], depths=[2, 2, 6, 3],
+            kernel_sizes=[3, 3, 3, 3], expand_ratios=[8, 8, 4, 4],
+            head_dim=48, grid_sizes=(8, 7, 7, 0), pool_ratios=(8, 4, 2, 0)),
+        'hatnet-small': dict(
+            style='hatnet', channels=[64, 128, 320, 512], depths=[2, 3, 8, 3],
+            kernel_sizes=[3, 3, 3, 3], expand_ratios=[8, 8, 4, 4],
+            head_dim=64, grid_sizes=(8, 7, 7, 0), pool_ratios=(8, 4, 2, 0)),
+        'hatnet-medium': dict(
+            style='hatnet', channels=[64, 128, 320, 512],
+            depths=[3, 6, 18, 3], kernel_sizes=[5, 3, 5, 3],
+            expand_ratios=[8, 8, 4, 4], head_dim=64,
+            grid_sizes=(8, 7, 7, 0), pool_ratios=(8, 4, 2, 0)),
+        'hatnet-large': dict(
+            style='hatnet', channels=[64, 128, 320, 640],
+            depths=[3, 8, 27, 3], kernel_sizes=[3, 3, 3, 3],
+            expand_ratios=[8, 8, 4, 4], head_dim=64,
+            grid_sizes=(8, 7, 7, 0), pool_ratios=(8, 4, 2, 0)),
     }
 
     def __init__(self,
                  arch: Union[str, dict] = 'base',
-                 grid_sizes: Sequence = (8, 4, 2, 0),
+                 grid_sizes: Optional[Sequence] = None,
                  in_channels: int = 3,
-                 head_dim: int = 64,
+                 head_dim: Optional[int] = None,
                  query_from: str = 'full',
                  out_indices: Sequence[int] = (0, 1, 2, 3),
                  frozen_stages: int = -1,
                  norm_eval: bool = False,
                  with_cp: bool = False,
                  drop_path_rate: float = 0.,
-                 norm_cfg: dict = dict(type='BN'),
+                 norm_cfg: Optional[dict] = None,
                  act_cfg: dict = dict(type='SiLU'),
+                 pool_ratios: Optional[Sequence] = None,
                  init_cfg: Optional[Union[dict, list]] = None):
         super().__init__(init_cfg=init_cfg)
         self.arch_settings = self._parse_arch(arch)
         channels = self.arch_settings['channels']
         num_stages = len(channels)
+        settings = self.arch_settings
+        self.style = settings.get('style', 'paper')
+        style = copy.deepcopy(STYLES[self.style])
+        # The released layout a checkpoint must have (models/released.py).
+        self.released_version = None if self.style == 'paper' else self.style
+        if grid_sizes is None:
+            grid_sizes = settings.get('grid_sizes', (8, 4, 2, 0))
+        if pool_ratios is None:
+            pool_ratios = settings.get('pool_ratios')
+        if head_dim is None:
+            head_dim = settings.get('head_dim', 64)
+        if norm_cfg is None:
+            norm_cfg = style['norm_cfg']
+        if not isinstance(head_dim, int) or head_dim < 1:
+            raise ValueError(f'head_dim must be a positive int, got '
+                             f'{head_dim!r}')
         self.grid_sizes = self._parse_grid_sizes(grid_sizes, num_stages)
+        self.pool_ratios = self._parse_pool_ratios(pool_ratios,
+                                                   self.grid_sizes)
         self.out_indices = self._parse_out_indices(out_indices, num_stages)
         if not isinstance(frozen_stages, int) or not \
                 -1 <= frozen_stages <= num_stages:
@@ -109,7 +240,20 @@ class TransCNN(BaseModule):
         self.num_features = list(channels)
 
         self.stem = ConvStem(in_channels, self.arch_settings['stem_channels'],
-                             channels[0], norm_cfg=norm_cfg, act_cfg=act_cfg)
+                             channels[0], norm_cfg=norm_cfg, act_cfg=act_cfg,
+                             **style['stem'])
+        tdb = style['tdb']
+        tdb_options = dict(pool=tdb['pool'], bias=tdb['bias'],
+                           act_cfg=act_cfg if tdb['act'] else None)
+        attn = style['attn']
+        attn_options = dict(
+            pool_mode=attn['pool_mode'],
+            level0_shortcut=attn['level0_shortcut'],
+            grid_norm_cfg=norm_cfg if attn['grid_norm'] else None,
+            ds_norm_cfg=norm_cfg if attn['ds_norm'] else None,
+            output_sum=attn['output_sum'],
+            unused_proj_norm_cfg=norm_cfg if attn['unused_proj_norm']
+            else None)
         depths = self.arch_settings['depths']
         rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         self.stages = ModuleList()
@@ -118,7 +262,8 @@ class TransCNN(BaseModule):
             layers = []
             if i > 0:
                 layers.append(TwoBranchDownsample(channels[i - 1], dims,
-                                                  norm_cfg=norm_cfg))
+                                                  norm_cfg=norm_cfg,
+                                                  **tdb_options))
             for _ in range(depth):
                 layers.append(
                     TransCNNBlock(
@@ -131,7 +276,10 @@ class TransCNN(BaseModule):
                         norm_cfg=norm_cfg,
                         act_cfg=act_cfg,
                         drop_path_rate=rates[block_idx],
-                        with_cp=with_cp))
+                        with_cp=with_cp,
+                        attn_options=dict(attn_options,
+                                          pool_ratios=self.pool_ratios[i]),
+                        irb_norm_layout=style['irb_norm_layout']))
                 block_idx += 1
             self.stages.append(Sequential(*layers))
         self._freeze_stages()
@@ -141,17 +289,27 @@ class TransCNN(BaseModule):
     def _parse_arch(cls, arch: Union[str, dict]) -> dict:
         if isinstance(arch, str):
             if arch.lower() not in cls.arch_zoo:
-                raise ValueError(f'arch must be one of '
-                                 f'{sorted(cls.arch_zoo)} or a dict with keys '
-                                 f'{ARCH_KEYS}, got {arch!r}')
+                table1 = sorted(k for k, v in cls.arch_zoo.items()
+                                if 'style' not in v)
+                released = [k for k, v in cls.arch_zoo.items()
+                            if 'style' in v]
+                raise ValueError(f'arch must be one of {table1} (Table 1), '
+                                 f'one of the released presets {released}, '
+                                 f'or a dict with keys {ARCH_KEYS}, got '
+                                 f'{arch!r}')
             settings = copy.deepcopy(cls.arch_zoo[arch.lower()])
         elif isinstance(arch, dict):
             missing = [k for k in ARCH_KEYS if k not in arch]
-            unknown = sorted(set(arch) - set(ARCH_KEYS) - {'stem_channels'})
+            unknown = sorted(set(arch) - set(ARCH_KEYS) -
+                             set(ARCH_OPTIONAL_KEYS))
             if missing or unknown:
                 raise ValueError(
                     f'arch dict needs the keys {ARCH_KEYS} (and optionally '
-                    f'stem_channels); missing {missing}, unknown {unknown}')
+                    f'{ARCH_OPTIONAL_KEYS}); missing {missing}, unknown '
+                    f'{unknown}')
+            if arch.get('style', 'paper') not in STYLES:
+                raise ValueError(f'arch style must be one of '
+                                 f'{sorted(STYLES)}, got {arch["style"]!r}')
             settings = copy.deepcopy(dict(arch))
             lengths = {k: len(settings[k]) for k in ARCH_KEYS}
             if len(set(lengths.values())) != 1 or 0 in lengths.values():
@@ -183,6 +341,30 @@ class TransCNN(BaseModule):
         return tuple(
             parse_grid_sizes(g, f'grid_sizes[{i}]')
             for i, g in enumerate(grid_sizes))
+
+    @staticmethod
+    def _parse_pool_ratios(pool_ratios, grid_sizes) -> Tuple[tuple, ...]:
+        """Per-stage pooling ratios; None entries pool by the grids."""
+        num_stages = len(grid_sizes)
+        if pool_ratios is None:
+            return tuple(None for _ in grid_sizes)
+        if isinstance(pool_ratios, (int, str)) or not isinstance(
+                pool_ratios, (list, tuple)) or len(pool_ratios) != num_stages:
+            raise ValueError(
+                f'pool_ratios must be None or a sequence with one entry per '
+                f'stage ({num_stages}), each an int R1, a sequence (R1, R2, '
+                f'...) with one ratio per grid level, or 0 for a plain '
+                f'stage; got {pool_ratios!r}')
+        result = []
+        for i, (r, grids) in enumerate(zip(pool_ratios, grid_sizes)):
+            ratios = parse_grid_sizes(r, f'pool_ratios[{i}]')
+            if len(ratios) != len(grids):
+                raise ValueError(
+                    f'pool_ratios[{i}]={r!r} must have one ratio per grid '
+                    f'level of grid_sizes[{i}]={grids} (0 for a plain '
+                    f'stage)')
+            result.append(ratios or None)
+        return tuple(result)
 
     @staticmethod
     def _parse_out_indices(out_indices, num_stages: int) -> Tuple[int, ...]:

@@ -1,0 +1,367 @@
+"""The authors' released ImageNet networks (TransCNN.py and HAT_Net.py).
+
+- the eight presets have exactly the released files' keys and shapes
+  (fixture tests/data/released_layouts.json, read off the released models)
+  and their parameter counts with a 1000-class head;
+- a file in the released layout loads strictly through ``init_cfg`` in any
+  wrapping (raw, ``{'model'}``, ``{'state_dict'}``, ``module.``, with an
+  ``argparse.Namespace``) and through the converter; a pickle that would run
+  code is refused; wrong files are reported by key;
+- outputs equal those of a plain reference of the released equations
+  (tests/released_reference.py) in float64 with random weights and measured
+  BN statistics, where the released grids divide the maps and where they do
+  not (padding masked);
+- the presets take grid settings, out_indices, frozen_stages, norm_eval,
+  with_cp and drop_path_rate like Table 1's, and run at 800x1333.
+Random weights only; nothing is downloaded.
+"""
+import argparse
+import importlib.util
+import json
+import os
+import os.path as osp
+import pickle
+
+import pytest
+import torch
+from torch.nn.modules.batchnorm import _BatchNorm
+
+import mmtranscnn  # noqa: F401  (registers the models)
+from mmtranscnn.models import HMHSA, TransCNN, load_backbone_checkpoint
+from mmtranscnn.models.released import RELEASED, convert_released
+
+from released_reference import (Reference, random_state_dict,
+                                released_layout)
+
+HERE = osp.dirname(osp.abspath(__file__))
+REPO = osp.dirname(HERE)
+with open(osp.join(HERE, 'data', 'released_layouts.json')) as f:
+    FIXTURE = json.load(f)
+PRESETS = list(RELEASED)
+
+
+def fixture_layout(preset):
+    return {k: tuple(v) for k, v in FIXTURE[preset]['state_dict'].items()}
+
+
+def released_file(tmp_path, preset, wrap=None, seed=0):
+    """A random state dict in the released layout of ``preset``, saved."""
+    sd = random_state_dict(fixture_layout(preset), seed)
+    obj = sd if wrap is None else wrap(sd)
+    path = str(tmp_path / RELEASED[preset].file)
+    torch.save(obj, path)
+    return path, sd
+
+
+def count(model, trainable=None):
+    return sum(p.numel() for p in model.parameters()
+               if trainable is None or p.requires_grad == trainable)
+
+
+def layout_args(preset):
+    arch = TransCNN.arch_zoo[preset]
+    return (arch['style'], arch['channels'], arch['depths'],
+            arch['kernel_sizes'], arch['expand_ratios'],
+            [g if g else 1 for g in arch['grid_sizes']])
+
+
+def load_converter():
+    path = osp.join(REPO, 'tools', 'model_converters', 'hatnet2mmtranscnn.py')
+    spec = importlib.util.spec_from_file_location('hatnet2mmtranscnn', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_release_has_a_preset_and_a_fixture():
+    assert sorted(FIXTURE) == sorted(RELEASED)
+    for preset in PRESETS:
+        assert TransCNN.arch_zoo[preset]['style'] == RELEASED[preset].version
+        # Our description of the released layout equals the released files'.
+        assert released_layout(*layout_args(preset)) == fixture_layout(preset)
+
+
+@pytest.mark.parametrize('preset', PRESETS)
+def test_params_and_strict_load_of_the_released_layout(preset, tmp_path):
+    """Parameter count with the 1000-class head equals the released
+    model's; a file with the released keys and shapes loads strictly
+    through init_cfg and through the converter."""
+    path, sd = released_file(tmp_path, preset)
+    model = TransCNN(preset, init_cfg=dict(type='Pretrained',
+                                           checkpoint=path))
+    channels = model.arch_settings['channels'][-1]
+    head = channels * 1000 + 1000
+    released = FIXTURE[preset]
+    assert count(model) + head == released['params']
+    # HAT-Net's never-called attn.proj_norm is kept, frozen.
+    assert count(model, trainable=False) == released['unused_params']
+    model.init_weights()
+    own = model.state_dict()
+    backbone, fc, version = convert_released(sd)
+    assert version == RELEASED[preset].version
+    assert set(own) == set(backbone)
+    for key, value in backbone.items():
+        assert torch.equal(own[key], value.to(own[key].dtype)), key
+
+    out = str(tmp_path / 'converted.pth')
+    load_converter().main([path, out, '--arch', preset])
+    converted = torch.load(out, weights_only=True)
+    assert converted['meta']['arch'] == preset
+    keys = set(converted['state_dict'])
+    assert keys == {'backbone.' + k for k in own} | {'head.fc.weight',
+                                                     'head.fc.bias'}
+    assert converted['state_dict']['head.fc.weight'].shape == (1000, channels)
+    report = load_backbone_checkpoint(model, out, prefix='backbone.')
+    assert not (report.missing or report.unexpected or report.mismatched)
+
+
+def _namespace_wrapped(sd):
+    return {'model': sd, 'optimizer': {}, 'epoch': 299,
+            'args': argparse.Namespace(model='HAT_Net_tiny', lr=8e-4,
+                                       input_size=224, data_path='/x')}
+
+
+@pytest.mark.parametrize('wrap', [
+    lambda sd: {'model': sd},
+    lambda sd: {'state_dict': sd, 'meta': {}},
+    lambda sd: {'module.' + k: v for k, v in sd.items()},
+    lambda sd: {'model': {'module.' + k: v for k, v in sd.items()}},
+    _namespace_wrapped,
+], ids=['model', 'state_dict', 'module-prefix', 'model+module',
+        'training-script-namespace'])
+def test_released_file_loads_in_any_wrapping(wrap, tmp_path):
+    path, sd = released_file(tmp_path, 'hatnet-tiny', wrap)
+    model = TransCNN('hatnet-tiny')
+    report = load_backbone_checkpoint(model, path, prefix='backbone.')
+    assert not (report.missing or report.unexpected or report.mismatched)
+    assert torch.equal(model.stem.conv1.gn.weight, sd['patch_embed.1.weight'])
+
+
+class _Gadget:
+    def __reduce__(self):
+        return (os.system, ('echo pwned > /dev/null', ))
+
+
+def test_released_file_with_a_code_gadget_is_refused(tmp_path):
+    sd = random_state_dict(fixture_layout('hatnet-tiny'))
+    path = str(tmp_path / 'evil.pth')
+    torch.save({'model': sd, 'args': _Gadget()}, path)
+    with pytest.raises(pickle.UnpicklingError, match='system'):
+        load_backbone_checkpoint(TransCNN('hatnet-tiny'), path)
+
+
+def test_wrong_released_file_is_reported(tmp_path):
+    path, sd = released_file(tmp_path, 'hatnet-small')
+    with pytest.raises(RuntimeError, match=r"hatnet.*'hatnet-small'"):
+        load_backbone_checkpoint(TransCNN('transcnn-v1-small'), path)
+    with pytest.raises(RuntimeError, match='without released weights'):
+        load_backbone_checkpoint(TransCNN('base'), path)
+    # Another size of the right version: named by key and shape.
+    with pytest.raises(RuntimeError, match=r'shape differs: .*stages\.0'):
+        load_backbone_checkpoint(TransCNN('hatnet-tiny'), path)
+    # A key with no counterpart is named.
+    sd['blocks.0.0.conv.conv4.weight'] = torch.zeros(1)
+    torch.save(sd, path)
+    with pytest.raises(KeyError, match=r'blocks\.0\.0\.conv\.conv4\.weight'):
+        load_backbone_checkpoint(TransCNN('hatnet-small'), path)
+    # One that maps to no tensor of the model, too.
+    del sd['blocks.0.0.conv.conv4.weight']
+    sd['blocks.0.0.attn.extra.weight'] = torch.zeros(1)
+    torch.save(sd, path)
+    with pytest.raises(RuntimeError,
+                       match=r'not in the model: stages\.0\.0\.attn\.extra'):
+        load_backbone_checkpoint(TransCNN('hatnet-small'), path)
+    # A missing one too.
+    del sd['blocks.0.0.attn.extra.weight'], sd['blocks.2.7.attn.kv.bias']
+    torch.save(sd, path)
+    with pytest.raises(RuntimeError,
+                       match=r'missing in the file: stages\.2\.8\.attn\.kv'):
+        load_backbone_checkpoint(TransCNN('hatnet-small'), path)
+
+
+def test_converter_backbone_only_and_refusal(tmp_path):
+    converter = load_converter()
+    path, sd = released_file(tmp_path, 'transcnn-v1-tiny')
+    out = str(tmp_path / 'bb.pth')
+    converter.main([path, out, '--backbone-only'])  # finds the preset
+    converted = torch.load(out, weights_only=True)
+    assert converted['meta']['arch'] == 'transcnn-v1-tiny'
+    keys = converted['state_dict']
+    assert keys and all(k.startswith('backbone.') for k in keys)
+    with pytest.raises(ValueError, match='--arch must be a released '
+                       'transcnn-v1 preset'):
+        converter.main([path, str(tmp_path / 'x.pth'), '--arch',
+                        'hatnet-tiny'])
+    del sd['ds3.norm2.running_var']
+    torch.save(sd, path)
+    with pytest.raises(RuntimeError, match=r'ds3|stages\.2\.0'):
+        converter.main([path, str(tmp_path / 'y.pth'), '--arch',
+                        'transcnn-v1-tiny'])
+    assert not osp.exists(tmp_path / 'y.pth')
+
+
+# -- identical outputs ------------------------------------------------------
+def rel_err(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+def _compare(arch, size, windows, pool_ratios, grid_sizes=None):
+    """Ours vs the reference in float64: random released weights, BN
+    statistics measured by the reference on one batch, outputs compared on
+    another. Returns the largest relative error."""
+    model = TransCNN(arch, grid_sizes=grid_sizes)
+    a = model.arch_settings
+    version = a.get('style', 'paper')
+    layout = released_layout(version, a['channels'], a['depths'],
+                             a['kernel_sizes'], a['expand_ratios'], windows)
+    sd = random_state_dict(layout, seed=1, dtype=torch.float64)
+    head_dim = model.stages[0][0].attn.head_dim
+    gen = torch.Generator().manual_seed(2)
+    batch_a = torch.randn(2, 3, *size, generator=gen, dtype=torch.float64)
+    batch_b = torch.randn(2, 3, *size, generator=gen, dtype=torch.float64)
+    Reference(sd, version, head_dim, windows, pool_ratios,
+              measure_bn=True)(batch_a)
+    ref_outs, ref_logits = Reference(sd, version, head_dim, windows,
+                                     pool_ratios)(batch_b)
+    backbone, fc, _ = convert_released(sd)
+    model = model.double().eval()
+    model.load_state_dict(backbone, strict=True)
+    with torch.no_grad():
+        outs = model(batch_b)
+    logits = torch.nn.functional.linear(outs[-1].mean(dim=(2, 3)),
+                                        fc['fc.weight'], fc['fc.bias'])
+    errors = [rel_err(o, r) for o, r in zip(outs, ref_outs)]
+    errors.append(rel_err(logits, ref_logits))
+    return max(errors)
+
+
+@pytest.mark.parametrize('arch,size', [
+    ('transcnn-v1-tiny', (128, 128)),   # the smallest size its grids divide
+    ('hatnet-tiny', (224, 224)),
+], ids=['transcnn-v1-tiny-128', 'hatnet-tiny-224'])
+def test_outputs_equal_the_released_equations(arch, size):
+    grids = TransCNN.arch_zoo[arch]['grid_sizes']
+    windows = [g or 1 for g in grids]
+    ratios = list(TransCNN.arch_zoo[arch]['pool_ratios'])
+    assert _compare(arch, size, windows, ratios) <= 1e-4
+
+
+# Small networks of each version: kernel 5, several heads, odd sizes.
+SMALL_V1 = dict(style='transcnn-v1', channels=[32, 64, 96, 128],
+                depths=[1, 1, 2, 1], kernel_sizes=[5, 3, 5, 3],
+                expand_ratios=[4, 4, 6, 6], head_dim=32,
+                grid_sizes=(8, 8, 8, 0), pool_ratios=(8, 4, 2, 0))
+SMALL_HAT = dict(SMALL_V1, style='hatnet', head_dim=16,
+                 expand_ratios=[8, 8, 4, 4], grid_sizes=(8, 7, 7, 0))
+
+
+@pytest.mark.parametrize('arch,size', [
+    (SMALL_V1, (100, 150)),
+    (SMALL_HAT, (90, 130)),
+], ids=['v1-100x150', 'hatnet-90x130'])
+def test_outputs_equal_the_reference_at_any_size(arch, size):
+    """Where the windows do not divide the maps, padding is masked out of
+    attention, pooling and normalisation: ours equals the reference, which
+    has no padding at all (smaller last windows and pooling regions)."""
+    windows = [g or 1 for g in arch['grid_sizes']]
+    assert _compare(arch, size, windows, list(arch['pool_ratios'])) <= 1e-4
+
+
+def test_detection_grids_load_the_released_file_and_run_800x1333(tmp_path):
+    path, _ = released_file(tmp_path, 'hatnet-tiny')
+    model = TransCNN('hatnet-tiny', pool_ratios=(16, 8, 4, 0),
+                     init_cfg=dict(type='Pretrained', checkpoint=path))
+    model.init_weights()
+    model.eval()
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, 800, 1333))
+    assert [tuple(o.shape[1:]) for o in outs] == [
+        (48, 200, 334), (96, 100, 167), (240, 50, 84), (384, 25, 42)]
+    assert all(torch.isfinite(o).all() for o in outs)
+
+
+# -- usable like every other setting ---------------------------------------
+def test_more_levels_load_the_released_file_and_run_any_size(tmp_path):
+    """Windows and pooling ratios per level are settings: a released file
+    loads strictly into a preset built with two grid levels per stage."""
+    path, _ = released_file(tmp_path, 'transcnn-v1-tiny')
+    model = TransCNN('transcnn-v1-tiny', grid_sizes=((8, 4), (8, 4), 8, 0),
+                     pool_ratios=((4, 2), (2, 2), 2, 0),
+                     init_cfg=dict(type='Pretrained', checkpoint=path))
+    model.init_weights()
+    assert model.stages[0][0].attn.pool_ratios == (4, 2)
+    with torch.no_grad():
+        outs = model.eval()(torch.randn(1, 3, 150, 203))
+    assert [tuple(o.shape[2:]) for o in outs] == [(38, 51), (19, 26),
+                                                  (10, 13), (5, 7)]
+    assert all(torch.isfinite(o).all() for o in outs)
+
+
+@pytest.mark.parametrize('arch', ['transcnn-v1-tiny', 'hatnet-tiny'])
+def test_training_options(arch):
+    torch.manual_seed(0)
+    model = TransCNN(arch, out_indices=(1, 3), drop_path_rate=0.1,
+                     frozen_stages=1, norm_eval=True).train()
+    x = torch.randn(2, 3, 64, 96)
+    outs = model(x)
+    assert [o.shape[1] for o in outs] == [model.num_features[i]
+                                          for i in (1, 3)]
+    sum(o.mean() for o in outs).backward()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(not n.startswith(('stem.', 'stages.0.'))
+                             for n in trainable)
+    assert all(model.get_parameter(n).grad is not None for n in trainable)
+    assert all(not m.training for m in model.modules()
+               if isinstance(m, _BatchNorm))
+    # with_cp recomputes the same function.
+    plain = TransCNN(arch).eval()
+    cp = TransCNN(arch, with_cp=True).eval()
+    cp.load_state_dict(plain.state_dict())
+    x.requires_grad_(True)
+    assert torch.allclose(plain(x)[-1], cp(x)[-1], atol=1e-5)
+
+
+def test_table1_presets_keep_the_papers_blocks():
+    model = TransCNN('base')
+    attn = model.stages[0][1].attn
+    assert (model.style, model.released_version) == ('paper', None)
+    assert attn.grid_norm is None and attn.ds_norm is None
+    assert (attn.pool_mode, attn.level0_shortcut, attn.output_sum) == (
+        'max+avg', 'normed', 'attention')
+    assert attn.pool_ratios == attn.grid_sizes == (8, )
+    assert model.stages[1][0].pool_branch is not None
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(pool_mode='max'), "pool_mode must be one of"),
+    (dict(level0_shortcut='raw'), "level0_shortcut must be one of"),
+    (dict(output_sum='a0'), "output_sum must be one of"),
+    (dict(pool_ratios=(4, 2)), 'pool_ratios needs one ratio per entry'),
+])
+def test_hmhsa_options_are_checked(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        HMHSA(64, grid_sizes=8, **kwargs)
+
+
+def test_transcnn_pool_ratios_are_checked():
+    with pytest.raises(ValueError, match=r'pool_ratios\[3\]'):
+        TransCNN('hatnet-tiny', pool_ratios=(8, 4, 2, 2))
+    with pytest.raises(ValueError, match='one entry per stage'):
+        TransCNN('hatnet-tiny', pool_ratios=(8, 4))
+    with pytest.raises(ValueError, match='arch style must be one of'):
+        TransCNN(dict(SMALL_V1, style='v3'))
+
+
+@pytest.mark.parametrize('arch', ['transcnn-v1-tiny', 'hatnet-tiny'])
+def test_inference_fast_paths_compute_the_same(arch):
+    """At CPU float32 inference the BN folding / oneDNN paths apply where
+    they can (first version: BN; HAT-Net's GroupNorm runs the plain path);
+    with autograd on, everything runs the plain modules."""
+    torch.manual_seed(0)
+    model = TransCNN(arch).eval()
+    x = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        fast = model(x)
+    plain = model(x.requires_grad_(True))
+    for f, p in zip(fast, plain):
+        assert rel_err(f, p.detach()) <= 1e-4
