@@ -113,19 +113,40 @@ def enabled(flag: bool) -> Iterator[None]:
         set_enabled(previous)
 
 
+def _probe(name: str, fn: Callable) -> None:
+    """Call ``fn`` once on tiny inputs the way the fast paths call it;
+    raises where this torch's kernel does not take those arguments (torch
+    2.0's linear refuses the 'none' post-op: "Fusion behavior undefined")."""
+    x = torch.ones(1, 2, 3, 3).contiguous(memory_format=torch.channels_last)
+    if name == '_linear_pointwise':
+        fn(torch.ones(1, 2), torch.ones(2, 2), torch.zeros(2), 'none', [], '')
+    elif name == '_convolution_pointwise':
+        fn(x, torch.ones(2, 2, 1, 1).contiguous(
+            memory_format=torch.channels_last), torch.zeros(2), [0, 0],
+           [1, 1], [1, 1], 1, 'swish', [], '')
+
+
 @functools.lru_cache(maxsize=None)
+def _lookup(name: str) -> Optional[Callable]:
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        fn = getattr(torch.ops.mkldnn, name)
+        with torch.no_grad():
+            _probe(name, fn)
+        return fn
+    except (AttributeError, RuntimeError):
+        return None
+
+
 def kernel(name: str) -> Optional[Callable]:
-    """``torch.ops.mkldnn.<name>``, or None where this torch lacks it.
+    """``torch.ops.mkldnn.<name>``, or None where this torch lacks it or
+    its kernel does not take the arguments the fast paths pass.
 
     Args:
         name: the operator, e.g. ``'_convolution_pointwise'``.
     """
-    if not torch.backends.mkldnn.is_available():
-        return None
-    try:
-        return getattr(torch.ops.mkldnn, name)
-    except (AttributeError, RuntimeError):
-        return None
+    return _lookup(name)
 
 
 def _autocast_on() -> bool:
@@ -342,7 +363,7 @@ class Linear(nn.Linear):
     class."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if kernel('_linear_pointwise') is None or not inference_applies(x):
+        if not inference_applies(x) or kernel('_linear_pointwise') is None:
             return super().forward(x)
         key = (self.in_features, self.out_features, self.bias is not None,
                size_class(x.numel() // self.in_features))
@@ -414,9 +435,11 @@ class ConvNormAct(ConvModule):
 
     def forward(self, x: Tensor, activate: bool = True,
                 norm: bool = True) -> Tensor:
-        act = _fused_activation(self) if activate and norm else None
-        if (kernel('_convolution_pointwise') is None or act is None
-                or not inference_applies(x) or not _folds(self, x)):
+        if not (activate and norm and inference_applies(x)):
+            return super().forward(x, activate, norm)
+        act = _fused_activation(self)
+        if (act is None or not _folds(self, x)
+                or kernel('_convolution_pointwise') is None):
             return super().forward(x, activate, norm)
         conv = self.conv
         key = (conv.in_channels, conv.out_channels, conv.kernel_size,

@@ -206,6 +206,12 @@ def mmengine_safe_globals() -> Iterator[None]:
     load still running.
     """
     global _scope_depth, _scope_added
+    if not hasattr(torch.serialization, 'get_safe_globals'):
+        # torch < 2.5 cannot list (so cannot scope) its allow-list: nothing
+        # is added. weights_only=True still reads tensors, containers and
+        # numbers; a file with mmengine objects is refused as untrusted.
+        yield
+        return
     allow = checkpoint_safe_globals()
     with _scope_lock:
         if _scope_depth == 0:
@@ -477,10 +483,11 @@ def enable_safe_checkpoint_loading() -> bool:
 
     Returns:
         bool: True if safe loading is active; False on a torch without
-        ``torch.serialization.add_safe_globals`` (< 2.4), where there is
-        nothing to fix (those versions default to ``weights_only=False``).
+        ``torch.serialization.get_safe_globals`` (< 2.5), whose allow-list
+        cannot be scoped; those versions default to ``weights_only=False``,
+        so mmengine's own loading works there as it is.
     """
-    if not hasattr(torch.serialization, 'add_safe_globals'):
+    if not hasattr(torch.serialization, 'get_safe_globals'):
         return False
     from mmengine.runner.checkpoint import CheckpointLoader
     with _enable_lock:
