@@ -1,6 +1,6 @@
 """The few torch APIs whose form changed within the supported range.
 
-mmtranscnn supports torch 2.1 to 2.14 (see setup.py). Between those,
+mmtranscnn supports torch 2.0 to 2.14 (see setup.py). Between those,
 autocast state and the gradient scaler moved to device-generic calls:
 
 * ``torch.is_autocast_enabled(device_type)`` and
