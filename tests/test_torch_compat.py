@@ -39,3 +39,21 @@ def test_grad_scaler_for_cuda():
 def test_old_torch_names_unknown_device_types():
     with pytest.raises(ValueError, match='device_type'):
         torch_compat.is_autocast_enabled('xpu')
+
+
+def test_setup_and_readme_state_the_same_torch_range():
+    import os.path as osp
+    import re
+    repo = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    with open(osp.join(repo, 'setup.py')) as f:
+        setup_py = f.read()
+    with open(osp.join(repo, 'README.md')) as f:
+        readme = f.read()
+    (low, ) = re.findall(r"TORCH_REQUIREMENT = 'torch>=(\d+\.\d+)'",
+                         setup_py)
+    assert 'install_requires=read_requirements(\'runtime\') + ' \
+        '[TORCH_REQUIREMENT]' in setup_py
+    assert f'**Supported torch: {low} to' in readme
+    assert f'`torch>={low}` in `setup.py`' in readme
+    version = tuple(int(v) for v in torch.__version__.split('.')[:2])
+    assert version >= tuple(int(v) for v in low.split('.'))
