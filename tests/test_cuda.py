@@ -69,14 +69,17 @@ def padded_shape(device):
 # much from the exact result, so the bounds leave a margin of 25-50x.
 FP32_OUT_RTOL = 1e-4
 FP32_GRAD_RTOL = 1e-3
-# The detectors, on the batch of detection_batch(): float32 against float64
-# on the CPU reached 5e-5 on RetinaNet's gradients, but 3.4e-3 on Mask
-# R-CNN's (its mask head: the untrained mask logits saturate, and
+# The detectors, on the batch of detection_batch(), float32 against float64
+# on the CPU, in repeated runs (float32 CPU results vary between processes
+# in the last bits): Mask R-CNN's gradients 3.4e-3 to 3.9e-3 (its mask
+# head and RPN conv: the untrained mask logits saturate, and
 # sigmoid(x) - target of a saturated logit keeps few significant digits in
 # float32; mmdet computes loss_mask and loss_rpn_cls in float32 even in a
-# float64 model). Their losses agreed to 1.1e-7. Mask R-CNN's bound is 4.4x
-# its measured error.
-DET_GRAD_RTOL = {'RetinaNet': FP32_GRAD_RTOL, 'MaskRCNN': 1.5e-2}
+# float64 model). RetinaNet's either 5e-5 or, in 2 of 5 runs, up to 1.1e-2
+# on its first three classification convs, whose gradients are 1e-3 of the
+# largest ones and cancel. Their losses agreed to 4e-7. The bounds are
+# about 4x the largest error seen.
+DET_GRAD_RTOL = {'RetinaNet': 5e-2, 'MaskRCNN': 1.5e-2}
 # Autocast against fp32: ||a - b|| / ||b|| per output map.
 AUTOCAST_RTOL = {torch.float16: 0.01, torch.bfloat16: 0.05}
 
