@@ -181,9 +181,11 @@ def _intercepted() -> bool:
 
 
 def _common(x: Tensor) -> bool:
-    return (_enabled and type(x) is Tensor and x.device.type == 'cpu'
-            and torch.backends.mkldnn.enabled and not _autocast_on()
-            and not _intercepted())
+    # _intercepted() first: while dynamo traces (torch.export on torch 2.1)
+    # the checks after it, type() among them, must not be traced.
+    return (_enabled and not _intercepted() and type(x) is Tensor
+            and x.device.type == 'cpu' and torch.backends.mkldnn.enabled
+            and not _autocast_on())
 
 
 def inference_applies(x: Tensor) -> bool:
