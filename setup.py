@@ -16,6 +16,14 @@ from setuptools.command.build_py import build_py
 
 HERE = osp.dirname(osp.abspath(__file__))
 MIM_ITEMS = ('configs', 'tools', 'model-index.yml')
+# Supported torch: 2.0 to 2.14 (README, "What the set-up does"). Tested:
+# 2.14.1 (the whole suite), 2.1.2 and 2.0.1 (tests/test_transcnn.py and
+# tests/test_hmhsa.py on the CPU). 2.0 and 2.1 are the torch versions
+# OpenMMLab's prebuilt mmcv 2.1.0 wheels exist for, so users of those wheels
+# are covered. Not an upper bound: newer torch is expected to work, but is
+# untested. mmcv 2.1.0 must match the torch in use: OpenMMLab's wheel for
+# torch 2.0/2.1, or built from the sdist (scripts/setup.sh).
+TORCH_REQUIREMENT = 'torch>=2.0'
 
 
 def read_version() -> str:
@@ -85,7 +93,7 @@ setup(
     packages=find_packages(exclude=('configs', 'tools', 'tests', 'demo')),
     include_package_data=True,
     cmdclass={'build_py': BuildPyWithMim},
-    install_requires=read_requirements('runtime'),
+    install_requires=read_requirements('runtime') + [TORCH_REQUIREMENT],
     extras_require={
         'mim': read_requirements('mminstall'),
         'optional': read_requirements('optional'),

@@ -32,6 +32,64 @@ def test_params_and_flops_match_table1(arch):
     assert abs(flops - want_flops) / want_flops <= 0.08, flops
 
 
+# Exact parameter counts, the figures the README states (12.893M, 26.526M,
+# 22.614M, ...): any change to the architecture shows here.
+BACKBONE_PARAMS = {'small': 12_380_368, 'base': 26_013_072}
+# The ImageNet classifiers of configs/imagenet/ as mmpretrain builds them:
+# backbone + GlobalAveragePooling + LinearClsHead(512 -> 1000).
+CLASSIFIER_PARAMS = {'small': 12_893_368, 'base': 26_526_072}
+# The detectors of the top-level configs as mmdet builds them (80 classes).
+DETECTOR_PARAMS = {
+    'retinanet_transcnn_small.py': 22_613_956,
+    'retinanet_transcnn_base.py': 36_246_660,
+    'mask_rcnn_transcnn_small.py': 32_531_392,
+    'mask_rcnn_transcnn_base.py': 46_164_096,
+}
+
+
+def num_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize('arch', ['small', 'base'])
+def test_exact_parameter_counts_of_backbone_and_classifier(arch):
+    import copy
+
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope
+    from mmengine.utils import import_modules_from_strings
+
+    from mmtranscnn import get_config_path
+    assert num_params(TransCNN(arch)) == BACKBONE_PARAMS[arch]
+    pytest.importorskip('mmpretrain')  # an optional codebase
+    cfg = Config.fromfile(get_config_path(
+        f'imagenet/transcnn-{arch}_8xb128_in1k.py'))
+    import_modules_from_strings(**cfg.custom_imports)
+    from mmpretrain.registry import MODELS
+    with DefaultScope.overwrite_default_scope(cfg.default_scope):
+        classifier = MODELS.build(copy.deepcopy(cfg.model))
+    assert cfg.model.head.num_classes == 1000
+    assert num_params(classifier) == CLASSIFIER_PARAMS[arch]
+    assert num_params(classifier) == BACKBONE_PARAMS[arch] + CLASSIFIER_HEAD
+
+
+@pytest.mark.parametrize('config', sorted(DETECTOR_PARAMS))
+def test_exact_parameter_counts_of_detectors(config):
+    pytest.importorskip('mmdet')  # an optional codebase
+    from mmengine.config import Config
+
+    from mmtranscnn import get_config_path
+    from mmtranscnn.engine import setup_codebase
+    cfg = Config.fromfile(get_config_path(config))
+    setup_codebase(cfg)
+    cfg.model.backbone.init_cfg = None  # no ImageNet checkpoint needed
+    from mmdet.registry import MODELS
+    model = MODELS.build(cfg.model)
+    assert num_params(model.backbone) == BACKBONE_PARAMS[
+        cfg.model.backbone.arch]
+    assert num_params(model) == DETECTOR_PARAMS[config]
+
+
 def test_attention_matmuls_are_counted():
     """Without the SDPA handle the counter would silently drop them."""
     model = TransCNN('small')

@@ -290,6 +290,8 @@ def detection_samples(batch: int, height: int, width: int):
 def _step_fn(job: Job, model, x, samples) -> Callable[[], None]:
     """The callable that one timed step runs."""
     import torch
+
+    from mmtranscnn.utils.torch_compat import grad_scaler
     device_type = job.device
     amp = (torch.autocast(device_type, dtype=getattr(
         torch, {'fp16': 'float16', 'bf16': 'bfloat16'}[job.dtype]))
@@ -313,8 +315,7 @@ def _step_fn(job: Job, model, x, samples) -> Callable[[], None]:
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05)
-    scaler = (torch.amp.GradScaler(device_type)
-              if job.dtype == 'fp16' else None)
+    scaler = grad_scaler(device_type) if job.dtype == 'fp16' else None
 
     def train_step():
         with autocast():

@@ -20,6 +20,9 @@ from mmengine.optim import OptimWrapper
 from mmengine.registry import OPTIM_WRAPPERS
 from torch import nn
 
+from mmtranscnn.utils.torch_compat import (is_autocast_enabled,
+                                          set_autocast_enabled)
+
 _FP32_HOOKED = '_mmtranscnn_fp32_one_pixel_hooks'
 
 
@@ -29,9 +32,9 @@ def _one_pixel_strided(module: nn.Conv2d, x: torch.Tensor) -> bool:
 
 def _fp32_pre_hook(module: nn.Conv2d, args):
     x = args[0]
-    if torch.is_autocast_enabled('cpu') and _one_pixel_strided(module, x):
+    if is_autocast_enabled('cpu') and _one_pixel_strided(module, x):
         module._mmtranscnn_autocast_off = True
-        torch.set_autocast_enabled('cpu', False)
+        set_autocast_enabled('cpu', False)
         return (x.float(), ) + tuple(args[1:])
     return None
 
@@ -39,7 +42,7 @@ def _fp32_pre_hook(module: nn.Conv2d, args):
 def _fp32_post_hook(module: nn.Conv2d, args, output):
     if getattr(module, '_mmtranscnn_autocast_off', False):
         module._mmtranscnn_autocast_off = False
-        torch.set_autocast_enabled('cpu', True)
+        set_autocast_enabled('cpu', True)
     return None
 
 

@@ -1,0 +1,71 @@
+"""The few torch APIs whose form changed within the supported range.
+
+mmtranscnn supports torch 2.0 to 2.14 (see setup.py). Between those,
+autocast state and the gradient scaler moved to device-generic calls:
+
+* ``torch.is_autocast_enabled(device_type)`` and
+  ``torch.set_autocast_enabled(device_type, enabled)`` exist from torch 2.4;
+  before, the CPU had ``torch.is_autocast_cpu_enabled()`` /
+  ``torch.set_autocast_cpu_enabled()`` and the argument-free
+  ``torch.is_autocast_enabled()`` meant CUDA.
+* ``torch.amp.GradScaler(device_type)`` exists from torch 2.3; before,
+  ``torch.cuda.amp.GradScaler()`` (newer torch deprecates that one).
+
+Which form this torch has is decided once, at import.
+"""
+import torch
+
+
+def _has_device_autocast_api() -> bool:
+    try:
+        torch.is_autocast_enabled('cpu')
+    except TypeError:
+        return False
+    return True
+
+
+DEVICE_AUTOCAST_API = _has_device_autocast_api()
+_OLD_AUTOCAST = {
+    'cpu': (torch.is_autocast_cpu_enabled, torch.set_autocast_cpu_enabled)
+    if not DEVICE_AUTOCAST_API else None,
+    'cuda': (torch.is_autocast_enabled, torch.set_autocast_enabled)
+    if not DEVICE_AUTOCAST_API else None,
+}
+
+
+def _old_pair(device_type: str):
+    pair = _OLD_AUTOCAST.get(device_type)
+    if pair is None:
+        raise ValueError(f'device_type must be one of {sorted(_OLD_AUTOCAST)}'
+                         f' on torch {torch.__version__}, got {device_type!r}')
+    return pair
+
+
+def is_autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type`` ('cpu', 'cuda', ...)."""
+    if DEVICE_AUTOCAST_API:
+        return torch.is_autocast_enabled(device_type)
+    return _old_pair(device_type)[0]()
+
+
+def set_autocast_enabled(device_type: str, enabled: bool) -> None:
+    """Switch autocast for ``device_type`` on or off inside a region."""
+    if DEVICE_AUTOCAST_API:
+        torch.set_autocast_enabled(device_type, enabled)
+    else:
+        _old_pair(device_type)[1](enabled)
+
+
+def grad_scaler(device_type: str = 'cuda'):
+    """A dynamic loss scaler for fp16 training on ``device_type``."""
+    amp = getattr(torch, 'amp', None)
+    if amp is not None and hasattr(amp, 'GradScaler'):
+        return amp.GradScaler(device_type)
+    if device_type != 'cuda':
+        raise ValueError(f'torch {torch.__version__} has a GradScaler for '
+                         f"device_type='cuda' only, got {device_type!r}")
+    return torch.cuda.amp.GradScaler()
+
+
+__all__ = ['DEVICE_AUTOCAST_API', 'grad_scaler', 'is_autocast_enabled',
+           'set_autocast_enabled']

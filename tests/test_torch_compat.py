@@ -1,0 +1,59 @@
+"""mmtranscnn.utils.torch_compat: one form of the autocast state and the
+gradient scaler on every supported torch (see setup.py)."""
+import pytest
+import torch
+
+from mmtranscnn.utils import torch_compat
+
+
+def test_autocast_state_follows_the_context():
+    assert not torch_compat.is_autocast_enabled('cpu')
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert torch_compat.is_autocast_enabled('cpu')
+        torch_compat.set_autocast_enabled('cpu', False)
+        assert not torch_compat.is_autocast_enabled('cpu')
+        x = torch.randn(4, 4)
+        assert (x @ x).dtype == torch.float32  # autocast really is off
+        torch_compat.set_autocast_enabled('cpu', True)
+        assert (x @ x).dtype == torch.bfloat16
+    assert not torch_compat.is_autocast_enabled('cpu')
+    assert not torch_compat.is_autocast_enabled('cuda')
+
+
+def test_the_form_matches_this_torch():
+    major, minor = (int(v) for v in torch.__version__.split('.')[:2])
+    assert torch_compat.DEVICE_AUTOCAST_API == ((major, minor) >= (2, 4))
+
+
+def test_grad_scaler_for_cuda():
+    scaler = torch_compat.grad_scaler('cuda')
+    assert hasattr(scaler, 'scale') and hasattr(scaler, 'unscale_')
+    # Without a CUDA device the scaler disables itself and passes values.
+    if not torch.cuda.is_available():
+        loss = torch.tensor(2.)
+        assert scaler.scale(loss) is loss or float(scaler.scale(loss)) == 2.
+
+
+@pytest.mark.skipif(torch_compat.DEVICE_AUTOCAST_API,
+                    reason='this torch has the device-generic autocast API')
+def test_old_torch_names_unknown_device_types():
+    with pytest.raises(ValueError, match='device_type'):
+        torch_compat.is_autocast_enabled('xpu')
+
+
+def test_setup_and_readme_state_the_same_torch_range():
+    import os.path as osp
+    import re
+    repo = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    with open(osp.join(repo, 'setup.py')) as f:
+        setup_py = f.read()
+    with open(osp.join(repo, 'README.md')) as f:
+        readme = f.read()
+    (low, ) = re.findall(r"TORCH_REQUIREMENT = 'torch>=(\d+\.\d+)'",
+                         setup_py)
+    assert 'install_requires=read_requirements(\'runtime\') + ' \
+        '[TORCH_REQUIREMENT]' in setup_py
+    assert f'**Supported torch: {low} to' in readme
+    assert f'`torch>={low}` in `setup.py`' in readme
+    version = tuple(int(v) for v in torch.__version__.split('.')[:2])
+    assert version >= tuple(int(v) for v in low.split('.'))
