@@ -253,15 +253,33 @@ def test_benchmark_targets_met_and_missed():
     }
     lines = bench.target_lines(results, args)
     assert 'img/s 1.50x Swin-T (target >= 1.2x): met' in lines[0]
-    assert 'img/s 1.15x PVT-Small (target >= 1.2x): MISSED' in lines[1]
-    assert 'MISSED' in lines[2]  # 1.0x Swin-T at 800x1344
-    assert 'not measured' in lines[3]
-    assert '0.90x' in lines[4] and lines[4].endswith('met')
+    assert lines[1].endswith('met') and '1.00x' in lines[1]  # memory
+    assert 'img/s 1.15x PVT-Small (target >= 1.2x): MISSED' in lines[2]
+    assert 'MISSED' in lines[3]  # 1.0x Swin-T at 800x1344
+    assert 'not measured' in lines[4]
+    assert '0.90x' in lines[5] and lines[5].endswith('met')
     info = dict(date='d', cpu='c', logical_cpus=2, mem_gb=24., torch='t',
                 load_min=.5, load_max=1.)
     text = bench.markdown(results, args, info)
     assert '| Swin-T | 1.0 | 1.00 | 20.00 |' in text
     assert 'failed: boom' in text
+
+
+def test_benchmark_batch_overrides_and_titles(capsys):
+    bench = _tool('benchmark')
+    args = bench.parse_args(['--batch', 'backbone-224=64', 'backbone-det=2'])
+    assert args.batches == {'backbone-224': 64, 'backbone-det': 2}
+    assert bench.case_title('backbone-224', 64) == \
+        'Backbone, 224x224, batch 64, inference'
+    assert bench.case_title('backbone-train-224', 8).endswith(
+        'train step (forward + backward + AdamW)')
+    assert 'backbone-train-224' not in args.cases  # only when asked for
+    for bad, message in (('nope=2', 'unknown case'),
+                         ('backbone-224=0', 'int >= 1'),
+                         ('backbone-224', 'unknown case')):
+        with pytest.raises(SystemExit):
+            bench.parse_args(['--batch', bad])
+        assert message in capsys.readouterr().err
 
 
 def test_benchmark_rejects_unknown_models():

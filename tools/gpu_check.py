@@ -21,8 +21,8 @@ and runs nothing):
    mAP / mAP@0.5, time, the optimizer wrapper used.
 4. ``benchmark``: ``tools/analysis_tools/benchmark.py --device cuda
    --dtypes fp32 fp16 bf16`` for TransCNN-Base, Swin-T, PVT-Small and
-   ResNet-50: backbone inference at 224x224 and 800x1344, a backbone train
-   step at 800x1344 (img/s, peak memory). Batch sizes are those of the
+   ResNet-50: backbone inference and train step at 224x224 and 800x1344
+   (img/s, peak memory). Batch sizes are those of the
    benchmark's cases; where benchmark.py offers ``--batch CASE=N``, this
    script asks for 64 at 224x224 and 2 at 800x1344.
 
@@ -81,10 +81,12 @@ import time
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 STEPS = ('env', 'tests', 'train', 'benchmark')
 BENCH_MODELS = ['TransCNN-Base', 'Swin-T', 'PVT-Small', 'ResNet-50']
-BENCH_CASES = ['backbone-224', 'backbone-det', 'backbone-train']
+BENCH_CASES = ['backbone-224', 'backbone-det', 'backbone-train-224',
+               'backbone-train']
 BENCH_DTYPES = ['fp32', 'fp16', 'bf16']
 #: Batch sizes wanted per case, passed where benchmark.py takes them.
-BENCH_BATCH = {'backbone-224': 64, 'backbone-det': 2, 'backbone-train': 2,
+BENCH_BATCH = {'backbone-224': 64, 'backbone-det': 2, 'backbone-train-224': 64,
+               'backbone-train': 2,
                'retinanet-infer': 2, 'retinanet-train': 2}
 TRAIN_CONFIG = osp.join(ROOT, 'configs', 'tiny',
                         'retinanet_transcnn_small_shapes.py')

@@ -181,9 +181,11 @@ def _intercepted() -> bool:
 
 
 def _common(x: Tensor) -> bool:
-    return (_enabled and type(x) is Tensor and x.device.type == 'cpu'
-            and torch.backends.mkldnn.enabled and not _autocast_on()
-            and not _intercepted())
+    # _intercepted() first: while dynamo traces (torch.export on torch 2.1)
+    # the checks after it, type() among them, must not be traced.
+    return (_enabled and not _intercepted() and type(x) is Tensor
+            and x.device.type == 'cpu' and torch.backends.mkldnn.enabled
+            and not _autocast_on())
 
 
 def inference_applies(x: Tensor) -> bool:
@@ -332,15 +334,19 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor,
             where a key may be seen; or None.
         dropout_p: attention dropout (training only).
     """
-    candidates = dict(sdpa=_sdpa, matmul=matmul_attention)
-    key = (tuple(q.shape[1:]), k.shape[-2], attn_mask is not None,
-           size_class(q.shape[0]))
-    if dropout_p == 0 and inference_applies(q):
-        return _tuner('attention', candidates)(key, q, k, v, attn_mask)
-    if (dropout_p == 0 and q.dtype == torch.float32 and training_applies(q)
-            and (q.requires_grad or k.requires_grad or v.requires_grad)):
-        return _tuner('attention-train', candidates,
-                      _forward_backward)(key, q, k, v, attn_mask)
+    # The matmul form holds the (Lq, Lk) scores: it is a candidate only where
+    # they are at most twice the size of the queries (small grids, few
+    # keys), so choosing it never costs much memory.
+    if dropout_p == 0 and k.shape[-2] <= 2 * q.shape[-1]:
+        candidates = dict(sdpa=_sdpa, matmul=matmul_attention)
+        key = (tuple(q.shape[1:]), k.shape[-2], attn_mask is not None,
+               size_class(q.shape[0]))
+        if inference_applies(q):
+            return _tuner('attention', candidates)(key, q, k, v, attn_mask)
+        if (q.dtype == torch.float32 and training_applies(q) and
+                (q.requires_grad or k.requires_grad or v.requires_grad)):
+            return _tuner('attention-train', candidates,
+                          _forward_backward)(key, q, k, v, attn_mask)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                           dropout_p=dropout_p)
 
