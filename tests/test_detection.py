@@ -615,7 +615,8 @@ MEMORISE_LR = {'RetinaNet': 5e-4, 'MaskRCNN': 2e-4}
 # 0.008 (RetinaNet) and 0.000 (Mask R-CNN) there, with 100 boxes per image
 # (measured: the same config, one iteration at an lr of 1e-16); a detector
 # that finds nothing scores 0. After MEMORISE_ITERS iterations they reached
-# 0.107 and 0.036 (measured on a 2-core Xeon, 1 thread).
+# 0.107 and 0.034-0.036 (measured on a 2-core Xeon, 1 thread, over three
+# versions of the model code).
 MAP_FLOOR = {'RetinaNet': 0.04, 'MaskRCNN': 0.01}
 # 64 RoIs per image for the second stage instead of 512 (at most 16
 # positives instead of 128): its heads' cost per iteration follows them,
