@@ -252,35 +252,8 @@ def test_environment_switch_is_read_at_import():
     assert out.stdout.strip() == 'False'
 
 
-# -- tools below the JIT see the plain ops -----------------------------------
-def _aten_ops_under_no_grad(model, x):
-    from torch.utils.flop_counter import FlopCounterMode
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(x)
-    return {str(op) for op in counter.get_flop_counts()['Global']}
-
-
-def test_flop_counter_mode_sees_conv_and_linear(kernel_calls):
-    model, x = _eval_model(batch=1)
-    ops = _aten_ops_under_no_grad(model, x)
-    assert kernel_calls == []
-    assert any('convolution' in op for op in ops), ops
-    assert any(op.startswith('aten.addmm') or op.startswith('aten.mm')
-               for op in ops), ops
-
-
-def test_export_sees_plain_ops():
-    model, _ = _eval_model(batch=1)
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        exported = torch.export.export(model, (x, ))
-    targets = {str(n.target) for n in exported.graph.nodes
-               if n.op == 'call_function'}
-    assert not any('mkldnn' in t for t in targets), targets
-    assert any('conv' in t for t in targets), targets
-    with torch.no_grad():
-        _assert_all_close(exported.module()(x), model(x))
+# (Tools below the JIT, FlopCounterMode and torch.export, seeing the plain
+# ops: tests/test_no_sync.py.)
 
 
 # -- depthwise conv backward --------------------------------------------------
