@@ -293,7 +293,7 @@ def markdown(results, args, info):
                 f'{REFERENCE} speed / memory ratio |',
                 '|---|---|---|---|---|---|---|---|'
             ] + [fmt_row(r, ref) for r in rows] + ['']
-    lines += ['Targets (issue 7):', '']
+    lines += ['Targets (against Swin-T and PVT-Small):', '']
     for line in target_lines(results, args):
         lines.append(f'- {line}')
     lines.append('')
