@@ -77,9 +77,11 @@ FP32_GRAD_RTOL = 1e-3
 # float32; mmdet computes loss_mask and loss_rpn_cls in float32 even in a
 # float64 model). RetinaNet's either 5e-5 or, in 2 of 5 runs, up to 1.1e-2
 # on its first three classification convs, whose gradients are 1e-3 of the
-# largest ones and cancel. Their losses agreed to 4e-7. The bounds are
-# about 4x the largest error seen.
-DET_GRAD_RTOL = {'RetinaNet': 5e-2, 'MaskRCNN': 1.5e-2}
+# largest ones and cancel. Their losses agreed to 4e-7. On a second CPU
+# (AMD EPYC, the fresh-clone CI run of the merged code) Mask R-CNN's mask
+# head reached 1.77e-2 and 1.80e-2 in two runs. The bounds are about 3-4x
+# the largest error seen.
+DET_GRAD_RTOL = {'RetinaNet': 5e-2, 'MaskRCNN': 5e-2}
 # Autocast against fp32: ||a - b|| / ||b|| per output map.
 AUTOCAST_RTOL = {torch.float16: 0.01, torch.bfloat16: 0.05}
 
