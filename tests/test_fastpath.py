@@ -16,18 +16,7 @@ import torch.nn.functional as F
 from mmtranscnn.models import HMHSA, TransCNN, fastpath
 from mmtranscnn.models.fastpath import (ConvNormAct, DepthwiseConv2d,
                                         Linear)
-
-
-def _randomise_bn(model):
-    """Non-trivial running statistics and affine weights."""
-    gen = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=gen) * .1)
-            m.running_var.copy_(torch.rand(n, generator=gen) + .5)
-            m.weight.data.copy_(torch.rand(n, generator=gen) + .5)
-            m.bias.data.copy_(torch.randn(n, generator=gen) * .1)
+from random_bn import randomise_bn
 
 
 @pytest.fixture
@@ -55,7 +44,7 @@ def _eval_model(act_cfg=dict(type='SiLU'), batch=2):
     size is no multiple of the grids."""
     torch.manual_seed(0)
     model = TransCNN('small', grid_sizes=(4, 2, 2, 0), act_cfg=act_cfg)
-    _randomise_bn(model)
+    randomise_bn(model)
     return model.eval(), torch.randn(batch, 3, 75, 93)
 
 
@@ -84,7 +73,7 @@ def test_fused_conv_norm_act_equals_the_plain_module(kernel_calls, act,
                          padding=kernel // 2, groups=groups,
                          norm_cfg=dict(type='BN'), act_cfg=act,
                          efficient_conv_bn_eval=True)
-    _randomise_bn(module)
+    randomise_bn(module)
     module.eval()
     x = torch.randn(2, 8, 13, 11).contiguous(
         memory_format=torch.channels_last)

@@ -22,6 +22,7 @@ from mmtranscnn.analysis import count_flops
 from mmtranscnn.analysis import speed
 from mmtranscnn.models import HMHSA, TransCNN
 from mmtranscnn.models.hmhsa import merge_tokens
+from random_bn import randomise_bn
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -40,25 +41,13 @@ def _set_folding(model, on):
             m.turn_on_efficient_conv_bn_eval(on)
 
 
-def _randomise_bn(model):
-    """Non-trivial running statistics and affine weights."""
-    gen = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=gen) * .1)
-            m.running_var.copy_(torch.rand(n, generator=gen) + .5)
-            m.weight.data.copy_(torch.rand(n, generator=gen) + .5)
-            m.bias.data.copy_(torch.randn(n, generator=gen) * .1)
-
-
 # -- the speed-ups compute the same thing -----------------------------------
 def _eval_small_model(batch):
     """An eval-mode TransCNN-Small with random BN statistics and an input
     whose size is no multiple of the grids."""
     torch.manual_seed(0)
     model = TransCNN('small', grid_sizes=(4, 2, 2, 0))
-    _randomise_bn(model)
+    randomise_bn(model)
     model.eval()
     return model, torch.randn(batch, 3, 75, 93)
 
@@ -78,7 +67,7 @@ def test_folding_keeps_norm_eval_training_semantics():
     like conv then BN: same loss, same gradients for conv and BN weights."""
     torch.manual_seed(0)
     model = TransCNN('small', norm_eval=True)
-    _randomise_bn(model)
+    randomise_bn(model)
     x = torch.randn(2, 3, 64, 64)
     grads, losses = [], []
     for on in (True, False):

@@ -14,7 +14,6 @@ code is not part of this repository.
     python tools/misc/compare_with_released.py --code-dir ../HAT-Net
 """
 import argparse
-import importlib.util
 import os.path as osp
 import sys
 
@@ -28,24 +27,7 @@ from mmtranscnn.models import TransCNN  # noqa: E402
 from mmtranscnn.models.released import RELEASED, convert_released  # noqa
 from released_reference import Reference  # noqa: E402
 
-BUILDERS = {
-    'transcnn-v1-tiny': ('TransCNN.py', 'TransCNN_Tiny'),
-    'transcnn-v1-small': ('TransCNN.py', 'TransCNN_Small'),
-    'transcnn-v1-medium': ('TransCNN.py', 'TransCNN_Medium'),
-    'transcnn-v1-large': ('TransCNN.py', 'TransCNN_Large'),
-    'hatnet-tiny': ('HAT_Net.py', 'HAT_Net_tiny'),
-    'hatnet-small': ('HAT_Net.py', 'HAT_Net_small'),
-    'hatnet-medium': ('HAT_Net.py', 'HAT_Net_medium'),
-    'hatnet-large': ('HAT_Net.py', 'HAT_Net_large'),
-}
-
-
-def load_module(path):
-    spec = importlib.util.spec_from_file_location(
-        osp.splitext(osp.basename(path))[0], path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from released_code import BUILDERS, load_module  # noqa: E402  (tools/misc)
 
 
 def rel(a, b):

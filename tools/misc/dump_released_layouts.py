@@ -12,29 +12,10 @@ random weights; nothing is downloaded.
         --out tests/data/released_layouts.json
 """
 import argparse
-import importlib.util
 import json
 import os.path as osp
 
-# our preset -> (the authors' file, its builder function)
-BUILDERS = {
-    'transcnn-v1-tiny': ('TransCNN.py', 'TransCNN_Tiny'),
-    'transcnn-v1-small': ('TransCNN.py', 'TransCNN_Small'),
-    'transcnn-v1-medium': ('TransCNN.py', 'TransCNN_Medium'),
-    'transcnn-v1-large': ('TransCNN.py', 'TransCNN_Large'),
-    'hatnet-tiny': ('HAT_Net.py', 'HAT_Net_tiny'),
-    'hatnet-small': ('HAT_Net.py', 'HAT_Net_small'),
-    'hatnet-medium': ('HAT_Net.py', 'HAT_Net_medium'),
-    'hatnet-large': ('HAT_Net.py', 'HAT_Net_large'),
-}
-
-
-def load_module(path):
-    spec = importlib.util.spec_from_file_location(
-        osp.splitext(osp.basename(path))[0], path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from released_code import BUILDERS, load_module  # noqa: E402  (tools/misc)
 
 
 def main():
