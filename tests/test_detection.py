@@ -822,6 +822,29 @@ def test_image_demo_draws_an_image_of_any_size(retinanet_run, tmp_path):
     assert np.abs(drawn.astype(int) - original).sum() > 0  # boxes drawn
 
 
+@pytest.mark.slow
+def test_main_job_draws_predictions_from_the_runners_checkpoint(
+        retinanet_run, shapes_data, tmp_path):
+    """The main job's last step, in a fresh interpreter as the job runs it:
+    the runner's checkpoint (which holds mmengine objects) must load on
+    torch >= 2.6, where torch.load refuses them by default."""
+    config, work_dir = retinanet_run
+    checkpoint = work_dir / f"epoch_{MEMORISE_ITERS['RetinaNet']}.pth"
+    script = (
+        'import sys; sys.path.insert(0, sys.argv[1]); import main_job; '
+        'print(main_job.draw_predictions(sys.argv[2], sys.argv[3], 2, 0.0, '
+        'config=sys.argv[4], data_root=sys.argv[5]))')
+    run([sys.executable, '-c', script, osp.join(REPO_DIR, 'tools'),
+         str(checkpoint), str(tmp_path / 'drawn'), config, str(shapes_data)],
+        cwd=tmp_path)
+    drawn = sorted((tmp_path / 'drawn').glob('*_gt_vs_pred.png'))
+    assert len(drawn) == 2
+    from PIL import Image
+    picture = np.asarray(Image.open(drawn[0]).convert('RGB'))
+    # ground truth | prediction side by side, each enlarged 3x from 64x64
+    assert picture.shape == (192, 384, 3)
+
+
 # -- downstream use of the installed package -----------------------------------
 def copy_source(dst):
     """The repository's source tree, without environments and outputs."""

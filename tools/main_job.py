@@ -100,11 +100,21 @@ def newest_checkpoint(work_dir: str) -> str:
 
 
 def draw_predictions(checkpoint: str, out_dir: str, num: int,
-                     score_thr: float, scale: int = 3) -> list:
+                     score_thr: float, scale: int = 3, config: str = CONFIG,
+                     data_root: str = DATA_ROOT) -> list:
     """Ground truth | prediction pictures of the first ``num`` val images.
 
     The images are enlarged ``scale`` times before drawing so that labels
     and scores stay readable on 160-pixel scenes.
+
+    Args:
+        checkpoint: the trained model (a file mmengine's runner wrote).
+        out_dir: where the PNG files go.
+        num: how many val images to draw.
+        score_thr: the lowest prediction score drawn.
+        scale: enlargement of the drawn images.
+        config: the model's config.
+        data_root: the shapes data (its val split is drawn).
     """
     import mmcv
     import numpy as np
@@ -113,12 +123,15 @@ def draw_predictions(checkpoint: str, out_dir: str, num: int,
     from mmengine.structures import InstanceData
 
     import mmtranscnn  # noqa: F401
+    # The runner's checkpoint holds its message hub (mmengine objects), which
+    # torch >= 2.6 refuses by default; this loads it with the allow-list.
+    import mmtranscnn.safe_checkpoints  # noqa: F401
 
-    with open(osp.join(DATA_ROOT, 'annotations', 'instances_val.json')) as f:
+    with open(osp.join(data_root, 'annotations', 'instances_val.json')) as f:
         coco = json.load(f)
     images = coco['images'][:num]
-    paths = [osp.join(DATA_ROOT, 'val', im['file_name']) for im in images]
-    inferencer = DetInferencer(model=CONFIG, weights=checkpoint,
+    paths = [osp.join(data_root, 'val', im['file_name']) for im in images]
+    inferencer = DetInferencer(model=config, weights=checkpoint,
                                device='cpu', show_progress=False)
     samples = inferencer(paths, return_datasamples=True, no_save_vis=True,
                          no_save_pred=True)['predictions']
