@@ -2,7 +2,8 @@
 paths, take effect only where they apply, and obey their switch.
 
 ``.ci/run`` runs this file twice: on the CPU as it is, and with oneDNN and
-ATen limited to AVX2 (``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2``),
+ATen limited to AVX2 (``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2
+MKL_ENABLE_INSTRUCTIONS=AVX2``, MKL for the GEMMs),
 since users' CPUs differ from CI's.
 """
 import os

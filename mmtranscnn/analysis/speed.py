@@ -474,11 +474,12 @@ def run_in_subprocess(job: Job, timeout: Optional[float] = None) -> dict:
 ISA_FLAGS = ('avx2', 'avx512f', 'avx512_vnni', 'avx512_bf16', 'avx512_fp16',
              'amx_tile', 'amx_bf16', 'amx_int8')
 #: Environment variables that set which kernels run: the caps on ATen's
-#: dispatch level and on oneDNN's ISA (``DNNL_MAX_CPU_ISA`` is the older
-#: name oneDNN still reads), and oneDNN's default math mode (which can let
-#: it compute fp32 work in bf16).
+#: dispatch level, on oneDNN's ISA (``DNNL_MAX_CPU_ISA`` is the older name
+#: oneDNN still reads) and on MKL's (the GEMMs behind aten's addmm/mm/bmm:
+#: without this cap they keep AVX-512 while ATen and oneDNN run AVX2), and
+#: oneDNN's default math mode (which can let it compute fp32 work in bf16).
 ISA_ENV = ('ATEN_CPU_CAPABILITY', 'ONEDNN_MAX_CPU_ISA', 'DNNL_MAX_CPU_ISA',
-           'ONEDNN_DEFAULT_FPMATH_MODE')
+           'MKL_ENABLE_INSTRUCTIONS', 'ONEDNN_DEFAULT_FPMATH_MODE')
 #: Thread settings of the process.
 THREAD_ENV = ('OMP_NUM_THREADS', 'MKL_NUM_THREADS')
 
