@@ -250,12 +250,16 @@ def test_environment_switch_is_read_at_import():
 @pytest.mark.parametrize('shape,k', [((2, 8, 13, 9), 5), ((1, 6, 7, 11), 7),
                                      ((1, 4, 3, 2), 5), ((2, 5, 6, 6), 9)])
 @pytest.mark.parametrize('bias', [True, False])
-def test_depthwise_backward_matches_conv2d(shape, k, bias):
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_depthwise_backward_matches_conv2d(shape, k, bias, channels_last):
     torch.manual_seed(0)
     c = shape[1]
     conv = DepthwiseConv2d(c, c, k, padding=k // 2, groups=c,
                            bias=bias).double()
-    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(*shape, dtype=torch.float64)
+    if channels_last:  # the layout TransCNN runs in
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
     assert conv._fast_backward_applies(x, conv.weight)
     g = torch.randn(*shape, dtype=torch.float64)
     params = [x, conv.weight] + ([conv.bias] if bias else [])

@@ -472,6 +472,14 @@ def depthwise_weight_grad(x: Tensor, grad_out: Tensor, k: int) -> Tensor:
     oneDNN computes with its fast 3 x 3 kernel; overlapping tiles (k=5:
     starts 0 and 2) write the same values twice.
 
+    The windows are read in place, without a copy each: the padded images
+    are stacked row after row in one channels-last buffer, and the window
+    at (s, t) is that buffer from offset (s, t) on, read as an image of
+    full padded rows (a view that is channels-last contiguous). What the
+    window reads besides its own pixels (the columns right of it, which
+    run on into the next row, and the rows between stacked images) meets
+    zeros of ``grad_out`` widened to match, so it adds nothing.
+
     Args:
         x: (N, C, H, W) conv input.
         grad_out: (N, C, H, W) gradient of the conv output.
@@ -482,15 +490,28 @@ def depthwise_weight_grad(x: Tensor, grad_out: Tensor, k: int) -> Tensor:
     """
     n, c, h, w = x.shape
     p = k // 2
-    xp = F.pad(x, (p, p, p, p))
-    grad = x.new_empty((c, 1, k, k))
+    rows, cols = h + 2 * p, w + 2 * p  # one padded image
+    # The images stacked: (N * rows, cols, C), plus one zero row that the
+    # last windows run into.
+    buf = x.new_zeros((n * rows + 1, cols, c))
+    buf[:n * rows].view(n, rows, cols, c)[:, p:p + h, p:p + w] = \
+        x.permute(0, 2, 3, 1)
+    # grad_out on the same grid: output row i * rows + y is image i's row y;
+    # the rows and columns beyond each image are zero.
+    out_rows = (n - 1) * rows + h
+    grad = x.new_zeros((n * rows, cols - 2, c))
+    grad.view(n, rows, cols - 2, c)[:, :h, :w] = grad_out.permute(0, 2, 3, 1)
+    grad = grad[:out_rows].unsqueeze(0).permute(0, 3, 1, 2)
+    result = x.new_empty((c, 1, k, k))
     starts = _tile_starts(k)
     for s in starts:
         for t in starts:
-            grad[:, :, s:s + 3, t:t + 3] = torch.nn.grad.conv2d_weight(
-                xp[:, :, s:s + h + 2, t:t + w + 2], (c, 1, 3, 3), grad_out,
-                groups=c)
-    return grad
+            window = buf.as_strided(
+                (1, c, out_rows + 2, cols), (buf.numel(), 1, cols * c, c),
+                buf.storage_offset() + (s * cols + t) * c)
+            result[:, :, s:s + 3, t:t + 3] = torch.nn.grad.conv2d_weight(
+                window, (c, 1, 3, 3), grad, groups=c)
+    return result
 
 
 class _DepthwiseConvFn(torch.autograd.Function):
