@@ -106,12 +106,25 @@ def test_hmhsa_same_result_for_either_memory_format(grids):
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_backbone_runs_channels_last_inside():
+def test_backbone_runs_channels_last_inside_and_returns_nchw():
+    """The blocks run channels-last; the maps come back NCHW-contiguous
+    (what necks and heads are written for) unless asked otherwise, with
+    the same values either way."""
+    torch.manual_seed(0)
     model = TransCNN('small').eval()
+    inside = TransCNN('small', out_memory_format='channels_last').eval()
+    inside.load_state_dict(model.state_dict())
+    x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        outs = model(torch.randn(1, 3, 64, 64))
-    assert all(o.is_contiguous(memory_format=torch.channels_last)
-               for o in outs)
+        outs, raw = model(x), inside(x)
+    for o, r in zip(outs, raw):
+        assert o.is_contiguous()
+        # C > 1 and H, W > 1: the two layouts are distinguishable
+        assert r.is_contiguous(memory_format=torch.channels_last)
+        assert not r.is_contiguous()
+        torch.testing.assert_close(o, r, rtol=0, atol=0)
+    with pytest.raises(ValueError, match='out_memory_format'):
+        TransCNN('small', out_memory_format='nhwc')
 
 
 @pytest.mark.parametrize('size,g', [((13, 17), 4), ((6, 6), 8), ((16, 8), 4),

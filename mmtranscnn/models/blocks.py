@@ -14,8 +14,9 @@ Choices made for speed, none of which changes what is computed:
 * The stem switches the image to channels-last memory. The convs, pools and
   norms that follow keep that format, which is what the CPU (oneDNN) and
   CUDA kernels prefer, and the (B, C, H, W) <-> (B, H, W, C) permutes around
-  H-MHSA become free views. Values and shapes are unchanged; the feature
-  maps the backbone returns are channels-last tensors.
+  H-MHSA become free views. Values and shapes are unchanged; the backbone
+  returns its maps NCHW-contiguous unless ``out_memory_format`` says
+  otherwise (see :class:`TransCNN`).
 * The CPU shortcuts (oneDNN's fused conv + BN + activation at inference,
   the depthwise-conv backward in training) live in :mod:`.fastpath`, whose
   layers the blocks are built from; they compute what the plain layers do.

@@ -32,6 +32,8 @@ ARCH_OPTIONAL_KEYS = ('stem_channels', 'style', 'head_dim', 'grid_sizes',
 # published ImageNet checkpoints need exactly (docs/released_weights.md).
 # Every entry is a named option of one building block.
 GN = dict(type='GN', num_groups=1, eps=1e-6)
+#: Memory layouts the backbone can return its maps in.
+OUT_MEMORY_FORMATS = ('contiguous', 'channels_last')
 STYLES: Dict[str, dict] = {
     'paper': dict(
         norm_cfg=dict(type='BN'),
@@ -118,6 +120,17 @@ class TransCNN(BaseModule):
         norm_cfg (dict, optional): norm config; None takes the style's:
             BN, or GroupNorm(1, C, eps=1e-6) for HAT-Net. Default: None.
         act_cfg (dict): activation config. Default: dict(type='SiLU').
+        out_memory_format (str): memory layout of the returned maps:
+            ``'contiguous'`` (NCHW, what OpenMMLab's necks and heads are
+            written for) or ``'channels_last'`` (the layout the blocks run
+            in, no copy). The stage outputs are small, so the copy is
+            cheap, but the layout carries on into the neck and head, whose
+            cost depends on it and on the CPU: a RetinaNet train step at
+            800x1344 on an AMD EPYC took 13.5 s with NCHW outputs and
+            18.7 s with channels-last ones with oneDNN limited to AVX2
+            (its AVX2 backward of the head's 3x3 convs is ~3x slower on
+            channels-last maps), and 13.7 s against 12.9 s at AVX-512.
+            Default: 'contiguous'.
         init_cfg (dict, optional): initialisation; ``dict(type='Pretrained',
             checkpoint=PATH, prefix='backbone.')`` loads our classification
             (or backbone-only) checkpoint strictly and reports any key that
@@ -195,8 +208,14 @@ class TransCNN(BaseModule):
                  norm_cfg: Optional[dict] = None,
                  act_cfg: dict = dict(type='SiLU'),
                  pool_ratios: Optional[Sequence] = None,
+                 out_memory_format: str = 'contiguous',
                  init_cfg: Optional[Union[dict, list]] = None):
         super().__init__(init_cfg=init_cfg)
+        if out_memory_format not in OUT_MEMORY_FORMATS:
+            raise ValueError(f'out_memory_format must be one of '
+                             f'{OUT_MEMORY_FORMATS}, got '
+                             f'{out_memory_format!r}')
+        self.out_memory_format = out_memory_format
         self.arch_settings = self._parse_arch(arch)
         channels = self.arch_settings['channels']
         num_stages = len(channels)
@@ -445,5 +464,6 @@ class TransCNN(BaseModule):
         for i, stage in enumerate(self.stages[:max(self.out_indices) + 1]):
             x = stage(x)
             if i in self.out_indices:
-                outs.append(x)
+                outs.append(x.contiguous() if self.out_memory_format ==
+                            'contiguous' else x)
         return tuple(outs)
