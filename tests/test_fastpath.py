@@ -1,10 +1,10 @@
 """The CPU fast paths (:mod:`mmtranscnn.models.fastpath`) equal the plain
 paths, take effect only where they apply, and obey their switch.
 
-``.ci/run`` runs this file twice: on the CPU as it is, and with oneDNN and
-ATen limited to AVX2 (``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2
-MKL_ENABLE_INSTRUCTIONS=AVX2``, MKL for the GEMMs),
-since users' CPUs differ from CI's.
+``.ci/run`` runs this file twice: on the CPU as it is, and with ATen,
+oneDNN and MKL (the GEMMs) limited to AVX2 (``ATEN_CPU_CAPABILITY=avx2
+ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2``), since users' CPUs
+differ from CI's.
 """
 import os
 import subprocess

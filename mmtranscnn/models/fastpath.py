@@ -49,8 +49,8 @@ traces or intercepts the model: ``torch.jit`` tracing/scripting,
 ``TorchFunctionMode`` (``FlopCounterMode``, fake tensors, ``make_fx``) and
 tensor subclasses; and whenever autocast is on or the tensors are not CPU
 float32. ``tests/test_fastpath.py`` proves each shortcut equal to its plain
-path; CI runs those tests on its own CPU and once more with oneDNN limited
-to AVX2.
+path; CI runs those tests on its own CPU and once more with ATen, oneDNN
+and MKL limited to AVX2.
 """
 import contextlib
 import functools
