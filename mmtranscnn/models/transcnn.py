@@ -128,8 +128,9 @@ class TransCNN(BaseModule):
             cost depends on it and on the CPU: a RetinaNet train step at
             800x1344 on an AMD EPYC took 13.5 s with NCHW outputs and
             18.7 s with channels-last ones, ATen, oneDNN and MKL limited
-            to AVX2 (oneDNN's AVX2 backward of the head's 3x3 convs is ~3x slower on
-            channels-last maps), and 13.7 s against 12.9 s at AVX-512.
+            to AVX2 (oneDNN's AVX2 backward of the head's 3x3 convs is ~3x
+            slower on channels-last maps), and 13.7 s against 12.9 s at
+            AVX-512.
             Default: 'contiguous'.
         init_cfg (dict, optional): initialisation; ``dict(type='Pretrained',
             checkpoint=PATH, prefix='backbone.')`` loads our classification
