@@ -18,6 +18,7 @@ cd "$ROOT"
 VENV="${MMTRANSCNN_VENV:-$ROOT/.venv}"
 CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/mmtranscnn"
 MMCV_VERSION=2.1.0
+TORCH_FREE_MB="${MMTRANSCNN_TORCH_FREE_MB:-6500}"  # MB free needed to install torch
 RUN_MAIN_JOB=1
 for arg in "$@"; do
   case "$arg" in
@@ -87,6 +88,17 @@ else
 
   STEP="install torch and torchvision"
   say "$STEP"
+  # torch's CUDA build needs ~6 GB in the venv; a full disk otherwise shows up
+  # only as pip's OSError half-way through. Skipped when torch is in already.
+  if ! "$PY" -c 'import torch' >/dev/null 2>&1; then
+    FREE_MB="$(df -Pm "$VENV" | awk 'NR==2 {print $4}')"
+    if [ "${FREE_MB:-0}" -lt "$TORCH_FREE_MB" ]; then
+      echo "[setup] only ${FREE_MB} MB free on the disk of $VENV; torch and" \
+        "torchvision need about $TORCH_FREE_MB MB (free some space, or set" \
+        "MMTRANSCNN_VENV to a folder on a larger disk)" >&2
+      false
+    fi
+  fi
   "${PIP[@]}" install -q -r requirements/torch.txt
 
   # --- mmcv with compiled ops ----------------------------------------------
