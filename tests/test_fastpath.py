@@ -128,6 +128,48 @@ def test_matmul_attention_equals_sdpa(lq, lk, masked):
         rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('lq,lk,masked', [(4, 4, False), (16, 16, True),
+                                          (64, 64, False), (256, 16, False)])
+def test_matmul_attention_under_bf16_autocast(lq, lk, masked):
+    """In bf16 mixed-precision training (q, k, v from autocast's linears)
+    the matmul form and its gradients stay within bfloat16's precision of
+    the exact attention of those operands, as SDPA's do."""
+    torch.manual_seed(0)
+    q = torch.randn(5, 2, lq, 64).bfloat16().requires_grad_()
+    k, v = (t.bfloat16().requires_grad_()
+            for t in torch.randn(2, 5, 2, lk, 64).unbind(0))
+    mask = None
+    if masked:
+        mask = torch.rand(5, 1, 1, lk) > .3
+        mask[..., 0] = True
+    g = torch.randn(5, 2, lq, 64).bfloat16()
+    exact_in = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    out = F.scaled_dot_product_attention(*exact_in, attn_mask=mask)
+    exact = (out, ) + torch.autograd.grad(out, exact_in, g.double())
+    for attention in (fastpath.matmul_attention, fastpath._sdpa):
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            out = attention(q, k, v, mask)
+        got = (out, ) + torch.autograd.grad(out, (q, k, v), g)
+        for a, ref in zip(got, exact):
+            assert a.dtype == torch.bfloat16
+            torch.testing.assert_close(
+                a.double(), ref, rtol=1.6e-2,
+                atol=1.6e-2 * ref.abs().max().item())
+
+
+def test_training_attention_is_chosen_under_bf16_autocast():
+    fastpath.reset_tuning()
+    torch.manual_seed(0)
+    m = HMHSA(32, grid_sizes=(4, ), head_dim=16).train()
+    x = torch.randn(2, 32, 8, 8, requires_grad=True)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = m(x)
+    out.float().square().mean().backward()
+    keys = fastpath.tuning_report()['attention-train']
+    assert keys and {key[-1] for key in keys} == {torch.bfloat16}
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
 def test_shape_tuner_keeps_the_fastest_per_shape_class():
     import time
     calls = []
@@ -285,10 +327,55 @@ def test_depthwise_fast_path_only_where_it_applies():
         ._fast_backward_applies(x, conv.weight)
     assert not DepthwiseConv2d(4, 8, 5, padding=2, groups=4)\
         ._fast_backward_applies(x, conv.weight)
-    with torch.autocast('cpu', dtype=torch.bfloat16):
-        assert not conv._fast_backward_applies(x, conv.weight)
+    with torch.autocast('cpu', dtype=torch.bfloat16):  # mixed precision
+        assert conv._fast_backward_applies(x, conv.weight)
     # The state dict is nn.Conv2d's.
     assert set(conv.state_dict()) == {'weight', 'bias'}
+
+
+def _bf16_depthwise_grads(conv, x, g):
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        y = conv(x)
+    params = [x, conv.weight] + ([conv.bias] if conv.bias is not None
+                                 else [])
+    return y, torch.autograd.grad(y, params, g)
+
+
+@pytest.mark.parametrize('shape,k', [((2, 16, 13, 9), 5), ((1, 8, 7, 11), 7)])
+@pytest.mark.parametrize('bias', [True, False])
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_depthwise_backward_under_bf16_autocast(shape, k, bias,
+                                                channels_last):
+    """Under CPU autocast the fast backward runs in bfloat16, as the plain
+    conv does: the same forward, and gradients as close to the exact ones
+    (of the bf16-rounded operands) as bfloat16 allows."""
+    torch.manual_seed(0)
+    c = shape[1]
+    conv = DepthwiseConv2d(c, c, k, padding=k // 2, groups=c, bias=bias)
+    x = torch.randn(*shape)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    g = torch.randn(*shape).bfloat16()
+    y, got = _bf16_depthwise_grads(conv, x, g)
+    with fastpath.enabled(False):
+        y_plain, plain = _bf16_depthwise_grads(conv, x, g)
+    assert y.dtype == y_plain.dtype == torch.bfloat16
+    torch.testing.assert_close(y, y_plain, rtol=0, atol=0)
+    assert [t.dtype for t in got] == [t.dtype for t in plain]  # fp32
+    # The exact gradients of the operands the bf16 conv saw.
+    x64 = x.detach().bfloat16().double().requires_grad_()
+    w64 = conv.weight.detach().bfloat16().double().requires_grad_()
+    b64 = None
+    if bias:
+        b64 = conv.bias.detach().bfloat16().double().requires_grad_()
+    exact = torch.autograd.grad(
+        F.conv2d(x64, w64, b64, padding=k // 2, groups=c),
+        [t for t in (x64, w64, b64) if t is not None], g.double())
+    for fast, slow, ref in zip(got, plain, exact):
+        tol = dict(rtol=1.6e-2, atol=1.6e-2 * ref.abs().max().item())
+        torch.testing.assert_close(slow.double(), ref, **tol)
+        torch.testing.assert_close(fast.double(), ref, **tol)
 
 
 def test_hmhsa_residual_in_place_only_without_autograd():

@@ -614,3 +614,49 @@ def test_setup_codebase_registers_the_scope(scope, name,
     assert registry.MODELS.get(name) is not None
     # mmtranscnn is imported too: TransCNN resolves in the scope.
     assert registry.MODELS.get('TransCNN') is not None
+
+
+def _load_main_job():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        'main_job', osp.join(REPO_DIR, 'tools', 'main_job.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bf16_probe_measures_the_cpu_it_runs_on():
+    """Where oneDNN may not use bf16 instructions (ISA limited to AVX2, as
+    on AVX2-only CPUs) bf16 autocast is emulated and measured slower."""
+    from mmtranscnn.engine.amp import bf16_training_speedup
+    speedup = bf16_training_speedup(repeats=1, size=8)
+    assert math.isfinite(speedup) and speedup > 0
+    if not re.match(r'(x86_64|amd64)$', os.uname().machine, re.I):
+        return
+    env = dict(os.environ, ATEN_CPU_CAPABILITY='avx2',
+               ONEDNN_MAX_CPU_ISA='AVX2', MKL_ENABLE_INSTRUCTIONS='AVX2')
+    out = subprocess.run(
+        [sys.executable, '-c', 'from mmtranscnn.engine.amp import '
+         'bf16_training_speedup as f; print(f())'],
+        env=env, capture_output=True, text=True, check=True)
+    assert float(out.stdout.strip().splitlines()[-1]) < 1
+
+
+def test_main_job_trains_in_bf16_only_where_it_is_faster(monkeypatch):
+    import mmtranscnn.engine.amp as amp
+    main_job = _load_main_job()
+    for speedup, want in ((2.0, 'bf16'), (1.1, 'fp32'), (0.05, 'fp32')):
+        monkeypatch.setattr(amp, 'bf16_training_speedup', lambda: speedup)
+        assert main_job.choose_precision('auto') == want
+    monkeypatch.setattr(amp, 'bf16_training_speedup',
+                        lambda: pytest.fail('probed though asked for fp32'))
+    assert main_job.choose_precision('fp32') == 'fp32'
+    assert main_job.choose_precision('bf16') == 'bf16'
+    with pytest.raises(ValueError, match="precision must be one of"):
+        main_job.choose_precision('fp16')
+    commands = []
+    monkeypatch.setattr(main_job.subprocess, 'run',
+                        lambda cmd, **kw: commands.append(cmd))
+    main_job.train('w', [], 'bf16')
+    main_job.train('w', [], 'fp32')
+    assert '--amp' in commands[0] and '--amp' not in commands[1]

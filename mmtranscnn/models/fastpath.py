@@ -18,7 +18,8 @@ function:
 * :class:`DepthwiseConv2d`: in CPU training, the backward of a stride-1
   depthwise conv with k > 3 through oneDNN's fast kernels only (the input
   gradient as a forward conv with the flipped kernel, the weight gradient
-  from 3x3 pieces), where oneDNN's own k x k backward is slow.
+  from 3x3 pieces), where oneDNN's own k x k backward is slow; under CPU
+  autocast too (bf16 mixed-precision training), in autocast's dtype.
 * :func:`scaled_dot_product_attention`: at CPU inference, SDPA's fused
   kernel or a plain matmul + softmax + matmul, whichever is faster for the
   shape (the fused kernel has a high fixed cost per grid, which dominates
@@ -47,8 +48,8 @@ They also stand aside, so that tools see the plain aten ops, while a tool
 traces or intercepts the model: ``torch.jit`` tracing/scripting,
 ``torch.compile``/``torch.export`` (dynamo), any ``TorchDispatchMode`` or
 ``TorchFunctionMode`` (``FlopCounterMode``, fake tensors, ``make_fx``) and
-tensor subclasses; and whenever autocast is on or the tensors are not CPU
-float32. ``tests/test_fastpath.py`` proves each shortcut equal to its plain
+tensor subclasses; and, but for the depthwise backward, whenever autocast
+is on or the tensors are not CPU float32. ``tests/test_fastpath.py`` proves each shortcut equal to its plain
 path; CI runs those tests on its own CPU and once more with ATen, oneDNN
 and MKL limited to AVX2.
 """
@@ -180,12 +181,22 @@ def _intercepted() -> bool:
     return torch._C._is_torch_function_mode_enabled()
 
 
-def _common(x: Tensor) -> bool:
+def autocast_dtype() -> Optional[torch.dtype]:
+    """The dtype of CPU autocast when it is on, else None."""
+    if not _autocast_on():
+        return None
+    try:
+        return torch.get_autocast_dtype('cpu')
+    except (AttributeError, TypeError):  # torch < 2.4
+        return torch.get_autocast_cpu_dtype()
+
+
+def _common(x: Tensor, under_autocast: bool = False) -> bool:
     # _intercepted() first: while dynamo traces (torch.export on torch 2.1)
     # the checks after it, type() among them, must not be traced.
     return (_enabled and not _intercepted() and type(x) is Tensor
             and x.device.type == 'cpu' and torch.backends.mkldnn.enabled
-            and not _autocast_on())
+            and (under_autocast or not _autocast_on()))
 
 
 def inference_applies(x: Tensor) -> bool:
@@ -198,13 +209,15 @@ def inference_applies(x: Tensor) -> bool:
             and _common(x))
 
 
-def training_applies(x: Tensor) -> bool:
+def training_applies(x: Tensor, under_autocast: bool = False) -> bool:
     """Whether a CPU training shortcut may replace the plain backward.
 
     Args:
         x: the layer's input.
+        under_autocast: the shortcut also applies while CPU autocast is on
+            (it then runs in autocast's dtype, as the plain op would).
     """
-    return torch.is_grad_enabled() and _common(x)
+    return torch.is_grad_enabled() and _common(x, under_autocast)
 
 
 def add_residual(x: Tensor, branch: Tensor) -> Tensor:
@@ -301,7 +314,10 @@ def matmul_attention(q: Tensor, k: Tensor, v: Tensor,
     scores = torch.matmul(q, k.transpose(-2, -1)).mul_(q.shape[-1]**-0.5)
     if attn_mask is not None:
         scores.masked_fill_(~attn_mask, float('-inf'))
-    return torch.matmul(scores.softmax(-1), v)
+    # The softmax in float32 also when q is bf16 (autocast training), as
+    # SDPA's CPU kernel computes it.
+    weights = scores.softmax(-1, dtype=torch.float32).to(v.dtype)
+    return torch.matmul(weights, v)
 
 
 def _sdpa(q, k, v, attn_mask):
@@ -340,10 +356,13 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor,
     if dropout_p == 0 and k.shape[-2] <= 2 * q.shape[-1]:
         candidates = dict(sdpa=_sdpa, matmul=matmul_attention)
         key = (tuple(q.shape[1:]), k.shape[-2], attn_mask is not None,
-               size_class(q.shape[0]))
+               size_class(q.shape[0]), q.dtype)
         if inference_applies(q):
             return _tuner('attention', candidates)(key, q, k, v, attn_mask)
-        if (q.dtype == torch.float32 and training_applies(q) and
+        # Training, also under autocast (bf16 mixed precision): both
+        # candidates then run in autocast's dtype, and are timed so.
+        if (q.dtype in (torch.float32, autocast_dtype())
+                and training_applies(q, under_autocast=True) and
                 (q.requires_grad or k.requires_grad or v.requires_grad)):
             return _tuner('attention-train', candidates,
                           _forward_backward)(key, q, k, v, attn_mask)
@@ -551,7 +570,7 @@ class DepthwiseConv2d(nn.Conv2d):
 
     def _fast_backward_applies(self, x: Tensor, weight: Tensor) -> bool:
         k = self.kernel_size
-        return (training_applies(x)
+        return (training_applies(x, under_autocast=True)
                 and (x.requires_grad or weight.requires_grad)
                 and self.groups == self.in_channels == self.out_channels
                 and k[0] == k[1] and k[0] > 3 and k[0] % 2 == 1
@@ -564,12 +583,23 @@ class DepthwiseConv2d(nn.Conv2d):
         # ConvModule's eval-time BN folding also calls this with folded
         # weights, so both paths get the fast backward.
         if self._fast_backward_applies(x, weight):
-            return _DepthwiseConvFn.apply(x, weight, bias, self.padding)
+            low = autocast_dtype()
+            if low is None:
+                return _DepthwiseConvFn.apply(x, weight, bias, self.padding)
+            # Under autocast the plain conv runs in autocast's dtype; so does
+            # this one (oneDNN's bf16 k x k backward is slower still than its
+            # fp32 one). The casts stay on the tape: fp32 parameters get
+            # their gradients through them, as from the plain op.
+            x, weight = x.to(low), weight.to(low)
+            bias = None if bias is None else bias.to(low)
+            with torch.autocast('cpu', enabled=False):
+                return _DepthwiseConvFn.apply(x, weight, bias, self.padding)
         return super()._conv_forward(x, weight, bias)
 
 
 __all__ = ['ENV_VAR', 'set_enabled', 'is_enabled', 'enabled', 'kernel',
-           'inference_applies', 'training_applies', 'add_residual', 'Linear',
+           'inference_applies', 'training_applies', 'autocast_dtype',
+           'add_residual', 'Linear',
            'ConvNormAct', 'DepthwiseConv2d', 'depthwise_weight_grad',
            'ShapeTuner', 'tuning_report', 'reset_tuning', 'size_class',
            'matmul_attention', 'scaled_dot_product_attention']
