@@ -20,10 +20,11 @@ function:
   gradient as a forward conv with the flipped kernel, the weight gradient
   from 3x3 pieces), where oneDNN's own k x k backward is slow; under CPU
   autocast too (bf16 mixed-precision training), in autocast's dtype.
-* :func:`scaled_dot_product_attention`: at CPU inference, SDPA's fused
-  kernel or a plain matmul + softmax + matmul, whichever is faster for the
-  shape (the fused kernel has a high fixed cost per grid, which dominates
-  for the small grids of the deeper stages).
+* :func:`scaled_dot_product_attention`: at CPU inference and in CPU
+  training, SDPA's fused kernel or a plain matmul + softmax + matmul,
+  whichever is faster for the shape (the fused kernel has a high fixed
+  cost per grid, which dominates for the small grids of the deeper
+  stages).
 * :func:`add_residual`: without autograd, the residual sum is written into
   the branch output (one map fewer per block).
 
@@ -48,10 +49,13 @@ They also stand aside, so that tools see the plain aten ops, while a tool
 traces or intercepts the model: ``torch.jit`` tracing/scripting,
 ``torch.compile``/``torch.export`` (dynamo), any ``TorchDispatchMode`` or
 ``TorchFunctionMode`` (``FlopCounterMode``, fake tensors, ``make_fx``) and
-tensor subclasses; and, but for the depthwise backward, whenever autocast
-is on or the tensors are not CPU float32. ``tests/test_fastpath.py`` proves each shortcut equal to its plain
-path; CI runs those tests on its own CPU and once more with ATen, oneDNN
-and MKL limited to AVX2.
+tensor subclasses. The inference shortcuts also stand aside under autocast
+and for tensors that are not CPU float32; the training ones (depthwise
+backward, attention choice) run under CPU autocast in its dtype, as the
+plain ops would (bf16 mixed-precision training). ``tests/test_fastpath.py``
+proves each shortcut equal to its plain path (in bf16, as close to the
+exact result as the plain path); CI runs those tests on its own CPU and
+once more with ATen, oneDNN and MKL limited to AVX2.
 """
 import contextlib
 import functools
