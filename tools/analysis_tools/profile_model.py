@@ -59,6 +59,8 @@ def parse_args(argv=None):
     parser.add_argument('model', choices=sorted(set(BACKBONES) |
                                                 set(DETECTORS)))
     parser.add_argument('--case', default='backbone-224', choices=list(CASES))
+    parser.add_argument('--dtype', default='fp32', choices=['fp32', 'bf16'],
+                        help='bf16: the step under CPU bfloat16 autocast')
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--warmup', type=int, default=1)
     parser.add_argument('--steps', type=int, default=3)
@@ -84,7 +86,7 @@ def main(argv=None):
     kind, mode, batch, h, w, grids = CASES[args.case]
     job = Job(model=args.model, kind=kind, mode=mode, batch=batch,
               height=h, width=w, grid_sizes=grids,
-              threads=args.threads).validate()
+              threads=args.threads, dtype=args.dtype).validate()
     _, step = build_step(job)
     for _ in range(args.warmup):
         step()
@@ -99,7 +101,8 @@ def main(argv=None):
     by_kind = defaultdict(float)
     for e in events:
         by_kind[categorise(e.key)] += e.self_cpu_time_total / per_step
-    print(f'{args.model}, {args.case} (batch {batch}, {h}x{w}, {mode}), '
+    print(f'{args.model}, {args.case} (batch {batch}, {h}x{w}, {mode}, '
+          f'{args.dtype}), '
           f'{args.threads} threads, {args.steps} profiled steps: '
           f'{total:.0f} ms of operator self time per step')
     print(f"{'kind of work':<20} {'ms/step':>9} {'share':>7}")
