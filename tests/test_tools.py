@@ -645,6 +645,7 @@ def test_bf16_probe_measures_the_cpu_it_runs_on():
 def test_main_job_trains_in_bf16_only_where_it_is_faster(monkeypatch):
     import mmtranscnn.engine.amp as amp
     main_job = _load_main_job()
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
     for speedup, want in ((2.0, 'bf16'), (1.1, 'fp32'), (0.05, 'fp32')):
         monkeypatch.setattr(amp, 'bf16_training_speedup', lambda: speedup)
         assert main_job.choose_precision('auto') == want

@@ -81,6 +81,11 @@ def choose_precision(precision: str = 'auto') -> str:
     if precision != 'auto':
         print(f'[main job] precision: {precision} (asked for)', flush=True)
         return precision
+    import torch
+    if torch.cuda.is_available():
+        # The runner trains on the GPU then; the probe measures the CPU.
+        print('[main job] precision: fp32 (a GPU is present)', flush=True)
+        return 'fp32'
     from mmtranscnn.engine.amp import bf16_training_speedup
     speedup = bf16_training_speedup()
     chosen = 'bf16' if speedup >= BF16_MIN_SPEEDUP else 'fp32'
