@@ -19,6 +19,9 @@ VENV="${MMTRANSCNN_VENV:-$ROOT/.venv}"
 CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/mmtranscnn"
 MMCV_VERSION=2.1.0
 TORCH_FREE_MB="${MMTRANSCNN_TORCH_FREE_MB:-6500}"  # MB free needed to install torch
+case "$TORCH_FREE_MB" in
+  ''|*[!0-9]*) echo "setup.sh: MMTRANSCNN_TORCH_FREE_MB must be a whole number of MB, got '$TORCH_FREE_MB'" >&2; exit 2 ;;
+esac
 RUN_MAIN_JOB=1
 for arg in "$@"; do
   case "$arg" in

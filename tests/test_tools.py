@@ -616,15 +616,6 @@ def test_setup_codebase_registers_the_scope(scope, name,
     assert registry.MODELS.get('TransCNN') is not None
 
 
-def _load_main_job():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        'main_job', osp.join(REPO_DIR, 'tools', 'main_job.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_bf16_probe_measures_the_cpu_it_runs_on():
     """Where oneDNN may not use bf16 instructions (ISA limited to AVX2, as
     on AVX2-only CPUs) bf16 autocast is emulated and measured slower."""
@@ -644,7 +635,7 @@ def test_bf16_probe_measures_the_cpu_it_runs_on():
 
 def test_main_job_trains_in_bf16_only_where_it_is_faster(monkeypatch):
     import mmtranscnn.engine.amp as amp
-    main_job = _load_main_job()
+    main_job = load_tool('main_job')
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
     for speedup, want in ((2.0, 'bf16'), (1.1, 'fp32'), (0.05, 'fp32')):
         monkeypatch.setattr(amp, 'bf16_training_speedup', lambda: speedup)

@@ -20,6 +20,12 @@ def test_autocast_state_follows_the_context():
     assert not torch_compat.is_autocast_enabled('cuda')
 
 
+def test_autocast_dtype_follows_the_context():
+    for dtype in (torch.bfloat16, torch.float16):
+        with torch.autocast('cpu', dtype=dtype):
+            assert torch_compat.get_autocast_dtype('cpu') == dtype
+
+
 def test_the_form_matches_this_torch():
     major, minor = (int(v) for v in torch.__version__.split('.')[:2])
     assert torch_compat.DEVICE_AUTOCAST_API == ((major, minor) >= (2, 4))

@@ -69,6 +69,9 @@ import torch.nn.functional as F
 from mmcv.cnn import ConvModule
 from torch import Tensor, nn
 
+from mmtranscnn.utils.torch_compat import (get_autocast_dtype,
+                                          is_autocast_enabled)
+
 ENV_VAR = 'MMTRANSCNN_FAST_PATHS'
 
 
@@ -154,13 +157,6 @@ def kernel(name: str) -> Optional[Callable]:
     return _lookup(name)
 
 
-def _autocast_on() -> bool:
-    try:
-        return torch.is_autocast_enabled('cpu')
-    except TypeError:  # torch < 2.4 has no device argument
-        return torch.is_autocast_cpu_enabled()
-
-
 def _compiling_check() -> Callable[[], bool]:
     compiler = getattr(torch, 'compiler', None)
     if compiler is not None and hasattr(compiler, 'is_compiling'):
@@ -187,12 +183,8 @@ def _intercepted() -> bool:
 
 def autocast_dtype() -> Optional[torch.dtype]:
     """The dtype of CPU autocast when it is on, else None."""
-    if not _autocast_on():
-        return None
-    try:
-        return torch.get_autocast_dtype('cpu')
-    except (AttributeError, TypeError):  # torch < 2.4
-        return torch.get_autocast_cpu_dtype()
+    return (get_autocast_dtype('cpu') if is_autocast_enabled('cpu') else
+            None)
 
 
 def _common(x: Tensor, under_autocast: bool = False) -> bool:
@@ -200,7 +192,7 @@ def _common(x: Tensor, under_autocast: bool = False) -> bool:
     # the checks after it, type() among them, must not be traced.
     return (_enabled and not _intercepted() and type(x) is Tensor
             and x.device.type == 'cpu' and torch.backends.mkldnn.enabled
-            and (under_autocast or not _autocast_on()))
+            and (under_autocast or not is_autocast_enabled('cpu')))
 
 
 def inference_applies(x: Tensor) -> bool:

@@ -3,11 +3,12 @@
 mmtranscnn supports torch 2.0 to 2.14 (see setup.py). Between those,
 autocast state and the gradient scaler moved to device-generic calls:
 
-* ``torch.is_autocast_enabled(device_type)`` and
-  ``torch.set_autocast_enabled(device_type, enabled)`` exist from torch 2.4;
-  before, the CPU had ``torch.is_autocast_cpu_enabled()`` /
-  ``torch.set_autocast_cpu_enabled()`` and the argument-free
-  ``torch.is_autocast_enabled()`` meant CUDA.
+* ``torch.is_autocast_enabled(device_type)``,
+  ``torch.set_autocast_enabled(device_type, enabled)`` and
+  ``torch.get_autocast_dtype(device_type)`` exist from torch 2.4; before,
+  the CPU had ``torch.is_autocast_cpu_enabled()`` /
+  ``torch.set_autocast_cpu_enabled()`` / ``torch.get_autocast_cpu_dtype()``
+  and the argument-free forms meant CUDA.
 * ``torch.amp.GradScaler(device_type)`` exists from torch 2.3; before,
   ``torch.cuda.amp.GradScaler()`` (newer torch deprecates that one).
 
@@ -26,9 +27,11 @@ def _has_device_autocast_api() -> bool:
 
 DEVICE_AUTOCAST_API = _has_device_autocast_api()
 _OLD_AUTOCAST = {
-    'cpu': (torch.is_autocast_cpu_enabled, torch.set_autocast_cpu_enabled)
+    'cpu': (torch.is_autocast_cpu_enabled, torch.set_autocast_cpu_enabled,
+            torch.get_autocast_cpu_dtype)
     if not DEVICE_AUTOCAST_API else None,
-    'cuda': (torch.is_autocast_enabled, torch.set_autocast_enabled)
+    'cuda': (torch.is_autocast_enabled, torch.set_autocast_enabled,
+             torch.get_autocast_gpu_dtype)
     if not DEVICE_AUTOCAST_API else None,
 }
 
@@ -56,6 +59,13 @@ def set_autocast_enabled(device_type: str, enabled: bool) -> None:
         _old_pair(device_type)[1](enabled)
 
 
+def get_autocast_dtype(device_type: str) -> torch.dtype:
+    """The dtype autocast casts to on ``device_type`` (when it is on)."""
+    if DEVICE_AUTOCAST_API:
+        return torch.get_autocast_dtype(device_type)
+    return _old_pair(device_type)[2]()
+
+
 def grad_scaler(device_type: str = 'cuda'):
     """A dynamic loss scaler for fp16 training on ``device_type``."""
     amp = getattr(torch, 'amp', None)
@@ -67,5 +77,5 @@ def grad_scaler(device_type: str = 'cuda'):
     return torch.cuda.amp.GradScaler()
 
 
-__all__ = ['DEVICE_AUTOCAST_API', 'grad_scaler', 'is_autocast_enabled',
-           'set_autocast_enabled']
+__all__ = ['DEVICE_AUTOCAST_API', 'get_autocast_dtype', 'grad_scaler',
+           'is_autocast_enabled', 'set_autocast_enabled']
