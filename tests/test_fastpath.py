@@ -422,3 +422,65 @@ def test_training_attention_choice_keeps_gradients_and_checkpointing():
         for name, g in grads[0].items():
             torch.testing.assert_close(other[name], g, rtol=1e-3,
                                        atol=1e-5, msg=name)
+
+
+# -- in-place activations under autograd -------------------------------------
+def _ops_of(fn):
+    from torch.profiler import profile
+    with profile() as prof:
+        fn()
+    return [e.name for e in prof.events()]
+
+
+@pytest.mark.parametrize('act', ['SiLU', 'HSwish', 'ReLU'])
+def test_inplace_activation_runs_out_of_place_under_autograd(act):
+    """Same output and gradients as mmcv's ConvModule, without the copy that
+    recording an in-place SiLU costs (ReLU's in-place form needs none)."""
+    from mmcv.cnn import ConvModule
+    torch.manual_seed(0)
+    kw = dict(norm_cfg=dict(type='BN'), act_cfg=dict(type=act))
+    ours = ConvNormAct(8, 16, 3, padding=1, **kw).train()
+    plain = ConvModule(8, 16, 3, padding=1, **kw).train()
+    plain.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 8, 12, 12, requires_grad=True)
+    outs, grads = [], []
+    for m in (ours, plain):
+        y = m(x)
+        y.square().sum().backward()
+        outs.append(y.detach())
+        grads.append([x.grad.clone()] + [p.grad.clone()
+                                         for p in m.parameters()])
+        x.grad = None
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    ours_ops = _ops_of(lambda: ours(x))
+    plain_ops = _ops_of(lambda: plain(x))
+    if act == 'ReLU':
+        assert ours_ops.count('aten::clone') == plain_ops.count('aten::clone')
+    else:
+        assert 'aten::clone' in plain_ops  # the copy this avoids
+        assert 'aten::clone' not in ours_ops, ours_ops
+    # without autograd, and with the fast paths off, ConvModule's own path
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), plain(x), rtol=0, atol=0)
+    with fastpath.enabled(False):
+        off_ops = _ops_of(lambda: ours(x))
+    assert off_ops.count('aten::clone') == plain_ops.count('aten::clone')
+
+
+def test_depthwise_weight_grad_ignores_stale_buffer_contents(monkeypatch):
+    """Only the padding of the work buffers is zero-filled: garbage in
+    fresh memory must not reach the gradient."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 9, 11)
+    g = torch.randn(2, 6, 9, 11)
+    want = torch.nn.grad.conv2d_weight(x, (6, 1, 5, 5), g, padding=2,
+                                       groups=6)
+    real_new_empty = torch.Tensor.new_empty
+
+    def nan_filled(self, *args, **kwargs):
+        return real_new_empty(self, *args, **kwargs).fill_(float('nan'))
+    monkeypatch.setattr(torch.Tensor, 'new_empty', nan_filled)
+    got = fastpath.depthwise_weight_grad(x, g, 5)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

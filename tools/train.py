@@ -15,7 +15,8 @@ import os
 
 from mmengine.config import Config, DictAction
 
-from mmtranscnn.engine import (LAUNCHERS, build_runner, merge_train_args,
+from mmtranscnn.engine import (LAUNCHERS, build_runner,
+                               keep_freed_memory_for_cpu_run, merge_train_args,
                                setup_codebase, setup_cpu_distributed,
                                teardown_distributed)
 
@@ -67,6 +68,7 @@ def main():
     merge_train_args(cfg, args)
     setup_codebase(cfg)
     setup_cpu_distributed(cfg)  # no-op on GPUs or without a launcher
+    keep_freed_memory_for_cpu_run()  # no-op with CUDA
     runner = build_runner(cfg)
     runner.train()
     teardown_distributed()

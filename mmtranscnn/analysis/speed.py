@@ -125,6 +125,11 @@ class Job:
         channels_last: convert every model and the input to channels-last
             (off by default: each model runs as its authors ship it).
         flops: count FLOPs (backbones only, after timing).
+        keep_freed_memory: in CPU train steps, let glibc keep freed memory
+            for reuse (:mod:`mmtranscnn.engine.cpu_memory`), as
+            ``tools/train.py`` does, the same for every model; False
+            measures with the system's malloc settings. Inference is always
+            measured with the system's settings, as ``tools/test.py`` runs.
     """
     model: str
     kind: str = 'backbone'
@@ -140,6 +145,7 @@ class Job:
     repeats: int = 5
     channels_last: bool = False
     flops: bool = False
+    keep_freed_memory: bool = True
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> 'Job':
@@ -372,6 +378,12 @@ def run_job(job: Job) -> dict:
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise RuntimeError('device=cuda but torch.cuda.is_available() is '
                            'False')
+    memory_kept = None
+    if device.type == 'cpu' and job.mode == 'train' and \
+            job.keep_freed_memory:
+        from mmtranscnn.engine.cpu_memory import keep_freed_memory
+        memory_kept = keep_freed_memory()  # None once applied
+        memory_kept = memory_kept is None
     model, step = build_step(job)
     from mmtranscnn.analysis.complexity import count_params
     params = count_params(model)
@@ -435,7 +447,7 @@ def run_job(job: Job) -> dict:
         hwm_reset=hwm_was_reset, first_step_s=first_step_s, times_s=times,
         median_s=median, min_s=times_sorted[0], max_s=times_sorted[-1],
         img_per_s=job.batch / median, torch=torch.__version__,
-        num_threads=torch.get_num_threads(),
+        num_threads=torch.get_num_threads(), freed_memory_kept=memory_kept,
         cpu_capability=aten_cpu_capability())
 
 

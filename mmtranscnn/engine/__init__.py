@@ -5,12 +5,15 @@
 - :mod:`.dist`: gloo start-up for distributed runs without an accelerator.
 - :mod:`.scope`: set up the codebase (mmdet/mmseg/mmpretrain) of a config.
 - :mod:`.cli`: the options of ``tools/train.py`` and ``tools/test.py``.
+- :mod:`.cpu_memory`: freed memory kept for reuse in CPU runs (no page
+  faults for recycled tensors).
 """
 from .cli import (build_runner, enable_test_visualization, merge_test_args,
                   merge_train_args, prepare_prediction_dump)
 from .dist import (LAUNCHERS, check_launcher, cpu_model_wrapper_cfg,
                    init_cpu_dist, setup_cpu_distributed, teardown_distributed)
 from .amp import CPUBF16AmpOptimWrapper
+from .cpu_memory import keep_freed_memory, keep_freed_memory_for_cpu_run
 from .model_wrapper import CPUDistributedDataParallel
 from .scope import setup_codebase
 
@@ -18,7 +21,8 @@ __all__ = [
     'CPUBF16AmpOptimWrapper', 'CPUDistributedDataParallel', 'LAUNCHERS',
     'build_runner',
     'check_launcher', 'cpu_model_wrapper_cfg', 'enable_test_visualization',
-    'init_cpu_dist', 'merge_test_args', 'merge_train_args',
+    'init_cpu_dist', 'keep_freed_memory', 'keep_freed_memory_for_cpu_run',
+    'merge_test_args', 'merge_train_args',
     'prepare_prediction_dump', 'setup_codebase', 'setup_cpu_distributed',
     'teardown_distributed'
 ]

@@ -27,6 +27,8 @@ function:
   stages).
 * :func:`add_residual`: without autograd, the residual sum is written into
   the branch output (one map fewer per block).
+* :class:`ConvNormAct` with autograd, on any device: an in-place SiLU runs
+  out of place (autograd records ``silu_`` by first copying its input).
 
 Where two ways compute the same function and neither is faster on every CPU
 and shape, the choice is made by measurement, per shape, on the machine at
@@ -214,6 +216,12 @@ def training_applies(x: Tensor, under_autocast: bool = False) -> bool:
             (it then runs in autocast's dtype, as the plain op would).
     """
     return torch.is_grad_enabled() and _common(x, under_autocast)
+
+
+def autograd_applies() -> bool:
+    """Whether a shortcut for recording ops for autograd may be taken (on
+    any device: it changes what autograd keeps, not the kernels)."""
+    return _enabled and torch.is_grad_enabled() and not _intercepted()
 
 
 def add_residual(x: Tensor, branch: Tensor) -> Tensor:
@@ -448,16 +456,37 @@ def _onednn_conv(module, x, act):
         list(conv.dilation), conv.groups, act[0], [], act[1])
 
 
+# Activations whose in-place form autograd can only record by first copying
+# the input (their backward needs it), mapped to the out-of-place function.
+_COPYING_INPLACE_ACTS = {nn.SiLU: F.silu, nn.Hardswish: F.hardswish,
+                         nn.Mish: F.mish}
+
+
+def _out_of_place_activation(module: ConvModule) -> Optional[Callable]:
+    """The out-of-place function of ``module``'s in-place activation where
+    recording the in-place one for autograd would copy its input."""
+    act = module.activate if module.with_activation else None
+    if act is None or not getattr(act, 'inplace', False):
+        return None
+    return _COPYING_INPLACE_ACTS.get(type(act))
+
+
 class ConvNormAct(ConvModule):
     """mmcv's ``ConvModule``; at CPU float32 inference with an eval-mode BN,
     the module as it is (conv with folded BN, then the activation) or conv
     + BN + activation in one oneDNN call, whichever is faster for the shape
-    class."""
+    class. With autograd, an in-place SiLU (mmcv's default) runs out of
+    place: autograd would otherwise copy the map first to keep the input
+    its backward needs, one more pass over the map for the same result."""
 
     def forward(self, x: Tensor, activate: bool = True,
                 norm: bool = True) -> Tensor:
         if not (activate and norm and inference_applies(x)):
-            return super().forward(x, activate, norm)
+            act = _out_of_place_activation(self) if activate else None
+            if act is None or not autograd_applies():
+                return super().forward(x, activate, norm)
+            y = super().forward(x, activate=False, norm=norm)
+            return act(y) if y.requires_grad else self.activate(y)
         act = _fused_activation(self)
         if (act is None or not _folds(self, x)
                 or kernel('_convolution_pointwise') is None):
@@ -508,14 +537,23 @@ def depthwise_weight_grad(x: Tensor, grad_out: Tensor, k: int) -> Tensor:
     rows, cols = h + 2 * p, w + 2 * p  # one padded image
     # The images stacked: (N * rows, cols, C), plus one zero row that the
     # last windows run into.
-    buf = x.new_zeros((n * rows + 1, cols, c))
-    buf[:n * rows].view(n, rows, cols, c)[:, p:p + h, p:p + w] = \
-        x.permute(0, 2, 3, 1)
+    # Only the padding is zero-filled: the buffers are large (a stage-1 map
+    # with 4x hidden channels), and filling them whole before the copy was
+    # a full extra pass over each.
+    buf = x.new_empty((n * rows + 1, cols, c))
+    images = buf[:n * rows].view(n, rows, cols, c)
+    images[:, p:p + h, p:p + w] = x.permute(0, 2, 3, 1)
+    for border in (images[:, :p], images[:, p + h:], images[:, p:p + h, :p],
+                   images[:, p:p + h, p + w:], buf[n * rows:]):
+        border.zero_()
     # grad_out on the same grid: output row i * rows + y is image i's row y;
     # the rows and columns beyond each image are zero.
     out_rows = (n - 1) * rows + h
-    grad = x.new_zeros((n * rows, cols - 2, c))
-    grad.view(n, rows, cols - 2, c)[:, :h, :w] = grad_out.permute(0, 2, 3, 1)
+    grad = x.new_empty((n * rows, cols - 2, c))
+    grads = grad.view(n, rows, cols - 2, c)
+    grads[:, :h, :w] = grad_out.permute(0, 2, 3, 1)
+    grads[:, h:].zero_()
+    grads[:, :h, w:].zero_()
     grad = grad[:out_rows].unsqueeze(0).permute(0, 3, 1, 2)
     result = x.new_empty((c, 1, k, k))
     starts = _tile_starts(k)
@@ -594,7 +632,8 @@ class DepthwiseConv2d(nn.Conv2d):
 
 
 __all__ = ['ENV_VAR', 'set_enabled', 'is_enabled', 'enabled', 'kernel',
-           'inference_applies', 'training_applies', 'autocast_dtype',
+           'inference_applies', 'training_applies', 'autograd_applies',
+           'autocast_dtype',
            'add_residual', 'Linear',
            'ConvNormAct', 'DepthwiseConv2d', 'depthwise_weight_grad',
            'ShapeTuner', 'tuning_report', 'reset_tuning', 'size_class',

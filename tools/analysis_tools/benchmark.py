@@ -154,6 +154,12 @@ def parse_args(argv=None):
     parser.add_argument('--rounds', type=int, default=1)
     parser.add_argument('--channels-last', action='store_true',
                         help='run every model on channels-last tensors')
+    parser.add_argument('--system-malloc', action='store_true',
+                        help='CPU train steps: leave glibc malloc as the '
+                        'system sets it (default: freed memory is kept '
+                        'for reuse, for every model, as tools/train.py '
+                        'does; inference always runs with the system\'s '
+                        'settings)')
     parser.add_argument('--no-flops', action='store_true',
                         help='skip FLOP counting of the backbones')
     parser.add_argument('--timeout', type=float, default=1800,
@@ -273,7 +279,12 @@ def markdown(results, args, info):
         + (f", GPU {info['gpu']}" if 'gpu' in info else '') +
         f"), torch {info['torch']}, device {args.device}, {threads}, "
         f"{args.warmup} warm-up + {args.repeats} timed steps x "
-        f"{args.rounds} round(s) per model, each model in its own process. "
+        f"{args.rounds} round(s) per model, each model in its own process"
+        + ('' if args.device != 'cpu' else
+           ' (glibc malloc as the system sets it)'
+           if getattr(args, 'system_malloc', False) else
+           ' (in train steps freed memory is kept for reuse, as '
+           'tools/train.py does)') + ". "
         f"Load average (1 min) during the run: {info['load_min']:.2f} to "
         f"{info['load_max']:.2f}.", '', cpu_paragraph(info), ''
     ]
@@ -343,6 +354,7 @@ def main(argv=None):
                               threads=args.threads, warmup=args.warmup,
                               repeats=args.repeats,
                               channels_last=args.channels_last,
+                              keep_freed_memory=not args.system_malloc,
                               flops=(not args.no_flops and rnd == 0
                                      and kind == 'backbone'
                                      and dtype == args.dtypes[0]))

@@ -61,6 +61,12 @@ def parse_args(argv=None):
     parser.add_argument('--case', default='backbone-224', choices=list(CASES))
     parser.add_argument('--dtype', default='fp32', choices=['fp32', 'bf16'],
                         help='bf16: the step under CPU bfloat16 autocast')
+    parser.add_argument('--system-malloc', action='store_true',
+                        help='CPU train steps: leave glibc malloc as the '
+                        'system sets it (default: freed memory is kept '
+                        'for reuse, for every model, as tools/train.py '
+                        'does; inference always runs with the system\'s '
+                        'settings)')
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--warmup', type=int, default=1)
     parser.add_argument('--steps', type=int, default=3)
@@ -86,7 +92,11 @@ def main(argv=None):
     kind, mode, batch, h, w, grids = CASES[args.case]
     job = Job(model=args.model, kind=kind, mode=mode, batch=batch,
               height=h, width=w, grid_sizes=grids,
-              threads=args.threads, dtype=args.dtype).validate()
+              threads=args.threads, dtype=args.dtype,
+              keep_freed_memory=not args.system_malloc).validate()
+    if job.keep_freed_memory and job.mode == 'train':
+        from mmtranscnn.engine.cpu_memory import keep_freed_memory
+        keep_freed_memory()
     _, step = build_step(job)
     for _ in range(args.warmup):
         step()
