@@ -469,6 +469,20 @@ def test_inplace_activation_runs_out_of_place_under_autograd(act):
     assert off_ops.count('aten::clone') == plain_ops.count('aten::clone')
 
 
+def test_activation_not_last_keeps_convmodule_order():
+    """ConvModule's order ('act', 'conv', 'norm') puts the activation
+    first; the out-of-place form must not move it to the end."""
+    from mmcv.cnn import ConvModule
+    torch.manual_seed(0)
+    kw = dict(norm_cfg=dict(type='BN'), act_cfg=dict(type='SiLU'),
+              order=('act', 'conv', 'norm'))
+    ours = ConvNormAct(8, 8, 3, padding=1, **kw).train()
+    plain = ConvModule(8, 8, 3, padding=1, **kw).train()
+    plain.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 8, 12, 12, requires_grad=True)
+    torch.testing.assert_close(ours(x * 1), plain(x * 1), rtol=0, atol=0)
+
+
 def test_depthwise_weight_grad_ignores_stale_buffer_contents(monkeypatch):
     """Only the padding of the work buffers is zero-filled: garbage in
     fresh memory must not reach the gradient."""

@@ -471,7 +471,10 @@ def _out_of_place_activation(module: ConvModule) -> Optional[Callable]:
     """The out-of-place function of ``module``'s in-place activation where
     recording the in-place one for autograd would copy its input."""
     act = module.activate if module.with_activation else None
-    if act is None or not getattr(act, 'inplace', False):
+    # Only where the activation comes last: it is then applied after
+    # ConvModule's own forward without it.
+    if (act is None or not getattr(act, 'inplace', False)
+            or module.order[-1] != 'act'):
         return None
     return _COPYING_INPLACE_ACTS.get(type(act))
 
