@@ -13,25 +13,94 @@ step. The PyTorch CPU tuning guide gives the same advice (an allocator
 that keeps memory: jemalloc, tcmalloc); this does it with glibc's own
 ``mallopt``, with nothing to install or preload.
 
-:func:`keep_freed_memory` (in :mod:`mmtranscnn.models.fastpath`, with the
-other CPU speed paths, behind the same switch) switches glibc to serve every block from its heap
-(``M_MMAP_MAX = 0``) and to keep freed heap memory (``M_TRIM_THRESHOLD``
-at its maximum). What a process holds then stays at its peak instead of
+:func:`keep_freed_memory` switches glibc to serve every block from its
+heap (``M_MMAP_MAX = 0``) and to keep freed heap memory
+(``M_TRIM_THRESHOLD`` at its maximum). What a process holds then stays at its peak instead of
 shrinking between steps; the peak itself is what the run needs anyway.
-``tools/train.py`` and the benchmark tools call it for CPU training (not
-with CUDA); the fast-path switch (``MMTRANSCNN_FAST_PATHS=0``) turns it
-off with every other CPU speed path.
+It changes the whole process, so the model never calls it: the training
+entry point does (``tools/train.py`` through
+:func:`keep_freed_memory_for_cpu_run`, not with CUDA), and so do the
+benchmark tools for CPU train steps. The fast-path switch
+(``MMTRANSCNN_FAST_PATHS=0``, :func:`mmtranscnn.models.fastpath.set_enabled`)
+turns it off with every other CPU speed path.
 
 Inference is left alone: TransCNN-Base at 800x1344 allocates few fresh
 maps per step and gained nothing beyond noise (0.51 vs 0.52 img/s),
 while its peak memory grew from 279 to 481 MB (heap blocks of other sizes
 are not reused exactly).
 """
+import ctypes
+import ctypes.util
+import functools
+import gc
 from typing import Optional
 
-from mmtranscnn.models.fastpath import keep_freed_memory
+from mmtranscnn.models import fastpath
 
-__all__ = ['keep_freed_memory', 'keep_freed_memory_for_cpu_run']
+__all__ = ['keep_freed_memory', 'keep_freed_memory_for_cpu_run',
+           'trim_freed_memory']
+
+# glibc's mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD = -1
+M_MMAP_MAX = -4
+_TRIM_MAX = 2**31 - 1  # mallopt takes an int
+
+_memory_kept = False
+
+
+@functools.lru_cache(maxsize=None)
+def glibc() -> Optional[ctypes.CDLL]:
+    """The process's C library if it is glibc (opened once), else None."""
+    name = ctypes.util.find_library('c') or 'libc.so.6'
+    try:
+        libc = ctypes.CDLL(name)
+    except OSError:
+        return None
+    # gnu_get_libc_version exists in glibc only (not musl, not macOS).
+    if not all(hasattr(libc, fn) for fn in
+               ('gnu_get_libc_version', 'mallopt', 'malloc_trim')):
+        return None
+    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    libc.mallopt.restype = ctypes.c_int
+    libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    libc.malloc_trim.restype = ctypes.c_int
+    return libc
+
+
+def keep_freed_memory() -> Optional[str]:
+    """Make glibc's malloc keep freed memory for the next allocations.
+
+    Process-wide and idempotent; call it before the large allocations.
+
+    Returns:
+        None once applied (now or before), else why not (fast paths off,
+        not glibc, or ``mallopt`` refused).
+    """
+    global _memory_kept
+    if _memory_kept:
+        return None
+    if not fastpath.is_enabled():
+        return (f'fast paths are off ({fastpath.ENV_VAR}=0, '
+                'fastpath.set_enabled(False) or oneDNN off)')
+    libc = glibc()
+    if libc is None:
+        return 'the C library is not glibc'
+    if libc.mallopt(M_MMAP_MAX, 0) != 1:
+        return 'mallopt(M_MMAP_MAX, 0) was refused'
+    if libc.mallopt(M_TRIM_THRESHOLD, _TRIM_MAX) != 1:
+        return 'mallopt(M_TRIM_THRESHOLD) was refused'
+    _memory_kept = True
+    return None
+
+
+def trim_freed_memory() -> None:
+    """Collect garbage and hand glibc's free heap pages back to the system
+    (``malloc_trim``), so that one measurement does not inherit the
+    previous one's heap; a no-op beyond ``gc.collect`` without glibc."""
+    gc.collect()
+    libc = glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def keep_freed_memory_for_cpu_run(log=print) -> Optional[str]:

@@ -29,9 +29,6 @@ function:
   the branch output (one map fewer per block).
 * :class:`ConvNormAct` with autograd, on any device: an in-place SiLU runs
   out of place (autograd records ``silu_`` by first copying its input).
-* :func:`keep_freed_memory`: glibc's malloc keeps freed memory for reuse,
-  so recycled tensors take no page faults; ``tools/train.py`` calls it for
-  CPU training (:mod:`mmtranscnn.engine.cpu_memory` says why and how much).
 
 Where two ways compute the same function and neither is faster on every CPU
 and shape, the choice is made by measurement, per shape, on the machine at
@@ -63,8 +60,6 @@ exact result as the plain path); CI runs those tests on its own CPU and
 once more with ATen, oneDNN and MKL limited to AVX2.
 """
 import contextlib
-import ctypes
-import ctypes.util
 import functools
 import math
 import os
@@ -639,63 +634,10 @@ class DepthwiseConv2d(nn.Conv2d):
         return super()._conv_forward(x, weight, bias)
 
 
-# ---------------------------------------------------------------------------
-# Process memory: freed memory kept for reuse (CPU training)
-# ---------------------------------------------------------------------------
-# glibc's mallopt parameters (malloc.h)
-M_TRIM_THRESHOLD = -1
-M_MMAP_MAX = -4
-_TRIM_MAX = 2**31 - 1  # mallopt takes an int
-
-_memory_kept = False
-
-
-def _glibc() -> Optional[ctypes.CDLL]:
-    name = ctypes.util.find_library('c') or 'libc.so.6'
-    try:
-        libc = ctypes.CDLL(name)
-    except OSError:
-        return None
-    # gnu_get_libc_version exists in glibc only (not musl, not macOS).
-    if not hasattr(libc, 'gnu_get_libc_version') or not hasattr(
-            libc, 'mallopt'):
-        return None
-    return libc
-
-
-def keep_freed_memory() -> Optional[str]:
-    """Make glibc's malloc keep freed memory for the next allocations.
-
-    Process-wide and idempotent; call it before the large allocations.
-
-    Returns:
-        None once applied (now or before), else why not (fast paths off,
-        not glibc, or ``mallopt`` refused).
-    """
-    global _memory_kept
-    if _memory_kept:
-        return None
-    if not _enabled:
-        return (f'fast paths are off ({ENV_VAR}=0 or '
-                'fastpath.set_enabled(False))')
-    libc = _glibc()
-    if libc is None:
-        return 'the C library is not glibc'
-    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    libc.mallopt.restype = ctypes.c_int
-    if libc.mallopt(M_MMAP_MAX, 0) != 1:
-        return 'mallopt(M_MMAP_MAX, 0) was refused'
-    if libc.mallopt(M_TRIM_THRESHOLD, _TRIM_MAX) != 1:
-        return 'mallopt(M_TRIM_THRESHOLD) was refused'
-    _memory_kept = True
-    return None
-
-
 __all__ = ['ENV_VAR', 'set_enabled', 'is_enabled', 'enabled', 'kernel',
            'inference_applies', 'training_applies', 'autograd_applies',
            'autocast_dtype',
            'add_residual', 'Linear',
            'ConvNormAct', 'DepthwiseConv2d', 'depthwise_weight_grad',
            'ShapeTuner', 'tuning_report', 'reset_tuning', 'size_class',
-           'matmul_attention', 'scaled_dot_product_attention',
-           'keep_freed_memory']
+           'matmul_attention', 'scaled_dot_product_attention']
