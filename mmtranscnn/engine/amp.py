@@ -13,18 +13,31 @@ P7 conv sees exactly that for images of 128 pixels or less, and one NaN
 gradient ruins every weight. Such convs run in float32 instead, which costs
 nothing measurable at 1x1.
 """
+import threading
 import time
 from contextlib import contextmanager
+from typing import Iterator, List, Tuple
 
 import torch
 from mmengine.optim import OptimWrapper
 from mmengine.registry import OPTIM_WRAPPERS
 from torch import nn
 
-from mmtranscnn.utils.torch_compat import (is_autocast_enabled,
-                                          set_autocast_enabled)
+from mmtranscnn.utils.torch_compat import is_autocast_enabled
 
 _FP32_HOOKED = '_mmtranscnn_fp32_one_pixel_hooks'
+
+# Per thread (autocast state is per thread too): the convs now running in
+# float32, each with the ``torch.autocast(enabled=False)`` context its
+# pre-hook entered and its post-hook exits.
+_running = threading.local()
+
+
+def _fp32_convs_running() -> List[Tuple[nn.Module, torch.autocast]]:
+    stack = getattr(_running, 'stack', None)
+    if stack is None:
+        stack = _running.stack = []
+    return stack
 
 
 def _one_pixel_strided(module: nn.Conv2d, x: torch.Tensor) -> bool:
@@ -34,30 +47,74 @@ def _one_pixel_strided(module: nn.Conv2d, x: torch.Tensor) -> bool:
 def _fp32_pre_hook(module: nn.Conv2d, args):
     x = args[0]
     if is_autocast_enabled('cpu') and _one_pixel_strided(module, x):
-        module._mmtranscnn_autocast_off = True
-        set_autocast_enabled('cpu', False)
+        autocast_off = torch.autocast('cpu', enabled=False)
+        autocast_off.__enter__()
+        _fp32_convs_running().append((module, autocast_off))
         return (x.float(), ) + tuple(args[1:])
     return None
 
 
 def _fp32_post_hook(module: nn.Conv2d, args, output):
-    if getattr(module, '_mmtranscnn_autocast_off', False):
-        module._mmtranscnn_autocast_off = False
-        set_autocast_enabled('cpu', True)
+    stack = _fp32_convs_running()
+    if stack and stack[-1][0] is module:
+        stack.pop()[1].__exit__(None, None, None)
     return None
+
+
+def _leave_fp32_convs(depth: int) -> None:
+    """Exit the autocast contexts entered above ``depth`` of this thread's
+    stack, newest first (each restores the state before it)."""
+    stack = _fp32_convs_running()
+    while len(stack) > depth:
+        stack.pop()[1].__exit__(None, None, None)
+
+
+def _register_post_hook(module: nn.Module) -> None:
+    try:
+        # always_call (torch >= 2.1): the hook runs even if forward raises.
+        module.register_forward_hook(_fp32_post_hook, always_call=True)
+    except TypeError:  # torch 2.0: fp32_strided_convs_at_one_pixel restores
+        module.register_forward_hook(_fp32_post_hook)
 
 
 def run_one_pixel_strided_convs_in_fp32(model: nn.Module) -> None:
     """Hook every strided ``nn.Conv2d`` of ``model`` (once) so that it runs
     in float32 under CPU autocast when its input is 1x1 (see the module
-    docstring for the oneDNN bug this avoids)."""
+    docstring for the oneDNN bug this avoids).
+
+    The pre-hook enters ``torch.autocast('cpu', enabled=False)`` and the
+    post-hook, which torch runs even when the forward raises, exits it, so
+    the autocast state before the conv comes back whatever happens. The
+    hooks keep their state per thread, not on the module: threads may
+    share the model. Use :func:`fp32_strided_convs_at_one_pixel` around
+    the forward, which also restores the state on torch 2.0 (whose hooks
+    do not run after an exception).
+    """
     if getattr(model, _FP32_HOOKED, False):
         return
     for module in model.modules():
         if isinstance(module, nn.Conv2d) and tuple(module.stride) != (1, 1):
             module.register_forward_pre_hook(_fp32_pre_hook)
-            module.register_forward_hook(_fp32_post_hook)
+            _register_post_hook(module)
     setattr(model, _FP32_HOOKED, True)
+
+
+@contextmanager
+def fp32_strided_convs_at_one_pixel(model: nn.Module) -> Iterator[None]:
+    """Inside, ``model``'s strided convs run in float32 under CPU autocast
+    when their input is 1x1 (:func:`run_one_pixel_strided_convs_in_fp32`);
+    on leaving, whatever happened inside, every autocast context those
+    convs entered in this thread is exited.
+
+    Args:
+        model: the model whose forward runs inside.
+    """
+    run_one_pixel_strided_convs_in_fp32(model)
+    depth = len(_fp32_convs_running())
+    try:
+        yield
+    finally:
+        _leave_fp32_convs(depth)
 
 
 @OPTIM_WRAPPERS.register_module()
@@ -70,9 +127,9 @@ class CPUBF16AmpOptimWrapper(OptimWrapper):
 
     @contextmanager
     def optim_context(self, model: nn.Module):
-        run_one_pixel_strided_convs_in_fp32(model)
         with super().optim_context(model), torch.autocast(
-                device_type='cpu', dtype=torch.bfloat16):
+                device_type='cpu', dtype=torch.bfloat16), \
+                fp32_strided_convs_at_one_pixel(model):
             yield
 
 
