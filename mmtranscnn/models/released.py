@@ -9,8 +9,10 @@ them (GitHub ``yun-liu/HAT-Net``):
   ``HAT-Net_{Tiny,Small,Medium,Large}.pth``.
 
 Each one has a preset of :class:`~mmtranscnn.models.TransCNN` with the same
-name as the key of :data:`RELEASED` (``arch='hatnet-small'`` ...). This
-module is the single place that knows the files' key names: the converter
+name as the key of :data:`RELEASED` (``arch='hatnet-small'`` ...); both
+the presets' layouts and the published facts (:class:`ReleasedModel`) live
+in :mod:`.presets`. This module is the single place that knows the files'
+key names: the converter
 ``tools/model_converters/hatnet2mmtranscnn.py`` and the backbone's
 ``init_cfg=dict(type='Pretrained', checkpoint=...)`` both call
 :func:`convert_released`. The differences between the released networks,
@@ -45,53 +47,13 @@ unit dimensions; the channel order (q|k|v, then heads, then head channels)
 is the same.
 """
 import re
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from torch import Tensor
 
+from .presets import ARCH_SETTINGS, RELEASED, ReleasedModel
+
 VERSIONS = ('transcnn-v1', 'hatnet')
-
-_V1_URL = 'https://github.com/yun-liu/TransCNN/releases/download/v1/'
-_HAT_URL = 'https://github.com/yun-liu/HAT-Net/releases/download/v2.0/'
-
-
-class ReleasedModel(NamedTuple):
-    """Facts about one released checkpoint (as published by the authors)."""
-    name: str          # the authors' model name
-    version: str       # 'transcnn-v1' (TransCNN.py) or 'hatnet' (HAT_Net.py)
-    file: str          # file name of the release asset
-    url: str           # download link on the authors' GitHub release
-    input_size: int    # training and evaluation crop
-    top1: float        # ImageNet-1k top-1 (%) as published
-    params_published: str  # "#Params" column of the authors' README
-
-
-RELEASED: Dict[str, ReleasedModel] = {
-    'transcnn-v1-tiny': ReleasedModel(
-        'TransCNN-Tiny', 'transcnn-v1', 'TransCNN-Tiny.pth',
-        _V1_URL + 'TransCNN-Tiny.pth', 256, 80.4, '13.3M'),
-    'transcnn-v1-small': ReleasedModel(
-        'TransCNN-Small', 'transcnn-v1', 'TransCNN-Small.pth',
-        _V1_URL + 'TransCNN-Small.pth', 256, 83.1, '26.5M'),
-    'transcnn-v1-medium': ReleasedModel(
-        'TransCNN-Medium', 'transcnn-v1', 'TransCNN-Medium.pth',
-        _V1_URL + 'TransCNN-Medium.pth', 256, 83.8, '48.3M'),
-    'transcnn-v1-large': ReleasedModel(
-        'TransCNN-Large', 'transcnn-v1', 'TransCNN-Large.pth',
-        _V1_URL + 'TransCNN-Large.pth', 256, 84.2, '80.0M'),
-    'hatnet-tiny': ReleasedModel(
-        'HAT-Net-Tiny', 'hatnet', 'HAT-Net_Tiny.pth',
-        _HAT_URL + 'HAT-Net_Tiny.pth', 224, 79.8, '12.7M'),
-    'hatnet-small': ReleasedModel(
-        'HAT-Net-Small', 'hatnet', 'HAT-Net_Small.pth',
-        _HAT_URL + 'HAT-Net_Small.pth', 224, 82.6, '25.7M'),
-    'hatnet-medium': ReleasedModel(
-        'HAT-Net-Medium', 'hatnet', 'HAT-Net_Medium.pth',
-        _HAT_URL + 'HAT-Net_Medium.pth', 224, 84.0, '42.9M'),
-    'hatnet-large': ReleasedModel(
-        'HAT-Net-Large', 'hatnet', 'HAT-Net_Large.pth',
-        _HAT_URL + 'HAT-Net_Large.pth', 224, 84.2, '63.1M'),
-}
 
 # Norm layer names inside our ConvModules (mmcv names them by type).
 _NORM = {'transcnn-v1': 'bn', 'hatnet': 'gn'}
@@ -165,7 +127,8 @@ def infer_arch(state_dict: dict) -> dict:
 
     Returns:
         dict with ``channels``, ``depths``, ``kernel_sizes`` and
-        ``expand_ratios`` (one entry per stage), as in ``TransCNN.arch_zoo``.
+        ``expand_ratios`` (one entry per stage), as in
+        :data:`.presets.ARCH_SETTINGS`.
         The head dim is not in the weights.
     """
     arch = dict(channels=[], depths=[], kernel_sizes=[], expand_ratios=[])
@@ -188,12 +151,11 @@ def infer_arch(state_dict: dict) -> dict:
 
 def matching_presets(state_dict: dict) -> List[str]:
     """The released presets whose macro layout a released state dict has."""
-    from .transcnn import TransCNN
     version = detect_version(state_dict)
     arch = infer_arch(state_dict)
     return [
         name for name, info in RELEASED.items() if info.version == version
-        and all(list(TransCNN.arch_zoo[name][k]) == v
+        and all(list(ARCH_SETTINGS[name][k]) == v
                 for k, v in arch.items())
     ]
 

@@ -20,6 +20,7 @@ from mmtranscnn.registry import MODELS
 
 from .blocks import ConvStem, TransCNNBlock, TwoBranchDownsample
 from .hmhsa import QUERY_FORMS, parse_grid_sizes
+from .presets import ARCH_SETTINGS
 from .pretrained import load_backbone_checkpoint
 
 ARCH_KEYS = ('channels', 'depths', 'kernel_sizes', 'expand_ratios')
@@ -145,55 +146,9 @@ class TransCNN(BaseModule):
             the authors must have ('transcnn-v1' or 'hatnet'), None for
             Table 1's presets.
     """
-    arch_zoo: Dict[str, dict] = {
-        # Table 1 (our reading of the paper; no released weights).
-        'small': dict(channels=[64, 128, 256, 512], depths=[2, 2, 2, 2],
-                      kernel_sizes=[5, 3, 5, 3], expand_ratios=[4, 4, 6, 5]),
-        'base': dict(channels=[64, 128, 256, 512], depths=[3, 4, 8, 3],
-                     kernel_sizes=[5, 3, 5, 3], expand_ratios=[4, 4, 6, 6]),
-        # The authors' released networks (weights: see models/released.py).
-        # TransCNN.py: level-0 windows 8/8/8, pooling ratios 8/4/2, 256x256.
-        'transcnn-v1-tiny': dict(
-            style='transcnn-v1', channels=[64, 128, 256, 512],
-            depths=[2, 2, 4, 2], kernel_sizes=[5, 3, 5, 3],
-            expand_ratios=[4, 4, 4, 4], head_dim=64,
-            grid_sizes=(8, 8, 8, 0), pool_ratios=(8, 4, 2, 0)),
-        # Table 1's "Base" layout, released under the name TransCNN-Small.
-        'transcnn-v1-small': dict(
-            style='transcnn-v1', channels=[64, 128, 256, 512],
-            depths=[3, 4, 8, 3], kernel_sizes=[5, 3, 5, 3],
-            expand_ratios=[4, 4, 6, 6], head_dim=64,
-            grid_sizes=(8, 8, 8, 0), pool_ratios=(8, 4, 2, 0)),
-        'transcnn-v1-medium': dict(
-            style='transcnn-v1', channels=[64, 128, 320, 640],
-            depths=[3, 4, 12, 3], kernel_sizes=[5, 3, 5, 3],
-            expand_ratios=[4, 4, 6, 6], head_dim=64,
-            grid_sizes=(8, 8, 8, 0), pool_ratios=(8, 4, 2, 0)),
-        'transcnn-v1-large': dict(
-            style='transcnn-v1', channels=[64, 128, 384, 768],
-            depths=[3, 4, 16, 3], kernel_sizes=[5, 3, 5, 3],
-            expand_ratios=[4, 4, 6, 6], head_dim=64,
-            grid_sizes=(8, 8, 8, 0), pool_ratios=(8, 4, 2, 0)),
-        # HAT_Net.py: windows 8/7/7, pooling ratios 8/4/2, 224x224.
-        'hatnet-tiny': dict(
-            style='hatnet', channels=[48, 96, 240, 384], depths=[2, 2, 6, 3],
-            kernel_sizes=[3, 3, 3, 3], expand_ratios=[8, 8, 4, 4],
-            head_dim=48, grid_sizes=(8, 7, 7, 0), pool_ratios=(8, 4, 2, 0)),
-        'hatnet-small': dict(
-            style='hatnet', channels=[64, 128, 320, 512], depths=[2, 3, 8, 3],
-            kernel_sizes=[3, 3, 3, 3], expand_ratios=[8, 8, 4, 4],
-            head_dim=64, grid_sizes=(8, 7, 7, 0), pool_ratios=(8, 4, 2, 0)),
-        'hatnet-medium': dict(
-            style='hatnet', channels=[64, 128, 320, 512],
-            depths=[3, 6, 18, 3], kernel_sizes=[5, 3, 5, 3],
-            expand_ratios=[8, 8, 4, 4], head_dim=64,
-            grid_sizes=(8, 7, 7, 0), pool_ratios=(8, 4, 2, 0)),
-        'hatnet-large': dict(
-            style='hatnet', channels=[64, 128, 320, 640],
-            depths=[3, 8, 27, 3], kernel_sizes=[3, 3, 3, 3],
-            expand_ratios=[8, 8, 4, 4], head_dim=64,
-            grid_sizes=(8, 7, 7, 0), pool_ratios=(8, 4, 2, 0)),
-    }
+    #: The presets by name: Table 1's and the released ones (the numbers
+    #: live in :mod:`.presets`).
+    arch_zoo: Dict[str, dict] = ARCH_SETTINGS
 
     def __init__(self,
                  arch: Union[str, dict] = 'base',
