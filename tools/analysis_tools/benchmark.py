@@ -19,8 +19,8 @@ its RetinaNet is ``configs/peers/retinanet_convnext-t_fpn_1x_coco.py``):
 * ``retinanet-train``: one RetinaNet train step (forward, backward, AdamW
   step) at 800x1344, batch 1, with a few fixed boxes.
 
-Every (case, model) runs in its own process (:mod:`mmtranscnn.analysis.speed`
-says in which order memory and time are taken): one memory step, ``--warmup``
+Every (case, model) runs in its own process (``speed_harness.py`` beside
+this script says in which order memory and time are taken): one memory step, ``--warmup``
 steps, then ``--repeats`` timed steps; the table gives the median and the
 spread (min-max). ``--rounds N`` repeats the whole sweep N times, models
 interleaved, and pools the timings, which evens out a machine whose load
@@ -61,20 +61,11 @@ import statistics
 import sys
 import time
 
-from mmtranscnn.analysis.speed import (BACKBONES, DETECTORS, DTYPES, Job,
-                                       machine_info, run_in_subprocess)
+from speed_harness import (BACKBONES, CASES, DETECTORS, DTYPES, Job,
+                           add_system_malloc_argument, machine_info,
+                           run_in_subprocess)
 
 REFERENCE = 'TransCNN-Base'
-
-#: case name -> (kind, mode, batch, height, width, TransCNN grid sizes)
-CASES = {
-    'backbone-224': ('backbone', 'infer', 8, 224, 224, [8, 4, 2, 0]),
-    'backbone-det': ('backbone', 'infer', 1, 800, 1344, [16, 8, 4, 0]),
-    'backbone-train-224': ('backbone', 'train', 8, 224, 224, [8, 4, 2, 0]),
-    'backbone-train': ('backbone', 'train', 1, 800, 1344, [16, 8, 4, 0]),
-    'retinanet-infer': ('detector', 'infer', 1, 800, 1344, [16, 8, 4, 0]),
-    'retinanet-train': ('detector', 'train', 1, 800, 1344, [16, 8, 4, 0]),
-}
 #: the cases run when --cases is not given (the 224x224 train step is
 #: asked for by name, e.g. by tools/gpu_check.py)
 DEFAULT_CASES = ['backbone-224', 'backbone-det', 'backbone-train',
@@ -154,12 +145,7 @@ def parse_args(argv=None):
     parser.add_argument('--rounds', type=int, default=1)
     parser.add_argument('--channels-last', action='store_true',
                         help='run every model on channels-last tensors')
-    parser.add_argument('--system-malloc', action='store_true',
-                        help='CPU train steps: leave glibc malloc as the '
-                        'system sets it (default: freed memory is kept '
-                        'for reuse, for every model, as tools/train.py '
-                        'does; inference always runs with the system\'s '
-                        'settings)')
+    add_system_malloc_argument(parser)
     parser.add_argument('--no-flops', action='store_true',
                         help='skip FLOP counting of the backbones')
     parser.add_argument('--timeout', type=float, default=1800,

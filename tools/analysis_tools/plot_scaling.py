@@ -6,8 +6,8 @@ TransCNN-Base (grid sizes per input from
 with more levels of the same grid for large maps, stage 5 plain), mmdet's
 Swin-T and PVT-Small, and TransCNN-Base with plain attention in every stage
 (grid sizes 0). Every point runs in its own process
-(:mod:`mmtranscnn.analysis.speed`: memory step first, then warm-up and
-timing). A model's next, larger size is skipped when extrapolating its last
+(``speed_harness.py`` beside this script: memory step first, then warm-up
+and timing). A model's next, larger size is skipped when extrapolating its last
 two points predicts more than ``--max-seconds`` for the run or more than
 ``--max-mem-gb`` of memory; skipped points are listed in the JSON.
 
@@ -22,7 +22,7 @@ import os
 import sys
 import time
 
-from mmtranscnn.analysis.speed import Job, machine_info, run_in_subprocess
+from speed_harness import Job, machine_info, run_in_subprocess
 
 MODELS = ['TransCNN-Base', 'Swin-T', 'PVT-Small', 'Plain-Attention']
 STYLE = {

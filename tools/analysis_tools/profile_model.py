@@ -1,7 +1,7 @@
 """Where the time of one benchmark step goes (torch.profiler).
 
-Builds the same model, input and step as ``benchmark.py`` (see
-:mod:`mmtranscnn.analysis.speed`), runs ``--warmup`` untimed steps, then
+Builds the same model, input and step as ``benchmark.py`` (through
+``speed_harness.py`` beside this script), runs ``--warmup`` untimed steps, then
 profiles ``--steps`` steps and prints
 
 * the time per step split into kinds of work (convolutions, linear layers,
@@ -16,11 +16,11 @@ Usage:
 """
 import argparse
 import os
-import os.path as osp
-import sys
 from collections import defaultdict
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from speed_harness import (BACKBONES, CASES, DETECTORS, Job,
+                           add_system_malloc_argument, build_step,
+                           keep_freed_memory_for)
 
 #: kind of work -> substrings of aten operator names, first match wins.
 CATEGORIES = [
@@ -53,20 +53,13 @@ def categorise(name: str) -> str:
 
 
 def parse_args(argv=None):
-    from benchmark import CASES
-    from mmtranscnn.analysis.speed import BACKBONES, DETECTORS
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('model', choices=sorted(set(BACKBONES) |
                                                 set(DETECTORS)))
     parser.add_argument('--case', default='backbone-224', choices=list(CASES))
     parser.add_argument('--dtype', default='fp32', choices=['fp32', 'bf16'],
                         help='bf16: the step under CPU bfloat16 autocast')
-    parser.add_argument('--system-malloc', action='store_true',
-                        help='CPU train steps: leave glibc malloc as the '
-                        'system sets it (default: freed memory is kept '
-                        'for reuse, for every model, as tools/train.py '
-                        'does; inference always runs with the system\'s '
-                        'settings)')
+    add_system_malloc_argument(parser)
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--warmup', type=int, default=1)
     parser.add_argument('--steps', type=int, default=3)
@@ -80,9 +73,6 @@ def main(argv=None):
         os.environ[var] = str(args.threads)
     import torch
     from torch.profiler import ProfilerActivity, profile
-
-    from benchmark import CASES
-    from mmtranscnn.analysis.speed import Job, build_step
     torch.set_num_threads(args.threads)
     # Weight initialisation logs every parameter; keep the report readable.
     import logging
@@ -94,9 +84,7 @@ def main(argv=None):
               height=h, width=w, grid_sizes=grids,
               threads=args.threads, dtype=args.dtype,
               keep_freed_memory=not args.system_malloc).validate()
-    if job.keep_freed_memory and job.mode == 'train':
-        from mmtranscnn.engine.cpu_memory import keep_freed_memory
-        keep_freed_memory()
+    keep_freed_memory_for(job)
     _, step = build_step(job)
     for _ in range(args.warmup):
         step()

@@ -38,9 +38,8 @@ def measure(args) -> dict:
     import torch
 
     from mmtranscnn.analysis import count_flops
-    from mmtranscnn.analysis.speed import (hwm_bytes, release_free_memory,
-                                           reset_hwm, rss_bytes)
     from mmtranscnn.models import TransCNN, grid_sizes_for_input
+    from speed_harness import measure_peak_memory
     torch.set_num_threads(args.threads)
     size = args.size
     grids = ((0, 0, 0, 0) if args.mode == 'plain' else
@@ -53,18 +52,8 @@ def measure(args) -> dict:
     sync = (torch.cuda.synchronize if device.type == 'cuda' else
             (lambda: None))
     with torch.inference_mode():
-        release_free_memory()
-        if device.type == 'cuda':
-            torch.cuda.reset_peak_memory_stats()
-            base_mem = torch.cuda.memory_allocated()
-        rss_before = rss_bytes()
-        reset_hwm()
-        model(x)  # the memory step (and first warm-up)
-        sync()
-        if device.type == 'cuda':
-            peak = torch.cuda.max_memory_allocated() - base_mem
-        else:
-            peak = hwm_bytes() - rss_before
+        # the memory step (and first warm-up)
+        peak, _, _ = measure_peak_memory(lambda: model(x), device.type)
         times = []
         for _ in range(args.repeats):
             start = time.perf_counter()

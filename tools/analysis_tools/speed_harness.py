@@ -1,9 +1,12 @@
 """Throughput and peak memory of backbones and detectors, one model per process.
 
-The benchmark tools (``tools/analysis_tools/benchmark.py``,
-``plot_scaling.py``) describe each measurement as a :class:`Job` and run it
-in a fresh interpreter (``python -m mmtranscnn.analysis.speed JOB_JSON``),
-so that one model's allocations never sit in another's memory reading.
+The measuring harness of the benchmark tools in this folder (not part of
+the ``mmtranscnn`` package): ``benchmark.py``, ``plot_scaling.py``,
+``profile_model.py`` and ``scale_benchmark.py`` import it as
+``speed_harness`` (Python puts a script's own folder first on its path).
+They describe each measurement as a :class:`Job` and run it in a fresh
+interpreter (``python speed_harness.py JOB_JSON``), so that one model's
+allocations never sit in another's memory reading.
 
 Inside that process the order is fixed, because a process-wide peak can
 only go up:
@@ -24,8 +27,6 @@ Comparisons mean something only between rows of one run on one machine:
 every job of a run uses the same input, thread count and repeat policy.
 """
 import argparse
-import ctypes
-import gc
 import json
 import os
 import os.path as osp
@@ -94,6 +95,17 @@ DETECTORS: Dict[str, str] = {
     # mmdet ships no RetinaNet with ConvNeXt; ours follows its ConvNeXt
     # configs (mmpretrain's backbone, FPN on [96, 192, 384, 768]).
     'ConvNeXt-T': 'peers/retinanet_convnext-t_fpn_1x_coco.py',
+}
+
+#: The benchmark's cases: name -> (kind, mode, batch, height, width,
+#: TransCNN grid sizes).
+CASES = {
+    'backbone-224': ('backbone', 'infer', 8, 224, 224, [8, 4, 2, 0]),
+    'backbone-det': ('backbone', 'infer', 1, 800, 1344, [16, 8, 4, 0]),
+    'backbone-train-224': ('backbone', 'train', 8, 224, 224, [8, 4, 2, 0]),
+    'backbone-train': ('backbone', 'train', 1, 800, 1344, [16, 8, 4, 0]),
+    'retinanet-infer': ('detector', 'infer', 1, 800, 1344, [16, 8, 4, 0]),
+    'retinanet-train': ('detector', 'train', 1, 800, 1344, [16, 8, 4, 0]),
 }
 
 KINDS = ('backbone', 'detector')
@@ -194,14 +206,66 @@ def reset_hwm() -> bool:
         return False
 
 
-def release_free_memory() -> None:
-    """Collect garbage and hand glibc's free heap pages back to the OS, so
-    the RSS before a step holds live data only."""
-    gc.collect()
-    try:
-        ctypes.CDLL('libc.so.6').malloc_trim(0)
-    except OSError:  # pragma: no cover - not glibc
-        pass
+def add_system_malloc_argument(parser: argparse.ArgumentParser) -> None:
+    """``--system-malloc``: the tools' switch for :attr:`Job.keep_freed_memory`.
+
+    Args:
+        parser: the tool's argument parser.
+    """
+    parser.add_argument('--system-malloc', action='store_true',
+                        help='CPU train steps: leave glibc malloc as the '
+                        'system sets it (default: freed memory is kept '
+                        'for reuse, for every model, as tools/train.py '
+                        'does; inference always runs with the system\'s '
+                        'settings)')
+
+
+def keep_freed_memory_for(job: 'Job') -> Optional[bool]:
+    """Keep freed memory for reuse where ``job`` asks for it (CPU train
+    steps, as ``tools/train.py`` runs them).
+
+    Returns:
+        None where the job does not ask, else whether it is in force.
+    """
+    if not (job.device == 'cpu' and job.mode == 'train'
+            and job.keep_freed_memory):
+        return None
+    from mmtranscnn.engine.cpu_memory import keep_freed_memory
+    return keep_freed_memory() is None  # None once applied
+
+
+def measure_peak_memory(step: Callable[[], None],
+                        device_type: str) -> Tuple[float, float, bool]:
+    """Run ``step`` once and return how much memory it needed on top of
+    what was live before it (steps 1-2 of the module docstring).
+
+    Args:
+        step: one inference or train step.
+        device_type: 'cpu' (RSS high-water mark) or 'cuda'
+            (``max_memory_allocated``).
+
+    Returns:
+        ``(peak bytes, RSS before the step in bytes, whether the kernel
+        reset the high-water mark)``.
+    """
+    import torch
+
+    from mmtranscnn.engine.cpu_memory import trim_freed_memory
+    cuda = device_type == 'cuda'
+    trim_freed_memory()  # the RSS before the step holds live data only
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    rss_before = rss_bytes()
+    hwm_was_reset = reset_hwm()
+    step()
+    if cuda:
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = hwm_bytes() - rss_before
+    return peak, rss_before, hwm_was_reset
 
 
 # -- building ---------------------------------------------------------------
@@ -219,7 +283,8 @@ def resolve_config(path: str) -> str:
         raise FileNotFoundError(f'{path}: no such config in {pkg}')
     if osp.isfile(path):
         return path
-    pkg_dir = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    import mmtranscnn
+    pkg_dir = osp.dirname(osp.abspath(mmtranscnn.__file__))
     for cand in (osp.join(pkg_dir, '.mim', 'configs', path),
                  osp.join(osp.dirname(pkg_dir), 'configs', path)):
         if osp.isfile(cand):
@@ -378,14 +443,9 @@ def run_job(job: Job) -> dict:
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise RuntimeError('device=cuda but torch.cuda.is_available() is '
                            'False')
-    memory_kept = None
-    if device.type == 'cpu' and job.mode == 'train' and \
-            job.keep_freed_memory:
-        from mmtranscnn.engine.cpu_memory import keep_freed_memory
-        memory_kept = keep_freed_memory()  # None once applied
-        memory_kept = memory_kept is None
+    memory_kept = keep_freed_memory_for(job)
     model, step = build_step(job)
-    from mmtranscnn.analysis.complexity import count_params
+    from mmtranscnn.analysis import count_params
     params = count_params(model)
 
     def sync():
@@ -405,21 +465,9 @@ def run_job(job: Job) -> dict:
         first_step_s = time.perf_counter() - t0
 
     # 1-2: the memory step, with the freed memory handed back first.
-    release_free_memory()
-    if device.type == 'cuda':
-        sync()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    rss_before = rss_bytes()
-    hwm_was_reset = reset_hwm()
     t0 = time.perf_counter()
-    step()
-    sync()
+    peak, rss_before, hwm_was_reset = measure_peak_memory(step, device.type)
     first_step_s = first_step_s or time.perf_counter() - t0
-    if device.type == 'cuda':
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        peak = hwm_bytes() - rss_before
 
     # 3: warm-up and timing.
     for _ in range(job.warmup):
@@ -435,7 +483,7 @@ def run_job(job: Job) -> dict:
     # 4: FLOPs last (tracing allocates).
     gflops = None
     if job.flops and job.kind == 'backbone':
-        from mmtranscnn.analysis.complexity import count_flops
+        from mmtranscnn.analysis import count_flops
         model.float()
         gflops = count_flops(model, (1, 3, job.height, job.width)) / 1e9
     times_sorted = sorted(times)
@@ -462,8 +510,7 @@ def run_in_subprocess(job: Job, timeout: Optional[float] = None) -> dict:
     load_before = os.getloadavg()
     try:
         out = subprocess.run(
-            [sys.executable, '-m', 'mmtranscnn.analysis.speed',
-             json.dumps(asdict(job))],
+            [sys.executable, osp.abspath(__file__), json.dumps(asdict(job))],
             capture_output=True, text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
         row = dict(job=asdict(job), error=f'timed out after {timeout} s')
