@@ -11,11 +11,11 @@ mmseg or mmpretrain, from ``default_scope``): mmseg writes prediction maps
 into the directory ``--out``, the others pickle the predictions.
 """
 import argparse
-import os
 
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 
-from mmtranscnn.engine import (LAUNCHERS, build_runner, merge_test_args,
+from mmtranscnn.engine import (add_run_options, build_runner,
+                               merge_test_args, parse_run_args,
                                prepare_prediction_dump, setup_codebase,
                                setup_cpu_distributed, teardown_distributed)
 
@@ -46,24 +46,8 @@ def parse_args(argv=None):
         'visualizer\'s save_dir')
     parser.add_argument(
         '--wait-time', type=float, default=2, help='seconds per --show window')
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override config settings, xxx=yyy pairs merged into the '
-        'config, e.g. test_dataloader.batch_size=1 or key="[a,b]"; no spaces')
-    parser.add_argument(
-        '--launcher',
-        choices=LAUNCHERS,
-        default='none',
-        help='job launcher')
-    # torch.distributed.launch passes --local-rank (torch >= 2.0) or
-    # --local_rank (older); torchrun sets LOCAL_RANK instead.
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    add_run_options(parser, example='test_dataloader.batch_size=1')
+    return parse_run_args(parser, argv)
 
 
 def main():

@@ -11,14 +11,13 @@ The codebase comes from the config's ``default_scope``. Distributed runs use
 NCCL through mmengine on GPUs and gloo on CPU-only machines.
 """
 import argparse
-import os
 
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 
-from mmtranscnn.engine import (LAUNCHERS, build_runner,
+from mmtranscnn.engine import (add_run_options, build_runner,
                                keep_freed_memory_for_cpu_run, merge_train_args,
-                               setup_codebase, setup_cpu_distributed,
-                               teardown_distributed)
+                               parse_run_args, setup_codebase,
+                               setup_cpu_distributed, teardown_distributed)
 
 
 def parse_args(argv=None):
@@ -42,24 +41,8 @@ def parse_args(argv=None):
         action='store_true',
         help='scale the learning rate by the actual total batch size '
         '(needs auto_scale_lr.base_batch_size in the config)')
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override config settings, xxx=yyy pairs merged into the '
-        'config, e.g. train_cfg.max_iters=10 or key="[a,b]"; no spaces')
-    parser.add_argument(
-        '--launcher',
-        choices=LAUNCHERS,
-        default='none',
-        help='job launcher')
-    # torch.distributed.launch passes --local-rank (torch >= 2.0) or
-    # --local_rank (older); torchrun sets LOCAL_RANK instead.
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    add_run_options(parser, example='train_cfg.max_iters=10')
+    return parse_run_args(parser, argv)
 
 
 def main():

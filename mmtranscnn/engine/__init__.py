@@ -8,8 +8,9 @@
 - :mod:`.cpu_memory`: freed memory kept for reuse in CPU runs (no page
   faults for recycled tensors).
 """
-from .cli import (build_runner, enable_test_visualization, merge_test_args,
-                  merge_train_args, prepare_prediction_dump)
+from .cli import (add_run_options, build_runner, enable_test_visualization,
+                  merge_test_args, merge_train_args, parse_run_args,
+                  prepare_prediction_dump)
 from .dist import (LAUNCHERS, check_launcher, cpu_model_wrapper_cfg,
                    init_cpu_dist, setup_cpu_distributed, teardown_distributed)
 from .amp import CPUBF16AmpOptimWrapper
@@ -19,10 +20,10 @@ from .scope import setup_codebase
 
 __all__ = [
     'CPUBF16AmpOptimWrapper', 'CPUDistributedDataParallel', 'LAUNCHERS',
-    'build_runner',
+    'add_run_options', 'build_runner',
     'check_launcher', 'cpu_model_wrapper_cfg', 'enable_test_visualization',
     'init_cpu_dist', 'keep_freed_memory', 'keep_freed_memory_for_cpu_run',
-    'merge_test_args', 'merge_train_args',
+    'merge_test_args', 'merge_train_args', 'parse_run_args',
     'prepare_prediction_dump', 'setup_codebase', 'setup_cpu_distributed',
     'teardown_distributed'
 ]

@@ -5,9 +5,12 @@ The options are those of the OpenMMLab tools. Where the codebases differ
 the config's own codebase is reproduced, so a user gets what mmdet's, mmseg's
 or mmpretrain's tool would give for the same config.
 """
+import argparse
+import os
 import os.path as osp
-from typing import Optional
+from typing import List, Optional
 
+from mmengine.config import DictAction
 from mmengine.device import get_device
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
@@ -15,9 +18,43 @@ from mmengine.runner import Runner
 from mmtranscnn.utils.checkpoint_safety import \
     enable_safe_checkpoint_loading
 
-from .dist import check_launcher
+from .dist import LAUNCHERS, check_launcher
 
 PICKLE_SUFFIXES = ('.pkl', '.pickle')
+
+
+def add_run_options(parser: argparse.ArgumentParser, example: str) -> None:
+    """The options both tools end with: ``--cfg-options``, ``--launcher``
+    and ``--local_rank``.
+
+    Args:
+        parser: the tool's parser.
+        example: a ``key=value`` for the ``--cfg-options`` help.
+    """
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override config settings, xxx=yyy pairs merged into the '
+        f'config, e.g. {example} or key="[a,b]"; no spaces')
+    parser.add_argument(
+        '--launcher',
+        choices=LAUNCHERS,
+        default='none',
+        help='job launcher')
+    # torch.distributed.launch passes --local-rank (torch >= 2.0) or
+    # --local_rank (older); torchrun sets LOCAL_RANK instead.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def parse_run_args(parser: argparse.ArgumentParser,
+                   argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """Parse a tool's options; ``--local_rank`` becomes ``LOCAL_RANK``
+    where the launcher did not set it (mmengine reads the variable)."""
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
 
 
 def _set_common(cfg, args) -> None:
