@@ -73,3 +73,28 @@ def test_cpu_run_helper_says_what_it_did(monkeypatch):
                         lambda: called.append(1))
     assert 'CUDA' in cpu_memory.keep_freed_memory_for_cpu_run(lines.append)
     assert not called
+
+
+TRIM_PROBE = r'''
+import os, torch
+from mmtranscnn.engine.cpu_memory import keep_freed_memory, trim_freed_memory
+
+def rss():
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+
+assert keep_freed_memory() is None
+t = torch.empty(16 * 2**20); t.fill_(1.); del t  # 64 MB, kept by glibc
+kept = rss()
+trim_freed_memory()
+print((kept - rss()) // 2**20)
+'''
+
+
+@glibc
+def test_trim_hands_kept_memory_back():
+    """What glibc keeps for reuse goes back to the system on request (the
+    benchmark's memory reading starts from live data only)."""
+    out = subprocess.run([sys.executable, '-c', TRIM_PROBE], check=True,
+                         capture_output=True, text=True)
+    assert int(out.stdout.strip().splitlines()[-1]) > 48, out.stdout
