@@ -20,7 +20,7 @@ import pytest
 import torch
 from mmcv.cnn import ConvModule
 
-from mmtranscnn.analysis import count_flops
+from mmtranscnn.analysis import count_flops, count_params
 from mmtranscnn.models import HMHSA, TransCNN
 from mmtranscnn.models.hmhsa import merge_tokens
 from random_bn import randomise_bn
@@ -46,6 +46,27 @@ def _tool(name):
 
 
 speed = _tool('speed_harness')
+
+#: A TransCNN of one block per stage: the harness and the folding prove on
+#: it what they prove on the presets (the presets' own numbers are tested
+#: in test_transcnn.py and test_released.py).
+TINY_ARCH = dict(channels=[16, 32, 32, 32], depths=[1, 1, 1, 1],
+                 kernel_sizes=[3, 3, 3, 3], expand_ratios=[2, 2, 2, 2])
+TINY = 'TransCNN-test-tiny'
+
+
+def _tiny_transcnn(**kwargs):
+    return TransCNN(TINY_ARCH, head_dim=16, **kwargs)
+
+
+@pytest.fixture
+def tiny_backbone(monkeypatch):
+    """The tiny TransCNN as a benchmark model (built as TransCNN-Base is:
+    norm_eval, grid sizes from the job)."""
+    monkeypatch.setitem(speed.BACKBONES, TINY, (
+        'mmtranscnn.models', 'TransCNN',
+        dict(arch=TINY_ARCH, head_dim=16, norm_eval=True)))
+    return TINY
 
 
 def _set_folding(model, on):
@@ -153,14 +174,12 @@ def test_pooled_merge_equals_masked_merge(size, g):
 
 
 def test_flop_count_does_not_depend_on_folding():
-    model = TransCNN('small')
+    model = _tiny_transcnn()
     folded = count_flops(model, (1, 3, 64, 64))
+    # counting leaves the folding switched on
+    assert model.stem.conv1.efficient_conv_bn_eval_forward is not None
     _set_folding(model, False)
     assert count_flops(model, (1, 3, 64, 64)) == folded
-    # and counting leaves the folding switched on
-    _set_folding(model, True)
-    count_flops(model, (1, 3, 64, 64))
-    assert model.stem.conv1.efficient_conv_bn_eval_forward is not None
 
 
 # -- the measuring library --------------------------------------------------
@@ -186,8 +205,8 @@ def test_job_validation_names_the_field(field, value):
         speed.Job(**{'model': 'Swin-T', field: value}).validate()
 
 
-def test_backbone_train_step_updates_the_weights():
-    job = speed.Job('TransCNN-Base', mode='train', height=64, width=64,
+def test_backbone_train_step_updates_the_weights(tiny_backbone):
+    job = speed.Job(tiny_backbone, mode='train', height=64, width=64,
                     grid_sizes=[4, 2, 1, 0], threads=1).validate()
     model, step = speed.build_step(job)
     assert model.training and model.norm_eval
@@ -201,16 +220,19 @@ def test_backbone_train_step_updates_the_weights():
     assert torch.equal(bn.running_mean, stats)  # norm_eval kept statistics
 
 
-def test_run_job_in_process():
-    row = speed.run_job(speed.Job('TransCNN-Base', height=64, width=64,
+def test_run_job_in_process(tiny_backbone):
+    row = speed.run_job(speed.Job(tiny_backbone, height=64, width=64,
                                   grid_sizes=[4, 2, 1, 0], warmup=0,
                                   repeats=2, threads=1, flops=True))
     assert len(row['times_s']) == 2 and row['median_s'] > 0
     assert row['peak_mem_mb'] > 0
-    assert row['params_m'] == pytest.approx(26.0, abs=0.1)
-    want = count_flops(TransCNN('base', grid_sizes=(4, 2, 1, 0)),
-                       (1, 3, 64, 64))
+    model = _tiny_transcnn(grid_sizes=(4, 2, 1, 0))
+    assert row['params_m'] == pytest.approx(count_params(model) / 1e6)
+    want = count_flops(model, (1, 3, 64, 64))
     assert row['gflops'] == pytest.approx(want / 1e9)
+    # the benchmark's own model is TransCNN-Base (Table 1: 26.0 M)
+    base = speed.build_backbone('TransCNN-Base')
+    assert count_params(base) / 1e6 == pytest.approx(26.0, abs=0.1)
 
 
 @pytest.mark.slow
@@ -230,7 +252,7 @@ def test_subprocess_rows_and_failures():
 @pytest.mark.slow
 def test_detector_train_step_in_process():
     row = speed.run_job(speed.Job('TransCNN-Base', kind='detector',
-                                  mode='train', height=128, width=160,
+                                  mode='train', height=64, width=96,
                                   warmup=0, repeats=1, threads=1))
     assert row['peak_mem_mb'] > 0 and row['median_s'] > 0
 
