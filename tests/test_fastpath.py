@@ -97,6 +97,53 @@ def test_fused_conv_norm_act_equals_the_plain_module(kernel_calls, act,
     assert kernel_calls == []
 
 
+@pytest.mark.parametrize('kw', [
+    dict(kernel_size=3, padding=1),
+    dict(kernel_size=5, padding=2, groups=8, bias=True,
+         conv_cfg=dict(type=DepthwiseConv2d)),
+    dict(kernel_size=3, padding=1, stride=2,
+         norm_cfg=dict(type='BN', affine=False)),
+    dict(kernel_size=3, padding=1, padding_mode='reflect'),
+    dict(kernel_size=1, order=('norm', 'conv', 'act')),
+    dict(kernel_size=3, padding=1, act_cfg=None, norm_cfg=None)])
+def test_conv_norm_act_equals_mmcv_convmodule(kw):
+    """Bit-identical to mmcv's ConvModule (same state dict) in eval mode,
+    with and without autograd and the fast paths, and in train mode;
+    gradients through the folded BN (norm_eval training) equal too."""
+    from mmcv.cnn import ConvModule
+    kw = dict(dict(norm_cfg=dict(type='BN'), act_cfg=dict(type='SiLU'),
+                   efficient_conv_bn_eval=True), **kw)
+    torch.manual_seed(0)
+    ours = ConvNormAct(8, 8, **kw)
+    if ours.with_norm:  # statistics (and affine weights) off the defaults
+        with torch.no_grad():
+            for t in [ours.norm.running_mean, ours.norm.running_var] + list(
+                    ours.norm.parameters()):
+                t.uniform_(.5, 1.5)
+    theirs = ConvModule(8, 8, **kw)
+    theirs.load_state_dict(ours.state_dict())
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    x = torch.randn(2, 8, 11, 13).contiguous(
+        memory_format=torch.channels_last)
+    for mode in ('eval', 'train'):
+        getattr(ours, mode)()
+        getattr(theirs, mode)()
+        with torch.no_grad():
+            want = theirs(x)
+            with fastpath.enabled(False):
+                assert torch.equal(ours(x), want), mode
+            if mode == 'train' or not fastpath._folds(ours, x):
+                assert torch.equal(ours(x), want), mode  # no kernel choice
+        xs = [x.clone().requires_grad_() for _ in range(2)]
+        outs = [m(xi) for m, xi in zip((ours, theirs), xs)]
+        assert torch.equal(outs[0].detach(), outs[1].detach()), mode
+        grads = [torch.autograd.grad(o.square().sum(),
+                                     [xi] + list(m.parameters()))
+                 for o, xi, m in zip(outs, xs, (ours, theirs))]
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
 def test_fused_linear_equals_the_plain_layer(kernel_calls):
     torch.manual_seed(0)
     layer = Linear(24, 40)
@@ -185,7 +232,7 @@ def test_shape_tuner_keeps_the_fastest_per_shape_class():
 
     tuner = fastpath.ShapeTuner('toy', dict(slow=slow, fast=fast))
     assert tuner('a', 1) == 2
-    assert tuner.choices == {'a': 'fast'}
+    assert tuner.choices == {'a': ('fast', 'measurement')}
     calls.clear()
     assert tuner('a', 5) == 6
     assert calls == ['fast']  # measured once per shape class

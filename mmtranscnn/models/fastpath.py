@@ -30,22 +30,34 @@ function:
 * :class:`ConvNormAct` with autograd, on any device: an in-place SiLU runs
   out of place (autograd records ``silu_`` by first copying its input).
 
+:class:`ConvNormAct` also folds an eval-mode BN into its conv on every
+device without changing the module during the call (mmcv's own folding sets
+and deletes ``conv.forward`` on each call), so one eval model can serve
+several threads at once. Nothing here writes to a module in ``forward``.
+
 Where two ways compute the same function and neither is faster on every CPU
 and shape, the choice is made by measurement, per shape, on the machine at
 hand (:class:`ShapeTuner`, in the spirit of ``cudnn.benchmark``): the first
 time a layer meets a shape class, each way runs a few times on those very
-inputs and the fastest is kept for that shape class. Nothing is decided by
-the CPU's name.
+inputs and the fastest is kept for that shape class (measured once per
+process, under a lock, however many threads meet it). Nothing is decided by
+the CPU's name. The ways differ in the last bits of their results, so a
+timed choice can differ between runs and between ranks; see "Kernel choice"
+below for the rule that fixes it.
 
 The switch
 ----------
-All of them are on by default and off, everywhere at once, when
+All of them are on by default and off, all together, when
 
 * the environment variable ``MMTRANSCNN_FAST_PATHS`` is ``0`` (read at
   import), or :func:`set_enabled` ``(False)`` was called, or inside
   ``with fastpath.enabled(False):``;
 * oneDNN is switched off: ``torch.backends.mkldnn.flags(enabled=False)``
   (or torch was built without it).
+
+:func:`set_enabled` is process-wide; ``fastpath.enabled(...)`` changes the
+calling thread only (a server thread switching them off for its own calls
+leaves the other threads as they are).
 
 They also stand aside, so that tools see the plain aten ops, while a tool
 traces or intercepts the model: ``torch.jit`` tracing/scripting,
@@ -58,13 +70,36 @@ plain ops would (bf16 mixed-precision training). ``tests/test_fastpath.py``
 proves each shortcut equal to its plain path (in bf16, as close to the
 exact result as the plain path); CI runs those tests on its own CPU and
 once more with ATen, oneDNN and MKL limited to AVX2.
+
+Kernel choice
+-------------
+``MMTRANSCNN_KERNEL_CHOICE`` (read at import) is ``measure`` (the default:
+time the candidates, as above) or ``rule``: every tuner then takes its
+fixed rule and times nothing, so every run and every rank computes with the
+same kernels. The rule is the plain candidate (aten's linear, the conv with
+the BN folded then the activation, SDPA) except for attention over few
+keys (at most 64 per grid), where it is the matmul form, whose per-grid
+cost is lower there on the CPUs measured. :func:`set_kernel_choice` sets
+the mode for the process, ``with fastpath.kernel_choice('rule'):`` for the
+calling thread. The rule also applies, whatever the switch says, while
+
+* ``torch.use_deterministic_algorithms(True)`` is on (as ``cudnn.benchmark``
+  is ignored then);
+* ``torch.distributed`` is initialised with more than one rank: each rank
+  sees its own image sizes, so agreeing on a timed choice would need a
+  collective inside ``forward``; a rule needs none.
+
+:func:`tuning_report` lists each choice and whether it was measured or
+ruled.
 """
 import contextlib
 import functools
 import math
 import os
+import threading
 import time
-from typing import Callable, Dict, Hashable, Iterator, Optional, Tuple
+from typing import (Callable, ContextManager, Dict, Hashable, Iterator,
+                    NamedTuple, Optional, Tuple)
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +110,8 @@ from mmtranscnn.utils.torch_compat import (get_autocast_dtype,
                                           is_autocast_enabled)
 
 ENV_VAR = 'MMTRANSCNN_FAST_PATHS'
+CHOICE_ENV_VAR = 'MMTRANSCNN_KERNEL_CHOICE'
+KERNEL_CHOICES = ('measure', 'rule')
 
 
 def _env_enabled() -> bool:
@@ -86,7 +123,30 @@ def _env_enabled() -> bool:
     raise ValueError(f'{ENV_VAR} must be 1/on or 0/off, got {value!r}')
 
 
+def _check_kernel_choice(mode, field: str) -> str:
+    if mode not in KERNEL_CHOICES:
+        raise ValueError(f'{field} must be one of {KERNEL_CHOICES}, got '
+                         f'{mode!r}')
+    return mode
+
+
+def _env_kernel_choice() -> str:
+    value = os.environ.get(CHOICE_ENV_VAR, '').strip().lower()
+    return _check_kernel_choice(value or 'measure', CHOICE_ENV_VAR)
+
+
+# The process-wide settings, and per-thread overrides of them (set by the
+# context managers, so that a thread switching a setting for its own calls
+# does not change what other threads run).
 _enabled = _env_enabled()
+_kernel_choice = _env_kernel_choice()
+_thread = threading.local()
+
+
+def _on() -> bool:
+    """The fast-path switch as the calling thread sees it."""
+    flag = getattr(_thread, 'enabled', None)
+    return _enabled if flag is None else flag
 
 
 def set_enabled(flag: bool) -> None:
@@ -103,24 +163,74 @@ def set_enabled(flag: bool) -> None:
 
 
 def is_enabled() -> bool:
-    """Whether the switch allows fast paths (oneDNN's own flag included)."""
-    return (_enabled and torch.backends.mkldnn.is_available()
+    """Whether the switch allows fast paths in the calling thread (oneDNN's
+    own flag included)."""
+    return (_on() and torch.backends.mkldnn.is_available()
             and torch.backends.mkldnn.enabled)
 
 
 @contextlib.contextmanager
-def enabled(flag: bool) -> Iterator[None]:
-    """``with fastpath.enabled(False): ...`` runs the plain layers only.
+def _thread_override(name: str, value) -> Iterator[None]:
+    previous = getattr(_thread, name, None)
+    setattr(_thread, name, value)
+    try:
+        yield
+    finally:
+        setattr(_thread, name, previous)
+
+
+def enabled(flag: bool) -> ContextManager[None]:
+    """``with fastpath.enabled(False): ...`` runs the plain layers only, in
+    the calling thread (other threads keep the process-wide setting).
 
     Args:
         flag: the switch's value inside the block.
     """
-    previous = _enabled
-    set_enabled(flag)
-    try:
-        yield
-    finally:
-        set_enabled(previous)
+    if not isinstance(flag, bool):
+        raise TypeError(f'enabled takes a bool, got {flag!r}')
+    return _thread_override('enabled', flag)
+
+
+def set_kernel_choice(mode: str) -> None:
+    """How :class:`ShapeTuner` chooses between equal kernels, for the whole
+    process.
+
+    Args:
+        mode: ``'measure'`` (time them on the first inputs of each shape
+            class; the default) or ``'rule'`` (each tuner's fixed rule, no
+            timing: the same kernels in every run and on every rank).
+    """
+    global _kernel_choice
+    _kernel_choice = _check_kernel_choice(mode, 'set_kernel_choice mode')
+
+
+def kernel_choice(mode: str) -> ContextManager[None]:
+    """``with fastpath.kernel_choice('rule'): ...`` chooses kernels by rule
+    in the calling thread (other threads keep the process-wide setting).
+
+    Args:
+        mode: ``'measure'`` or ``'rule'`` (see :func:`set_kernel_choice`).
+    """
+    return _thread_override('kernel_choice',
+                            _check_kernel_choice(mode, 'kernel_choice mode'))
+
+
+def _distributed() -> bool:
+    """Whether this process is one of several ranks of a process group."""
+    dist = torch.distributed
+    return (dist.is_available() and dist.is_initialized()
+            and dist.get_world_size() > 1)
+
+
+def chooses_by_rule() -> bool:
+    """Whether kernels are chosen by rule (not timed) in the calling thread:
+    the switch says ``'rule'``, or torch's deterministic mode is on
+    (``torch.use_deterministic_algorithms(True)``), or this process is one
+    of several ranks of ``torch.distributed`` (every rank must run the same
+    kernels, and a rule needs no communication inside ``forward``)."""
+    mode = getattr(_thread, 'kernel_choice', None) or _kernel_choice
+    return (mode == 'rule' or torch.are_deterministic_algorithms_enabled()
+            or _distributed())
 
 
 def _probe(name: str, fn: Callable) -> None:
@@ -192,7 +302,7 @@ def autocast_dtype() -> Optional[torch.dtype]:
 def _common(x: Tensor, under_autocast: bool = False) -> bool:
     # _intercepted() first: while dynamo traces (torch.export on torch 2.1)
     # the checks after it, type() among them, must not be traced.
-    return (_enabled and not _intercepted() and type(x) is Tensor
+    return (_on() and not _intercepted() and type(x) is Tensor
             and x.device.type == 'cpu' and torch.backends.mkldnn.enabled
             and (under_autocast or not is_autocast_enabled('cpu')))
 
@@ -221,7 +331,7 @@ def training_applies(x: Tensor, under_autocast: bool = False) -> bool:
 def autograd_applies() -> bool:
     """Whether a shortcut for recording ops for autograd may be taken (on
     any device: it changes what autograd keeps, not the kernels)."""
-    return _enabled and torch.is_grad_enabled() and not _intercepted()
+    return _on() and torch.is_grad_enabled() and not _intercepted()
 
 
 def add_residual(x: Tensor, branch: Tensor) -> Tensor:
@@ -232,22 +342,37 @@ def add_residual(x: Tensor, branch: Tensor) -> Tensor:
         x: the residual input.
         branch: the freshly computed branch output (same shape).
     """
-    if _enabled and not torch.is_grad_enabled() and not _intercepted():
+    if _on() and not torch.is_grad_enabled() and not _intercepted():
         return branch.add_(x)
     return x + branch
 
 
 # ---------------------------------------------------------------------------
-# Choosing between equal implementations by measurement
+# Choosing between equal implementations: by measurement or by rule
 # ---------------------------------------------------------------------------
 def size_class(numel: int) -> int:
     """Shape classes by size: sizes within a factor of 2 share a class."""
     return max(int(numel), 1).bit_length()
 
 
+class Choice(NamedTuple):
+    """One tuner's choice for one shape class."""
+    kernel: str  #: the candidate's name
+    by: str  #: ``'measurement'`` or ``'rule'``
+
+
+# Held while a choice is measured: one measurement per key however many
+# threads meet it at once, and no two measurements timing each other.
+_MEASURE_LOCK = threading.RLock()
+
+
 class ShapeTuner:
-    """Keeps, per shape class, the fastest of several implementations of
-    one function, timed on the first inputs of that class.
+    """Keeps, per shape class, one of several implementations of one
+    function: the fastest, timed on the first inputs of that class, or,
+    where :func:`chooses_by_rule`, the one its rule names (no timing).
+
+    Safe to call from several threads: lookups take no lock; a missing
+    choice is measured under a process-wide lock, once per key.
 
     Args:
         name: what is tuned (for :func:`tuning_report`).
@@ -258,15 +383,20 @@ class ShapeTuner:
         trial: ``trial(fn, args)`` runs one timed trial of a candidate;
             default ``fn(*args)``. A training tuner passes one that also
             runs the backward.
+        rule: ``rule(key)`` names the candidate for a shape class when
+            kernels are chosen by rule. Default: the first (plain) one.
     """
 
     def __init__(self, name: str, candidates: Dict[str, Callable],
-                 repeats: int = 2, trial: Optional[Callable] = None):
+                 repeats: int = 2, trial: Optional[Callable] = None,
+                 rule: Optional[Callable[[Hashable], str]] = None):
         self.name = name
         self.candidates = dict(candidates)
         self.repeats = repeats
         self.trial = trial or (lambda fn, args: fn(*args))
-        self.choices: Dict[Hashable, str] = {}
+        first = next(iter(self.candidates))
+        self.rule = rule or (lambda key: first)
+        self.choices: Dict[Hashable, Choice] = {}
 
     def _measure(self, args) -> str:
         best, best_time = None, math.inf
@@ -280,32 +410,67 @@ class ShapeTuner:
                     best, best_time = name, elapsed
         return best
 
-    def __call__(self, key: Hashable, *args):
+    def _by_rule(self, key: Hashable) -> str:
+        kernel = self.rule(key)
+        if kernel not in self.candidates:
+            raise ValueError(f'the rule of tuner {self.name!r} chose '
+                             f'{kernel!r}; candidates: {list(self.candidates)}')
+        return kernel
+
+    def choose(self, key: Hashable, *args) -> Choice:
+        """The choice for ``key`` (made now if it is missing or was made the
+        other way: a choice measured before rule mode began is replaced).
+
+        Args:
+            key: the shape class.
+            args: the inputs to time the candidates on, if measured.
+        """
+        by = 'rule' if chooses_by_rule() else 'measurement'
         choice = self.choices.get(key)
-        if choice is None:
-            choice = self.choices[key] = self._measure(args)
-        return self.candidates[choice](*args)
+        if choice is not None and choice.by == by:
+            return choice
+        if by == 'rule':
+            choice = Choice(self._by_rule(key), by)
+        else:
+            with _MEASURE_LOCK:
+                choice = self.choices.get(key)
+                if choice is not None and choice.by == by:
+                    return choice  # another thread measured it meanwhile
+                choice = Choice(self._measure(args), by)
+        self.choices[key] = choice
+        return choice
+
+    def __call__(self, key: Hashable, *args):
+        return self.candidates[self.choose(key, *args).kernel](*args)
 
 
 _TUNERS: Dict[str, ShapeTuner] = {}
 
 
 def _tuner(name: str, candidates: Dict[str, Callable],
-           trial: Optional[Callable] = None) -> ShapeTuner:
-    if name not in _TUNERS:
-        _TUNERS[name] = ShapeTuner(name, candidates, trial=trial)
-    return _TUNERS[name]
+           trial: Optional[Callable] = None,
+           rule: Optional[Callable[[Hashable], str]] = None) -> ShapeTuner:
+    tuner = _TUNERS.get(name)
+    if tuner is None:
+        with _MEASURE_LOCK:  # one tuner per name, whichever thread is first
+            tuner = _TUNERS.get(name)
+            if tuner is None:
+                tuner = _TUNERS[name] = ShapeTuner(name, candidates,
+                                                   trial=trial, rule=rule)
+    return tuner
 
 
-def tuning_report() -> Dict[str, Dict[Hashable, str]]:
-    """What each tuner chose so far: tuner -> shape class -> choice."""
+def tuning_report() -> Dict[str, Dict[Hashable, Choice]]:
+    """What each tuner chose so far: tuner -> shape class ->
+    ``Choice(kernel, by)``, ``by`` being ``'measurement'`` or ``'rule'``."""
     return {name: dict(t.choices) for name, t in _TUNERS.items()}
 
 
 def reset_tuning() -> None:
-    """Forget every choice (the next inputs are measured again)."""
-    for t in _TUNERS.values():
-        t.choices.clear()
+    """Forget every choice (the next inputs are chosen again)."""
+    with _MEASURE_LOCK:
+        for t in _TUNERS.values():
+            t.choices.clear()
 
 
 # ---------------------------------------------------------------------------
@@ -338,6 +503,15 @@ def _forward_backward(fn, args):
         out.backward(torch.ones_like(out))
 
 
+# The kernel-choice rule for attention (keys as built below): the matmul form
+# where a grid has few keys, SDPA's kernel otherwise.
+RULE_MATMUL_MAX_KEYS = 64
+
+
+def _attention_rule(key) -> str:
+    return 'matmul' if key[1] <= RULE_MATMUL_MAX_KEYS else 'sdpa'
+
+
 def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor,
                                  attn_mask: Optional[Tensor] = None,
                                  dropout_p: float = 0.) -> Tensor:
@@ -362,14 +536,15 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor,
         key = (tuple(q.shape[1:]), k.shape[-2], attn_mask is not None,
                size_class(q.shape[0]), q.dtype)
         if inference_applies(q):
-            return _tuner('attention', candidates)(key, q, k, v, attn_mask)
+            return _tuner('attention', candidates,
+                          rule=_attention_rule)(key, q, k, v, attn_mask)
         # Training, also under autocast (bf16 mixed precision): both
         # candidates then run in autocast's dtype, and are timed so.
         if (q.dtype in (torch.float32, autocast_dtype())
                 and training_applies(q, under_autocast=True) and
                 (q.requires_grad or k.requires_grad or v.requires_grad)):
-            return _tuner('attention-train', candidates,
-                          _forward_backward)(key, q, k, v, attn_mask)
+            return _tuner('attention-train', candidates, _forward_backward,
+                          _attention_rule)(key, q, k, v, attn_mask)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                           dropout_p=dropout_p)
 
@@ -403,6 +578,50 @@ class Linear(nn.Linear):
 # ---------------------------------------------------------------------------
 # Conv + BN + activation
 # ---------------------------------------------------------------------------
+def fold_bn_into_conv(conv: nn.Module,
+                      bn: nn.modules.batchnorm._BatchNorm
+                      ) -> Tuple[Tensor, Tensor]:
+    """The weight and bias of one conv that computes ``bn(conv(x))`` for an
+    eval-mode BN (running statistics), as new tensors: the modules are left
+    as they are, and autograd carries gradients back to the parameters of
+    both (training with ``norm_eval``). The arithmetic is mmcv's
+    ``efficient_conv_bn_eval_forward``, so the results are bit-identical.
+
+    Args:
+        conv: the conv (any ``_ConvNd``).
+        bn: the BatchNorm after it, with running statistics.
+
+    Returns:
+        (weight, bias) for ``conv._conv_forward``.
+    """
+    coeff = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        coeff = bn.weight * coeff
+    weight = conv.weight * coeff.reshape([-1] + [1] * (conv.weight.dim() - 1))
+    shift = -bn.running_mean if conv.bias is None else \
+        conv.bias - bn.running_mean
+    bias = coeff * shift
+    if bn.bias is not None:
+        bias = bn.bias + bias
+    return weight, bias
+
+
+# torch's hook tables, per module and global. Calling a conv's
+# ``_conv_forward`` directly skips the hooks that calling the module runs.
+_MODULE_HOOKS = ('_forward_hooks', '_forward_pre_hooks', '_backward_hooks',
+                 '_backward_pre_hooks')
+_GLOBAL_HOOKS = ('_global_forward_hooks', '_global_forward_pre_hooks',
+                 '_global_backward_hooks', '_global_backward_pre_hooks')
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    """Whether calling ``module`` runs hooks (spectral norm's weight update,
+    a feature-extraction hook, a global hook)."""
+    table = nn.modules.module
+    return (any(getattr(module, name, None) for name in _MODULE_HOOKS)
+            or any(getattr(table, name, None) for name in _GLOBAL_HOOKS))
+
+
 def _fused_activation(module: ConvModule) -> Optional[Tuple[str, str]]:
     """oneDNN's (post-op, algorithm) for ``module``'s activation, or None
     if oneDNN does not fuse it."""
@@ -415,18 +634,13 @@ def _fused_activation(module: ConvModule) -> Optional[Tuple[str, str]]:
     return None if name is None else (name, '')
 
 
-def _folds(module: ConvModule, x: Tensor) -> bool:
+def _folds(module: 'ConvNormAct', x: Tensor) -> bool:
     """Whether ``module`` is a conv + eval-mode BN (+ act) that oneDNN can
     run as one call on ``x``."""
-    norm = module.norm if module.with_norm else None
     conv = module.conv
     return (module.order == ('conv', 'norm', 'act')
-            # the module's own eval-time folding is on (switching it off
-            # gives the plain path)
-            and getattr(module, 'efficient_conv_bn_eval_forward',
-                        None) is not None
-            and isinstance(norm, nn.modules.batchnorm._BatchNorm)
-            and not norm.training and norm.track_running_stats
+            and module.folds_norm()
+            and not module.with_explicit_padding
             and type(conv) in (nn.Conv2d, DepthwiseConv2d)
             and conv.padding_mode == 'zeros'
             and not isinstance(conv.padding, str)
@@ -434,26 +648,18 @@ def _folds(module: ConvModule, x: Tensor) -> bool:
 
 
 def _module_conv(module, x, act):
-    """The module as it is (mmcv's eval-time folding, then the act)."""
-    return ConvModule.forward(module, x)
+    """The module as it is (conv with the BN folded in, then the act)."""
+    return module.run_layers(x)
 
 
 def _onednn_conv(module, x, act):
     """Conv + eval-mode BN + activation ``act`` in one oneDNN call."""
-    conv, bn = module.conv, module.norm
-    scale = bn.running_var.add(bn.eps).rsqrt()
-    if bn.affine:
-        scale = scale * bn.weight
-    weight = (conv.weight * scale.view(-1, 1, 1, 1)).contiguous(
-        memory_format=torch.channels_last)
-    bias = -bn.running_mean if conv.bias is None else \
-        conv.bias - bn.running_mean
-    bias = bias * scale
-    if bn.affine:
-        bias = bias + bn.bias
+    conv = module.conv
+    weight, bias = fold_bn_into_conv(conv, module.norm)
     return kernel('_convolution_pointwise')(
-        x, weight, bias, list(conv.padding), list(conv.stride),
-        list(conv.dilation), conv.groups, act[0], [], act[1])
+        x, weight.contiguous(memory_format=torch.channels_last), bias,
+        list(conv.padding), list(conv.stride), list(conv.dilation),
+        conv.groups, act[0], [], act[1])
 
 
 # Activations whose in-place form autograd can only record by first copying
@@ -466,8 +672,9 @@ def _out_of_place_activation(module: ConvModule) -> Optional[Callable]:
     """The out-of-place function of ``module``'s in-place activation where
     recording the in-place one for autograd would copy its input."""
     act = module.activate if module.with_activation else None
-    # Only where the activation comes last: it is then applied after
-    # ConvModule's own forward without it.
+    # Only where the activation comes last: it then acts on the module's
+    # own intermediate map (an activation first would act on the caller's
+    # input, which mmcv's in-place form overwrites).
     if (act is None or not getattr(act, 'inplace', False)
             or module.order[-1] != 'act'):
         return None
@@ -475,30 +682,87 @@ def _out_of_place_activation(module: ConvModule) -> Optional[Callable]:
 
 
 class ConvNormAct(ConvModule):
-    """mmcv's ``ConvModule``; at CPU float32 inference with an eval-mode BN,
-    the module as it is (conv with folded BN, then the activation) or conv
-    + BN + activation in one oneDNN call, whichever is faster for the shape
-    class. With autograd, an in-place SiLU (mmcv's default) runs out of
-    place: autograd would otherwise copy the map first to keep the input
-    its backward needs, one more pass over the map for the same result."""
+    """mmcv's ``ConvModule`` (same arguments, parameters and state dict),
+    safe to call from several threads at once.
+
+    With mmcv's ``efficient_conv_bn_eval`` and the BN in eval mode, the BN
+    is folded into the conv weights as mmcv does it (bit-identical results,
+    gradients to both), but as values passed to the conv's
+    ``_conv_forward``: mmcv sets and deletes ``conv.forward`` on every call
+    instead, which breaks threads sharing one eval model. A BN in train
+    mode runs after the conv as usual. (A conv with hooks, e.g. spectral
+    norm, is called as a module and its BN runs after it, unfolded.)
+
+    At CPU float32 inference with an eval-mode BN, this folded conv then
+    the activation, or conv + BN + activation in one oneDNN call, whichever
+    :class:`ShapeTuner` chooses for the shape class. With autograd, an
+    in-place SiLU (mmcv's default) runs out of place: autograd would
+    otherwise copy the map first to keep the input its backward needs, one
+    more pass over the map for the same result."""
+
+    def folds_norm(self) -> bool:
+        """Whether the conv runs with the BN folded in now: the module's
+        ``efficient_conv_bn_eval`` is on (mmcv sets it only for a BN with
+        running statistics), the BN is in eval mode, and the conv has no
+        hooks that calling it directly would skip."""
+        return (getattr(self, 'efficient_conv_bn_eval_forward',
+                        None) is not None
+                and self.with_norm and not self.norm.training
+                and self.norm.track_running_stats
+                and not _has_hooks(self.conv))
+
+    def run_layers(self, x: Tensor, activate: bool = True,
+                   norm: bool = True) -> Tensor:
+        """``ConvModule.forward``'s layers in the module's order, with the
+        BN folded as values (:meth:`folds_norm`) and nothing on the module
+        changed.
+
+        Args:
+            x: the input map.
+            activate: apply the activation.
+            norm: apply the norm.
+        """
+        order = self.order
+        i = 0
+        while i < len(order):
+            layer = order[i]
+            if layer == 'conv':
+                if self.with_explicit_padding:
+                    x = self.padding_layer(x)
+                if (norm and order[i + 1:i + 2] == ('norm', )
+                        and self.folds_norm()):
+                    x = self.conv._conv_forward(
+                        x, *fold_bn_into_conv(self.conv, self.norm))
+                    i += 1  # the norm is folded in
+                else:
+                    x = self.conv(x)
+            elif layer == 'norm' and norm and self.with_norm:
+                x = self.norm(x)
+            elif layer == 'act' and activate and self.with_activation:
+                x = self._activation(x)
+            i += 1
+        return x
+
+    def _activation(self, x: Tensor) -> Tensor:
+        out_of_place = _out_of_place_activation(self)
+        if (out_of_place is not None and x.requires_grad
+                and autograd_applies()):
+            return out_of_place(x)
+        return self.activate(x)
 
     def forward(self, x: Tensor, activate: bool = True,
                 norm: bool = True) -> Tensor:
-        if not (activate and norm and inference_applies(x)):
-            act = _out_of_place_activation(self) if activate else None
-            if act is None or not autograd_applies():
-                return super().forward(x, activate, norm)
-            y = super().forward(x, activate=False, norm=norm)
-            return act(y) if y.requires_grad else self.activate(y)
-        act = _fused_activation(self)
-        if (act is None or not _folds(self, x)
-                or kernel('_convolution_pointwise') is None):
-            return super().forward(x, activate, norm)
-        conv = self.conv
-        key = (conv.in_channels, conv.out_channels, conv.kernel_size,
-               conv.stride, conv.groups, act, size_class(x.numel()))
-        return _tuner('conv', dict(module=_module_conv,
-                                   onednn=_onednn_conv))(key, self, x, act)
+        if activate and norm and inference_applies(x):
+            act = _fused_activation(self)
+            if (act is not None and _folds(self, x)
+                    and kernel('_convolution_pointwise') is not None):
+                conv = self.conv
+                key = (conv.in_channels, conv.out_channels, conv.kernel_size,
+                       conv.stride, conv.groups, act, size_class(x.numel()))
+                return _tuner('conv', dict(module=_module_conv,
+                                           onednn=_onednn_conv))(key, self, x,
+                                                                 act)
+        return self.run_layers(x, activate, norm)
 
 
 # ---------------------------------------------------------------------------
@@ -617,8 +881,8 @@ class DepthwiseConv2d(nn.Conv2d):
 
     def _conv_forward(self, x: Tensor, weight: Tensor,
                       bias: Optional[Tensor]) -> Tensor:
-        # ConvModule's eval-time BN folding also calls this with folded
-        # weights, so both paths get the fast backward.
+        # ConvNormAct's BN folding also calls this with folded weights, so
+        # training with frozen BN (norm_eval) gets the fast backward too.
         if self._fast_backward_applies(x, weight):
             low = autocast_dtype()
             if low is None:
@@ -635,6 +899,9 @@ class DepthwiseConv2d(nn.Conv2d):
 
 
 __all__ = ['ENV_VAR', 'set_enabled', 'is_enabled', 'enabled', 'kernel',
+           'CHOICE_ENV_VAR', 'KERNEL_CHOICES', 'set_kernel_choice',
+           'kernel_choice', 'chooses_by_rule', 'Choice',
+           'fold_bn_into_conv',
            'inference_applies', 'training_applies', 'autograd_applies',
            'autocast_dtype',
            'add_residual', 'Linear',
