@@ -37,6 +37,7 @@ with IRB ``conv1x1-BN-SiLU, dw-BN-SiLU, conv1x1-BN`` in the first version and
 ``SiLU(BN(conv3x3/2 X) + BN(conv1x1 MaxPool2 X))`` (first version),
 ``GN(conv3x3/2 X)`` (HAT-Net). Stem: ``conv3x3/2, Norm, SiLU, conv3x3/2``.
 """
+import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -308,4 +309,27 @@ def random_state_dict(layout: Dict[str, Sequence[int]], seed: int = 0,
             # makes two implementations disagree.
             x = 0.2 * x
         out[name] = x
+    return out
+
+
+def compact_state_dict(layout: Dict[str, Sequence[int]],
+                       seed: int = 0) -> Dict[str, Tensor]:
+    """Random tensors for a released layout that are small on disk.
+
+    Every tensor is a window of one shared random buffer at its own offset,
+    so no two tensors are equal (a swapped key shows) while ``torch.save``
+    writes the buffer once: the file is about as large as the largest
+    tensor (6 MB for TransCNN-Small, not 106 MB). For tests of loading and
+    key mapping only; the values are no well-conditioned network.
+    """
+    numels = [math.prod(shape) for shape in layout.values()]
+    gen = torch.Generator().manual_seed(seed)
+    buffer = torch.randn(max(numels) + len(layout), generator=gen)
+    out = {}
+    for offset, (name, shape) in enumerate(layout.items()):
+        if name.endswith('num_batches_tracked'):
+            out[name] = torch.tensor(offset)
+        else:
+            numel = math.prod(shape)
+            out[name] = buffer[offset:offset + numel].view(tuple(shape))
     return out

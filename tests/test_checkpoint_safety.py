@@ -306,6 +306,98 @@ def test_allow_list_is_scoped(tmp_path):
             [g for g in before if g is not UserThing])
 
 
+def _process_state():
+    """What a load must leave as it found: torch's allow-list (exactly) and
+    the CPU autocast state."""
+    from mmtranscnn.utils.torch_compat import (get_autocast_dtype,
+                                               is_autocast_enabled)
+    return (sorted(map(repr, torch.serialization.get_safe_globals())),
+            is_autocast_enabled('cpu'), get_autocast_dtype('cpu'))
+
+
+def _released_file_with_args(path):
+    """A released-layout file (TransCNN-Tiny) as the authors' training
+    script saves it: the weights and its argparse.Namespace."""
+    import json
+
+    from released_reference import compact_state_dict
+    with open(osp.join(osp.dirname(__file__), 'data',
+                       'released_layouts.json')) as f:
+        layout = json.load(f)['transcnn-v1-tiny']['state_dict']
+    torch.save({'model': compact_state_dict(layout),
+                'args': argparse.Namespace(model='TransCNN_Tiny', lr=1e-3)},
+               path)
+    return path
+
+
+@pytest.mark.parametrize('user_entries', ['none', 'namespace-and-own'])
+@pytest.mark.parametrize('autocast', [False, True])
+def test_loads_leave_safe_globals_and_autocast_as_they_were(
+        trained, tmp_path, user_entries, autocast):
+    """A released file with its training arguments, an mmengine checkpoint
+    through our loader and through mmengine's: afterwards torch's global
+    allow-list and autocast are exactly as before, entries the user added
+    (the Namespace we allow too, among them) included."""
+    from mmtranscnn.models import TransCNN, load_backbone_checkpoint
+
+    class UserThing:
+        pass
+
+    released = _released_file_with_args(str(tmp_path / 'TransCNN-Tiny.pth'))
+    mmengine_file = osp.join(trained['work_dir'], 'epoch_1.pth')
+    original = torch.serialization.get_safe_globals()
+    if user_entries != 'none':
+        torch.serialization.add_safe_globals([argparse.Namespace, UserThing])
+    try:
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+            before = _process_state()
+            load_backbone_checkpoint(TransCNN('transcnn-v1-tiny'), released)
+            assert _process_state() == before
+            cs.safe_torch_load(mmengine_file)
+            assert _process_state() == before
+            CheckpointLoader.load_checkpoint(mmengine_file)
+            assert _process_state() == before
+    finally:
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(original)
+
+
+def test_overlapping_loads_share_one_scope(tmp_path):
+    """Two threads in the scoped allow-list: the first to leave does not
+    pull the entries from under the other; the last restores the list."""
+    import threading
+    path = str(tmp_path / 'np.pth')
+    torch.save({'x': np.float64(1.0)}, path)
+    before = set(torch.serialization.get_safe_globals())
+    entered, release, results = (threading.Event(), threading.Event(), [])
+
+    def long_load():
+        with cs.mmengine_safe_globals():
+            entered.set()
+            release.wait(timeout=60)
+            results.append(torch.load(path, weights_only=True)['x'])
+
+    thread = threading.Thread(target=long_load)
+    thread.start()
+    assert entered.wait(timeout=60)
+    with cs.mmengine_safe_globals():  # a second, shorter load
+        torch.load(path, weights_only=True)
+    assert set(torch.serialization.get_safe_globals()) > before  # still on
+    release.set()
+    thread.join(timeout=60)
+    assert results == [1.0]
+    assert set(torch.serialization.get_safe_globals()) == before
+
+
+def test_no_scoped_allow_list_on_old_torch(monkeypatch):
+    """torch < 2.5 has no safe_globals context: nothing is added."""
+    monkeypatch.delattr(torch.serialization, 'safe_globals')
+    assert not cs.scoped_safe_globals_supported()
+    before = torch.serialization.get_safe_globals()
+    with cs.mmengine_safe_globals():
+        assert torch.serialization.get_safe_globals() == before
+
+
 # --------------------------------------------------------------------------
 # (c) malicious pickles are refused, (d) explicit per-file opt-in
 # --------------------------------------------------------------------------

@@ -10,7 +10,8 @@
 - tools/model_converters/publish_model.py strips and hashes checkpoints;
 - 224-trained weights load strictly into a model built for 384;
 - end to end (slow): tools/train.py and tools/test.py on tiny synthetic data,
-  then a RetinaNet from configs/retinanet_transcnn_small.py starts from that
+  then a RetinaNet from configs/paper_arch/retinanet_transcnn-paper-small_*
+  starts from that
   checkpoint.
 """
 import copy
@@ -43,7 +44,8 @@ BASE = osp.join(IMAGENET_DIR, 'transcnn-base_8xb128_in1k.py')
 ABLATION = osp.join(IMAGENET_DIR, 'transcnn-base_8xb64-100e_in1k.py')
 FINETUNE_384 = osp.join(IMAGENET_DIR, 'transcnn-base_8xb64_in1k-384px.py')
 TINY = osp.join(REPO_DIR, 'configs', 'tiny', 'transcnn-small_tiny-imagenet.py')
-RETINANET_SMALL = osp.join(REPO_DIR, 'configs', 'retinanet_transcnn_small.py')
+RETINANET_SMALL = osp.join(REPO_DIR, 'configs', 'paper_arch',
+                           'retinanet_transcnn-paper-small_fpn_1x_coco.py')
 TRAIN = osp.join(REPO_DIR, 'tools', 'train.py')
 TEST = osp.join(REPO_DIR, 'tools', 'test.py')
 RUN_TIMEOUT = 240  # seconds per tool run (a loaded 2-core CI machine)

@@ -1,8 +1,8 @@
 """Semantic segmentation with MMSegmentation: configs, tiny data, tools, demo.
 
-- Every config under configs/segmentation/ (and the tiny one) builds in
-  mmseg, wires the backbone's four maps into its neck/heads, runs, and
-  states the protocol its header promises.
+- Every config under configs/segmentation/ and configs/paper_arch/ (and the
+  tiny one) builds in mmseg, wires the backbone's four maps into its
+  neck/heads, runs, and states the protocol its header promises.
 - tools/data/make_tiny_ade.py writes a deterministic ADE-layout dataset
   that mmseg's ADE20KDataset reads.
 - End to end (slow): a config inheriting the tiny config starts from an
@@ -28,8 +28,15 @@ from mmtranscnn.engine import setup_codebase
 
 TESTS_DIR = osp.dirname(osp.abspath(__file__))
 REPO_DIR = osp.dirname(TESTS_DIR)
+# The headline configs (the authors' released backbones) and those of
+# Table 1's networks (paper_arch/, our own ImageNet pretraining).
 SEG_CONFIGS = sorted(
-    glob.glob(osp.join(REPO_DIR, 'configs', 'segmentation', '*.py')))
+    glob.glob(osp.join(REPO_DIR, 'configs', 'segmentation', '*.py')) +
+    glob.glob(osp.join(REPO_DIR, 'configs', 'paper_arch', 'fpn_*.py')) +
+    glob.glob(osp.join(REPO_DIR, 'configs', 'paper_arch', 'upernet_*.py')))
+# Released network of each headline size (Table 1's Base layout was
+# released as TransCNN-Small).
+RELEASED_ARCH = {'base': 'transcnn-v1-small', 'small': 'transcnn-v1-tiny'}
 TINY_CONFIG = osp.join(REPO_DIR, 'configs', 'tiny',
                        'fpn_transcnn-small_1xb2-40it_tiny-ade-128x128.py')
 TRAIN = osp.join(REPO_DIR, 'tools', 'train.py')
@@ -80,8 +87,11 @@ def test_config_builds_and_segments(path):
     cfg = load_mmseg_config(path)
     assert 'mmtranscnn' in cfg.custom_imports['imports']
     bb = cfg.model.backbone
-    assert bb.type == 'TransCNN' and bb.arch in name_of(path)
     tiny = path == TINY_CONFIG
+    paper = tiny or 'paper' in name_of(path)
+    size = 'base' if '-base_' in name_of(path) else 'small'
+    assert bb.type == 'TransCNN'
+    assert bb.arch == (size if paper else RELEASED_ARCH[size])
     if tiny:
         # 128x128 crops: stage maps 32/16/8/4 -> 4x4 level-1 token maps.
         assert cfg.crop_size == (128, 128)
@@ -90,11 +100,18 @@ def test_config_builds_and_segments(path):
     else:
         # 512x512 crops: stage maps 128/64/32/16 -> 8x8 level-1 token maps.
         assert cfg.crop_size == (512, 512)
-        assert tuple(bb.grid_sizes) == (16, 8, 4, 0)
-        # Our ImageNet run's checkpoint, as tools/train.py names it.
-        in1k = f'work_dirs/transcnn-{bb.arch}_8xb128_in1k/epoch_300.pth'
-        assert bb.init_cfg == dict(
-            type='Pretrained', checkpoint=in1k, prefix='backbone.')
+        if paper:
+            assert tuple(bb.grid_sizes) == (16, 8, 4, 0)
+            # Our ImageNet run's checkpoint, as tools/train.py names it.
+            in1k = f'work_dirs/transcnn-{bb.arch}_8xb128_in1k/epoch_300.pth'
+            assert bb.init_cfg == dict(
+                type='Pretrained', checkpoint=in1k, prefix='backbone.')
+        else:
+            # Released windows, level-1 pooling 16/8/4; the authors' file
+            # by URL (tests/test_headline_configs.py loads it).
+            assert tuple(bb.grid_sizes) == (8, 8, 8, 0)
+            assert tuple(bb.pool_ratios) == (16, 8, 4, 0)
+            assert bb.init_cfg.checkpoint.startswith('https://')
         assert bb.norm_cfg.type == 'SyncBN' and bb.norm_eval is False
     assert cfg.model.pretrained is None
     assert cfg.model.test_cfg.mode == 'whole'
@@ -179,8 +196,8 @@ def test_imagenet_checkpoint_loads_into_512_grids(tmp_path):
     torch.save({'meta': {}, 'state_dict': state}, path)
 
     cfg = load_mmseg_config(
-        osp.join(REPO_DIR, 'configs', 'segmentation',
-                 'fpn_transcnn-small_8xb4-40k_ade20k-512x512.py'))
+        osp.join(REPO_DIR, 'configs', 'paper_arch',
+                 'fpn_transcnn-paper-small_8xb4-40k_ade20k-512x512.py'))
     cfg.model.backbone.init_cfg.checkpoint = path
     model = MODELS.build(cfg.model)
     model.backbone.init_weights()

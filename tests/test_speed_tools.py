@@ -340,7 +340,8 @@ def test_pool_rounds_takes_all_timings():
 
 def test_get_flops_backbone_from_detection_config(capsys):
     tool = _tool('get_flops')
-    tool.main([osp.join(REPO, 'configs', 'retinanet_transcnn_base.py'),
+    tool.main([osp.join(REPO, 'configs', 'paper_arch',
+                        'retinanet_transcnn-paper-base_fpn_1x_coco.py'),
                '--shape', '96', '128', '--backbone'])
     out = capsys.readouterr().out
     want = count_flops(TransCNN('base', grid_sizes=(16, 8, 4, 0)),
@@ -364,7 +365,8 @@ def test_get_flops_whole_classifier(capsys):
 
 def test_get_flops_by_operator_adds_up(capsys):
     tool = _tool('get_flops')
-    tool.main([osp.join(REPO, 'configs', 'retinanet_transcnn_small.py'),
+    tool.main([osp.join(REPO, 'configs', 'paper_arch',
+                        'retinanet_transcnn-paper-small_fpn_1x_coco.py'),
                '--shape', '64', '96', '--backbone', '--by-operator'])
     out = capsys.readouterr().out
     model = TransCNN('small', grid_sizes=(16, 8, 4, 0))

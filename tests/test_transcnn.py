@@ -38,12 +38,12 @@ BACKBONE_PARAMS = {'small': 12_380_368, 'base': 26_013_072}
 # The ImageNet classifiers of configs/imagenet/ as mmpretrain builds them:
 # backbone + GlobalAveragePooling + LinearClsHead(512 -> 1000).
 CLASSIFIER_PARAMS = {'small': 12_893_368, 'base': 26_526_072}
-# The detectors of the top-level configs as mmdet builds them (80 classes).
+# The detectors of Table 1's networks as mmdet builds them (80 classes).
 DETECTOR_PARAMS = {
-    'retinanet_transcnn_small.py': 22_613_956,
-    'retinanet_transcnn_base.py': 36_246_660,
-    'mask_rcnn_transcnn_small.py': 32_531_392,
-    'mask_rcnn_transcnn_base.py': 46_164_096,
+    'paper_arch/retinanet_transcnn-paper-small_fpn_1x_coco.py': 22_613_956,
+    'paper_arch/retinanet_transcnn-paper-base_fpn_1x_coco.py': 36_246_660,
+    'paper_arch/mask_rcnn_transcnn-paper-small_fpn_1x_coco.py': 32_531_392,
+    'paper_arch/mask_rcnn_transcnn-paper-base_fpn_1x_coco.py': 46_164_096,
 }
 
 

@@ -9,7 +9,7 @@
 #   python tools/train.py configs/tiny/fpn_transcnn-small_1xb2-40it_tiny-ade-128x128.py
 #   python tools/test.py configs/tiny/fpn_transcnn-small_1xb2-40it_tiny-ade-128x128.py \
 #       work_dirs/fpn_transcnn-small_1xb2-40it_tiny-ade-128x128/iter_40.pth
-_base_ = '../segmentation/fpn_transcnn-small_8xb4-40k_ade20k-512x512.py'
+_base_ = '../paper_arch/fpn_transcnn-paper-small_8xb4-40k_ade20k-512x512.py'
 
 # ------------------------------------------------------------------ data ----
 data_root = 'data/tiny_ade'

@@ -8,28 +8,29 @@ tools produce (a full mmpretrain/mmdet checkpoint, its ``state_dict`` with a
 the authors' released ImageNet files as downloaded (a raw state dict or
 ``{'model': ...}``, possibly with the training script's
 ``argparse.Namespace`` beside it; see :mod:`.released`), and fails, naming
-the keys, when the file does not fit the model.
+the keys, when the file does not fit the model. An http(s) URL is downloaded
+once into torch.hub's cache and read from there (:mod:`.checkpoint_cache`).
 """
 import argparse
-import contextlib
 import os.path as osp
-import threading
-from typing import Iterator, List, NamedTuple, Optional
+from typing import ContextManager, List, NamedTuple, Optional
 
-import torch
 from mmengine.runner.checkpoint import CheckpointLoader
 from torch import nn
 
-from mmtranscnn.utils.checkpoint_safety import (mmengine_safe_globals,
+from mmtranscnn.utils.checkpoint_safety import (SharedSafeGlobals,
+                                                mmengine_safe_globals,
                                                 safe_torch_load)
 
+from .checkpoint_cache import (CONFIG_KEY, fetch_checkpoint, is_url,
+                               wrong_file_error)
 from .released import RELEASED, convert_released, detect_version
 
 GET_A_CHECKPOINT = (
     'Produce one with our ImageNet configs (configs/imagenet/, then '
-    'tools/train.py), download the authors\' released file for a released '
-    'preset (README, "Released ImageNet weights"), or set the backbone\'s '
-    'init_cfg=None to train from scratch on purpose.')
+    'tools/train.py), use a released preset with the URL of the authors\' '
+    'file (mmtranscnn.models.RELEASED; downloaded and cached on first use), '
+    'or set the backbone\'s init_cfg=None to train from scratch on purpose.')
 
 
 class LoadReport(NamedTuple):
@@ -42,7 +43,11 @@ class LoadReport(NamedTuple):
 
 def _read(checkpoint: str, map_location: str):
     """The file's content, read safely whether or not mmengine's loaders
-    were switched to safe loading (see mmtranscnn.utils.checkpoint_safety)."""
+    were switched to safe loading (see mmtranscnn.utils.checkpoint_safety).
+    An http(s) URL is read from its cached download, not through mmengine's
+    ``load_from_http`` (which unpickles with torch.load's defaults)."""
+    if is_url(checkpoint):
+        checkpoint = fetch_checkpoint(checkpoint)
     if '://' not in checkpoint:
         return safe_torch_load(checkpoint, map_location)
     with mmengine_safe_globals():
@@ -66,13 +71,14 @@ def _strip_module(state_dict: dict) -> dict:
             for k, v in state_dict.items()}
 
 
-_args_lock = threading.Lock()
-_args_depth = 0
-_args_added = False
+def _training_script_globals() -> tuple:
+    return (argparse.Namespace, )
 
 
-@contextlib.contextmanager
-def training_script_args_allowed() -> Iterator[None]:
+_TRAINING_SCRIPT_ARGS = SharedSafeGlobals(_training_script_globals)
+
+
+def training_script_args_allowed() -> ContextManager[None]:
     """Let ``torch.load(weights_only=True)`` rebuild an ``argparse.Namespace``.
 
     Training scripts of the DeiT/PVT family (the authors' TransCNN/HAT-Net
@@ -81,33 +87,13 @@ def training_script_args_allowed() -> Iterator[None]:
     nothing of it runs, and the values inside pass the same allow-list as
     everything else. Only the loads of :func:`read_state_dict` (backbone
     ``init_cfg`` and the converters) accept it; other mmengine loads keep the
-    allow-list of :mod:`mmtranscnn.utils.checkpoint_safety` as it is. Nested
-    and concurrent uses share a reference count, and an entry the user added
-    is left in place.
+    allow-list of :mod:`mmtranscnn.utils.checkpoint_safety` as it is. It is
+    torch's scoped ``safe_globals`` context, shared by nested and concurrent
+    loads (:class:`~mmtranscnn.utils.checkpoint_safety.SharedSafeGlobals`):
+    afterwards torch's allow-list is exactly as before, an entry the user
+    added included.
     """
-    global _args_depth, _args_added
-    serialization = torch.serialization
-    if not hasattr(serialization, 'add_safe_globals'):  # torch < 2.4
-        yield
-        return
-    with _args_lock:
-        if _args_depth == 0:
-            _args_added = (argparse.Namespace
-                           not in serialization.get_safe_globals())
-            if _args_added:
-                serialization.add_safe_globals([argparse.Namespace])
-        _args_depth += 1
-    try:
-        yield
-    finally:
-        with _args_lock:
-            _args_depth -= 1
-            if _args_depth == 0 and _args_added:
-                keep = [g for g in serialization.get_safe_globals()
-                        if g is not argparse.Namespace]
-                serialization.clear_safe_globals()
-                serialization.add_safe_globals(keep)
-                _args_added = False
+    return _TRAINING_SCRIPT_ARGS.scope()
 
 
 def read_state_dict(checkpoint: str, map_location: str = 'cpu') -> dict:
@@ -122,8 +108,9 @@ def read_state_dict(checkpoint: str, map_location: str = 'cpu') -> dict:
     arbitrary pickle runs.
 
     Args:
-        checkpoint: a local path or any URI mmengine's CheckpointLoader
-            understands.
+        checkpoint: a local path, an http(s) URL (downloaded once into
+            torch.hub's cache, see :mod:`.checkpoint_cache`) or any other
+            URI mmengine's CheckpointLoader understands.
         map_location: where tensors are loaded.
     """
     with training_script_args_allowed():
@@ -186,8 +173,10 @@ def load_backbone_checkpoint(model: nn.Module,
 
     Args:
         model: the backbone to fill.
-        checkpoint: a local path or any URI mmengine's CheckpointLoader
-            understands.
+        checkpoint: a local path, an http(s) URL or any other URI mmengine's
+            CheckpointLoader understands. A URL is downloaded once into
+            torch.hub's cache (``$TORCH_HOME/hub/checkpoints/<file name>``)
+            and read from there afterwards.
         prefix: the key prefix of the backbone inside the file, e.g.
             ``'backbone.'``; None picks ``'backbone.'`` when present and the
             keys as they are otherwise.
@@ -198,11 +187,41 @@ def load_backbone_checkpoint(model: nn.Module,
 
     Returns:
         A :class:`LoadReport`.
+
+    Raises:
+        CheckpointDownloadError: a URL could not be downloaded.
+        CheckpointFileError: a URL's cached file does not load or fit.
+        FileNotFoundError: a local file does not exist.
     """
-    if '://' not in checkpoint and not osp.isfile(checkpoint):
-        raise FileNotFoundError(
-            f'pretrained checkpoint not found: {checkpoint!r}. '
-            f'{GET_A_CHECKPOINT}')
+    if is_url(checkpoint):
+        path = fetch_checkpoint(checkpoint)
+        try:
+            report = _load_file(model, path, prefix, strict, map_location)
+        except Exception as error:  # unreadable, truncated or another model
+            raise wrong_file_error(checkpoint, path, error) from error
+        source = f'{path} ({checkpoint})'
+    else:
+        if '://' not in checkpoint and not osp.isfile(checkpoint):
+            raise FileNotFoundError(
+                f'pretrained checkpoint not found: {checkpoint!r} '
+                f'({CONFIG_KEY}). {GET_A_CHECKPOINT}')
+        report = _load_file(model, checkpoint, prefix, strict, map_location)
+        source = checkpoint
+    if logger is not None:
+        logger.info(f'loaded {len(report.loaded)}/{len(model.state_dict())} '
+                    f'backbone tensors from {source}')
+        for label, names in (('missing', report.missing),
+                             ('unexpected', report.unexpected),
+                             ('shape mismatch', report.mismatched)):
+            if names:
+                logger.warning(f'{label} keys: {_preview(names)}')
+    return report
+
+
+def _load_file(model: nn.Module, checkpoint: str, prefix: Optional[str],
+               strict: bool, map_location: str) -> LoadReport:
+    """:func:`load_backbone_checkpoint` for a local file (or a URI other
+    than http(s)); nothing is loaded when a strict check fails."""
     state_dict = read_state_dict(checkpoint, map_location)
     if detect_version(state_dict) is not None:
         # The authors' file as downloaded (its keys carry no prefix, so
@@ -236,13 +255,4 @@ def load_backbone_checkpoint(model: nn.Module,
     loadable = {k: v for k, v in state_dict.items()
                 if k in own and k not in mismatched}
     model.load_state_dict(loadable, strict=False)
-    report = LoadReport(sorted(loadable), missing, unexpected, mismatched)
-    if logger is not None:
-        logger.info(f'loaded {len(loadable)}/{len(own)} backbone tensors '
-                    f'from {checkpoint}')
-        for label, names in (('missing', missing),
-                             ('unexpected', unexpected),
-                             ('shape mismatch', mismatched)):
-            if names:
-                logger.warning(f'{label} keys: {_preview(names)}')
-    return report
+    return LoadReport(sorted(loadable), missing, unexpected, mismatched)

@@ -34,8 +34,10 @@ Every checkpoint mmengine reads (Runner ``resume``/``load_from``,
 ``CheckpointLoader.load_checkpoint``, which dispatches on the path's scheme to
 a loader registered with ``CheckpointLoader.register_scheme``. We register
 our own local-file loader there and wrap the other schemes' loaders, and the
-allow-list is active only while one of them runs. We do not call
-``torch.serialization.add_safe_globals`` for the whole process because:
+allow-list is active only while one of them runs (torch's scoped
+``torch.serialization.safe_globals`` context; see :class:`SharedSafeGlobals`).
+We do not call ``torch.serialization.add_safe_globals`` for the whole process
+because:
 
 * importing a backbone plugin should not widen what every other
   ``torch.load`` in the user's program accepts;
@@ -45,11 +47,13 @@ allow-list is active only while one of them runs. We do not call
 * only the loader knows the file path, which the clear error message and the
   per-file opt-in need.
 
-The cost: torch keeps its allow-list in a process-wide set, so while one of our
-loads runs, a ``torch.load`` in another thread also accepts these few
-data-only classes. A reference count keeps concurrent and nested loads from
-removing the entries under each other's feet, and entries a user added
-themselves are left in place.
+The cost: torch keeps its allow-list in a process-wide set (its
+``safe_globals`` context adds to and removes from that set; it is not
+thread-local), so while one of our loads runs, a ``torch.load`` in another
+thread also accepts these few data-only classes. A reference count keeps
+concurrent and nested loads from removing the entries under each other's
+feet, only entries that were not on the list are added, and the list is
+never cleared: after the last load it is exactly as it was.
 
 Opting in for one trusted legacy file
 -------------------------------------
@@ -67,7 +71,8 @@ import os.path as osp
 import pickle
 import re
 import threading
-from typing import Any, Callable, Dict, Iterator, List, Optional, Set
+from typing import (Any, Callable, ContextManager, Dict, Iterator, List,
+                    Optional, Sequence, Set)
 
 import numpy as np
 import torch
@@ -190,49 +195,78 @@ def checkpoint_safe_globals() -> tuple:
     return tuple(dict.fromkeys(entries))  # drop duplicates, keep order
 
 
-_scope_lock = threading.Lock()
-_scope_depth = 0
-_scope_added: list = []
+def scoped_safe_globals_supported() -> bool:
+    """Whether this torch has the scoped ``torch.serialization.safe_globals``
+    context and can list its allow-list (torch >= 2.5)."""
+    serialization = torch.serialization
+    return (hasattr(serialization, 'safe_globals')
+            and hasattr(serialization, 'get_safe_globals'))
 
 
-@contextlib.contextmanager
-def mmengine_safe_globals() -> Iterator[None]:
+class SharedSafeGlobals:
+    """``torch.serialization.safe_globals`` shared by overlapping loads.
+
+    torch's context is not thread-local: entering it adds its entries to the
+    process-wide allow-list and leaving it removes them, including any that
+    were on the list before. So this class enters it once for the first of
+    nested or concurrent users, with only the entries not on the list
+    already, and leaves it when the last user leaves: once no load runs,
+    the list is exactly what it was. While a load runs, a ``torch.load`` in
+    another thread also accepts these entries (torch keeps one list per
+    process), and one of them that the user adds during a load leaves with
+    them; nothing is ever cleared. On a torch without the scoped context
+    (< 2.5) nothing is added.
+
+    Args:
+        entries: returns the globals to allow (objects or
+            ``(object, 'module.name')`` pairs), called on first use.
+    """
+
+    def __init__(self, entries: Callable[[], Sequence]):
+        self._entries = entries
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._scope = None
+
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[None]:
+        """Context in which the entries are on torch's allow-list."""
+        if not scoped_safe_globals_supported():
+            yield
+            return
+        with self._lock:
+            if self._depth == 0:
+                present = set(torch.serialization.get_safe_globals())
+                added = [g for g in self._entries() if g not in present]
+                scope = torch.serialization.safe_globals(added)
+                scope.__enter__()
+                self._scope = scope
+            self._depth += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._depth -= 1
+                if self._depth == 0:
+                    scope, self._scope = self._scope, None
+                    scope.__exit__(None, None, None)
+
+
+_MMENGINE_GLOBALS = SharedSafeGlobals(checkpoint_safe_globals)
+
+
+def mmengine_safe_globals() -> ContextManager[None]:
     """Context in which ``torch.load(weights_only=True)`` reads mmengine files.
 
-    Unlike :class:`torch.serialization.safe_globals`, leaving the context
-    removes only the entries it added (not ones the user added with
-    ``add_safe_globals`` before), and nested or concurrent uses share one
-    reference count so an inner exit does not pull entries from an outer
-    load still running.
+    :class:`torch.serialization.safe_globals` with
+    :func:`checkpoint_safe_globals`, shared by nested and concurrent loads
+    (:class:`SharedSafeGlobals`): leaving the last one restores torch's
+    allow-list exactly, entries the user added before included. On torch
+    < 2.5, which cannot scope its allow-list, nothing is added:
+    ``weights_only=True`` still reads tensors, containers and numbers, and a
+    file with mmengine objects is refused as untrusted.
     """
-    global _scope_depth, _scope_added
-    if not hasattr(torch.serialization, 'get_safe_globals'):
-        # torch < 2.5 cannot list (so cannot scope) its allow-list: nothing
-        # is added. weights_only=True still reads tensors, containers and
-        # numbers; a file with mmengine objects is refused as untrusted.
-        yield
-        return
-    allow = checkpoint_safe_globals()
-    with _scope_lock:
-        if _scope_depth == 0:
-            present = set(torch.serialization.get_safe_globals())
-            _scope_added = [g for g in allow if g not in present]
-            torch.serialization.add_safe_globals(_scope_added)
-        _scope_depth += 1
-    try:
-        yield
-    finally:
-        with _scope_lock:
-            _scope_depth -= 1
-            if _scope_depth == 0:
-                added = set(_scope_added)
-                keep = [
-                    g for g in torch.serialization.get_safe_globals()
-                    if g not in added
-                ]
-                torch.serialization.clear_safe_globals()
-                torch.serialization.add_safe_globals(keep)
-                _scope_added = []
+    return _MMENGINE_GLOBALS.scope()
 
 
 # ---------------------------------------------------------------------------

@@ -84,9 +84,8 @@ BACKBONES: Dict[str, Tuple[str, str, dict]] = {
 #: RetinaNet configs by backbone display name (``pkg::`` = that package's
 #: shipped configs; a bare path is relative to our configs folder).
 DETECTORS: Dict[str, str] = {
-    'TransCNN-Base': 'retinanet_transcnn_base.py',
-    'TransCNN-v1-Small':
-    'released/detection/retinanet_transcnn-v1-small_fpn_1x_coco.py',
+    'TransCNN-Base': 'paper_arch/retinanet_transcnn-paper-base_fpn_1x_coco.py',
+    'TransCNN-v1-Small': 'retinanet_transcnn_base.py',
     'HAT-Net-Small': 'released/detection/retinanet_hatnet-small_fpn_1x_coco.py',
     'ResNet-50': 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py',
     'Swin-T': 'mmdet::swin/retinanet_swin-t-p4-w7_fpn_1x_coco.py',

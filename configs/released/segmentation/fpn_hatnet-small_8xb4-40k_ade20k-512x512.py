@@ -1,29 +1,26 @@
-# Semantic FPN on ADE20K (512x512, protocol of
-# ../../segmentation/fpn_transcnn-base_8xb4-40k_ade20k-512x512.py)
-# with the backbone HAT-Net-Small (HAT_Net.py, the journal version),
-# started from the authors' released ImageNet file HAT-Net_Small.pth as
-# downloaded:
+# Semantic FPN on ADE20K (512x512) with HAT-Net-Small (HAT_Net.py, the authors'
+# journal version) started from their released ImageNet file, downloaded on
+# first use into torch.hub's cache
+# (/hub/checkpoints/HAT-Net_Small.pth; see
+# ../../_base_/models/hatnet-small.py):
 #
-#   wget -P checkpoints \
-#       https://github.com/yun-liu/HAT-Net/releases/download/v2.0/HAT-Net_Small.pth
-#   bash tools/dist_train.sh configs/released/segmentation/fpn_hatnet-small_8xb4-40k_ade20k-512x512.py 8
-_base_ = '../../segmentation/fpn_transcnn-base_8xb4-40k_ade20k-512x512.py'
-
-pretrained = 'checkpoints/HAT-Net_Small.pth'
+#   bash tools/dist_train.sh \
+#       configs/released/segmentation/fpn_hatnet-small_8xb4-40k_ade20k-512x512.py 8
+#
+# The protocol is that of
+# ../../segmentation/fpn_transcnn-base_8xb4-40k_ade20k-512x512.py; only the
+# backbone changes.
+_base_ = [
+    '../../segmentation/fpn_transcnn-base_8xb4-40k_ade20k-512x512.py',
+    '../../_base_/models/hatnet-small.py',
+]
 
 model = dict(
     backbone=dict(
-        arch='hatnet-small',
-        # 512x512 crops give 128/64/32/16 maps. Level-0 windows 8/7/7 as
-        # in ImageNet training; level-1 pooling ratios 16/8/4 give an 8x8
-        # pooled key map in every stage (close to ImageNet's). No weights:
-        # the released file loads strictly.
-        grid_sizes=(8, 7, 7, 0),
-        pool_ratios=(16, 8, 4, 0),
-        # HAT-Net normalises with GroupNorm(1, C) (its style's default),
-        # not the SyncBN of the base file: batch size does not matter.
-        norm_cfg=None,
-        # The released keys carry no prefix; the loader recognises the
-        # file's layout.
-        init_cfg=dict(checkpoint=pretrained, prefix=None)),
-    neck=dict(in_channels=[64, 128, 320, 512]))
+        _delete_=True,  # replaces the TransCNN backbone
+        **_base_.hatnet_small,
+        drop_path_rate=0.1,
+        # GroupNorm(1, C), HAT-Net's own, instead of the base file's
+        # SyncBN: batch size does not matter.
+        norm_eval=False),
+    neck=dict(in_channels=_base_.hatnet_small_channels))
