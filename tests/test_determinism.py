@@ -169,24 +169,29 @@ print(json.dumps(dict(rule_at_import=rule_at_import, by=by,
 '''
 
 
-def _run_fresh(env_choice):
-    env = dict(os.environ)
+def _start_fresh(env_choice):
+    env = dict(os.environ, OMP_NUM_THREADS='1')
     env.pop(fastpath.CHOICE_ENV_VAR, None)
     if env_choice:
         env[fastpath.CHOICE_ENV_VAR] = env_choice
-    out = subprocess.run(
+    return subprocess.Popen(
         [sys.executable, '-c', SCRIPT.format(arch=ARCH, grids=GRIDS)],
-        env=env, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _result(process):
+    out, err = process.communicate()
+    assert process.returncode == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def test_deterministic_mode_is_bit_identical_across_processes():
     """Eval outputs, train outputs and gradients hash the same in two fresh
-    processes under ``torch.use_deterministic_algorithms(True)``; the
-    second also sets the switch in the environment (read at import)."""
-    first = _run_fresh(None)
-    second = _run_fresh('rule')
+    processes (run side by side, one thread each) under
+    ``torch.use_deterministic_algorithms(True)``; the second also sets the
+    switch in the environment (read at import)."""
+    first, second = [_result(p) for p in (_start_fresh(None),
+                                          _start_fresh('rule'))]
     assert not first['rule_at_import'] and second['rule_at_import']
     assert first['by'] == second['by'] == ['rule']
     assert first['digest'] == second['digest']

@@ -10,7 +10,9 @@ Choices made for speed, none of which changes what is computed:
   its affine map is folded into the conv weights on the fly, so the BN never
   runs as a separate pass over the feature map; gradients still reach the
   conv and BN parameters through the folding. A BN in train mode (batch
-  statistics) runs as usual.
+  statistics) runs as usual. The folded weights are values of each call,
+  never written to the modules (:class:`.fastpath.ConvNormAct`), so
+  threads can share one eval model.
 * The stem switches the image to channels-last memory. The convs, pools and
   norms that follow keep that format, which is what the CPU (oneDNN) and
   CUDA kernels prefer, and the (B, C, H, W) <-> (B, H, W, C) permutes around
