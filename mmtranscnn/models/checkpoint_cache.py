@@ -157,10 +157,16 @@ def wrong_file_error(url: str, path: str,
         path: the cached file.
         error: why it does not load (kept as the cause).
     """
+    # Its first line: torch's and the allow-list's messages go on for many
+    # lines, which the traceback shows above this one anyway.
+    text = str(error).strip()
+    reason = text.split('\n', 1)[0]
+    if reason != text:
+        reason += ' ... (the full error is above)'
     return CheckpointFileError(
         f'the backbone checkpoint\n    {path}\n(the cached download of '
         f'{url}) does not load into the model: '
-        f'{type(error).__name__}: {error}\n'
+        f'{type(error).__name__}: {reason}\n'
         'If the file is damaged (an interrupted copy) or another file, '
         'delete it to download it again, or ' + _put_it_there(url, path)
         + '.\nIf the URL does not publish the weights of '
