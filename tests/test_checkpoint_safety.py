@@ -389,13 +389,32 @@ def test_overlapping_loads_share_one_scope(tmp_path):
     assert set(torch.serialization.get_safe_globals()) == before
 
 
-def test_no_scoped_allow_list_on_old_torch(monkeypatch):
-    """torch < 2.5 has no safe_globals context: nothing is added."""
-    monkeypatch.delattr(torch.serialization, 'safe_globals')
-    assert not cs.scoped_safe_globals_supported()
-    before = torch.serialization.get_safe_globals()
-    with cs.mmengine_safe_globals():
-        assert torch.serialization.get_safe_globals() == before
+def test_allow_list_scope_without_torchs_context(tmp_path, monkeypatch):
+    """A torch that lists its allow-list but lacks the scoped context gets
+    the same exact restore; one that cannot list it gets nothing added."""
+    path = str(tmp_path / 'np.pth')
+    torch.save({'x': np.float64(1.0)}, path)
+
+    class UserThing:
+        pass
+
+    original = torch.serialization.get_safe_globals()
+    torch.serialization.add_safe_globals([UserThing])
+    try:
+        monkeypatch.delattr(torch.serialization, 'safe_globals')
+        before = set(torch.serialization.get_safe_globals())
+        with cs.mmengine_safe_globals():
+            assert torch.load(path, weights_only=True)['x'] == 1.0
+        assert set(torch.serialization.get_safe_globals()) == before
+        monkeypatch.delattr(torch.serialization, 'get_safe_globals')
+        assert not cs.scoped_safe_globals_supported()
+        with cs.mmengine_safe_globals():
+            with pytest.raises(pickle.UnpicklingError):
+                torch.load(path, weights_only=True)
+    finally:
+        monkeypatch.undo()
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(original)
 
 
 # --------------------------------------------------------------------------

@@ -196,11 +196,31 @@ def checkpoint_safe_globals() -> tuple:
 
 
 def scoped_safe_globals_supported() -> bool:
-    """Whether this torch has the scoped ``torch.serialization.safe_globals``
-    context and can list its allow-list (torch >= 2.5)."""
+    """Whether this torch can list its allow-list
+    (``torch.serialization.get_safe_globals``), so entries can be added for a
+    while and taken away exactly."""
     serialization = torch.serialization
-    return (hasattr(serialization, 'safe_globals')
-            and hasattr(serialization, 'get_safe_globals'))
+    return (hasattr(serialization, 'get_safe_globals')
+            and hasattr(serialization, 'add_safe_globals'))
+
+
+class _RebuiltScope:
+    """For a torch that lists its allow-list but has no scoped
+    ``safe_globals`` context: add the entries, and on exit rebuild the list
+    without them (the only way to remove entries there)."""
+
+    def __init__(self, entries: list):
+        self._entries = entries
+
+    def __enter__(self) -> None:
+        torch.serialization.add_safe_globals(self._entries)
+
+    def __exit__(self, *exc_info) -> None:
+        added = set(self._entries)
+        keep = [g for g in torch.serialization.get_safe_globals()
+                if g not in added]
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(keep)
 
 
 class SharedSafeGlobals:
@@ -214,8 +234,8 @@ class SharedSafeGlobals:
     the list is exactly what it was. While a load runs, a ``torch.load`` in
     another thread also accepts these entries (torch keeps one list per
     process), and one of them that the user adds during a load leaves with
-    them; nothing is ever cleared. On a torch without the scoped context
-    (< 2.5) nothing is added.
+    them. A torch without the scoped context gets the same behaviour from
+    add/clear; on one that cannot list its allow-list nothing is added.
 
     Args:
         entries: returns the globals to allow (objects or
@@ -238,7 +258,9 @@ class SharedSafeGlobals:
             if self._depth == 0:
                 present = set(torch.serialization.get_safe_globals())
                 added = [g for g in self._entries() if g not in present]
-                scope = torch.serialization.safe_globals(added)
+                scoped = getattr(torch.serialization, 'safe_globals', None)
+                scope = (scoped(added) if scoped is not None else
+                         _RebuiltScope(added))
                 scope.__enter__()
                 self._scope = scope
             self._depth += 1
@@ -261,8 +283,8 @@ def mmengine_safe_globals() -> ContextManager[None]:
     :class:`torch.serialization.safe_globals` with
     :func:`checkpoint_safe_globals`, shared by nested and concurrent loads
     (:class:`SharedSafeGlobals`): leaving the last one restores torch's
-    allow-list exactly, entries the user added before included. On torch
-    < 2.5, which cannot scope its allow-list, nothing is added:
+    allow-list exactly, entries the user added before included. On a torch
+    that cannot list its allow-list (< 2.5), nothing is added:
     ``weights_only=True`` still reads tensors, containers and numbers, and a
     file with mmengine objects is refused as untrusted.
     """
