@@ -11,7 +11,10 @@ and replaces the download function, so nothing reaches the network.
 - a missing file without network, and a wrong file in the cache (the other
   release's layout, another size, a truncated copy, junk), stop with a
   message that names the URL, the cache path and the config key;
-- a download lands at the cache path and is reused afterwards;
+- a download lands at the cache path and is reused afterwards; under
+  distributed training every rank meets rank 0 at the barrier;
+- tools/train.py builds the Runner, whose weight initialisation loads the
+  cached file;
 - the README command's paths exist, and a downstream config inherits a
   headline config.
 """
@@ -250,6 +253,27 @@ def test_download_lands_in_the_cache_and_is_reused(tmp_path, released_cache,
         for key, value in expected.items():
             assert torch.equal(backbone.state_dict()[key], value), key
     assert calls == [(RELEASED[SMALL].url, where)]  # once, then the cache
+
+
+@pytest.mark.parametrize('rank', [0, 1])
+def test_every_rank_meets_at_the_barrier(rank, tmp_path, no_network,
+                                         monkeypatch):
+    """Two ranks: rank 0 downloads first, the others after the barrier;
+    a failed or skipped download never leaves a rank waiting."""
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path))
+    barriers = []
+    monkeypatch.setattr(checkpoint_cache, 'get_dist_info', lambda: (rank, 2))
+    monkeypatch.setattr(torch.distributed, 'barrier',
+                        lambda: barriers.append(rank))
+    url = RELEASED[SMALL].url
+    with pytest.raises(CheckpointDownloadError):
+        checkpoint_cache.fetch_checkpoint(url)
+    assert barriers == [rank] and len(no_network) == 1
+    where = cached_file(str(tmp_path), SMALL)
+    os.makedirs(osp.dirname(where), exist_ok=True)
+    open(where, 'wb').close()  # present now (shared or local file system)
+    assert checkpoint_cache.fetch_checkpoint(url) == where
+    assert barriers == [rank, rank] and len(no_network) == 1
 
 
 def test_train_py_builds_the_runner_and_loads_the_cached_file(

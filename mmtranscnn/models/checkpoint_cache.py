@@ -129,11 +129,10 @@ def fetch_checkpoint(url: str) -> str:
             to put the file by hand and which config key to change.
     """
     path = cache_path(url)
-    if osp.isfile(path):
-        return path
     rank, world_size = get_dist_info()
     error = None
-    if rank == 0:
+    # Every rank reaches the barrier, whether or not its file is there.
+    if rank == 0 and not osp.isfile(path):
         try:
             _download(url, path)
         except CheckpointDownloadError as failed:
