@@ -1,8 +1,9 @@
 """The headline COCO and ADE20K configs start from the authors' released
 ImageNet files by URL, downloaded once into torch.hub's cache.
 
-Offline throughout: every test points ``TORCH_HOME`` at a temporary folder
-and replaces the download function, so nothing reaches the network.
+Offline throughout: every test that initialises weights points
+``TORCH_HOME`` at a temporary folder and replaces the download function, so
+nothing reaches the network.
 
 - each headline config (RetinaNet, Mask R-CNN, Semantic FPN, UperNet; Base
   and Small) names the released preset and its URL, builds as
