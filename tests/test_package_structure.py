@@ -160,7 +160,7 @@ def test_cycle_finder_sees_a_lazy_import_cycle(tmp_path):
     assert find_cycle(import_graph(modules)) is None
 
 
-# -- the package ----------------------------------------------------------------
+# -- the package --------------------------------------------------------------
 def test_package_modules_import_each_other_without_a_cycle():
     graph = import_graph()
     assert 'mmtranscnn.models.presets' in graph
@@ -212,7 +212,7 @@ def test_the_model_makes_no_process_wide_malloc_setting():
     assert callable(cpu_memory.keep_freed_memory)
 
 
-# -- importing the package ------------------------------------------------------
+# -- importing the package ----------------------------------------------------
 STATE = r'''
 import sys, torch
 from mmtranscnn.utils.torch_compat import (get_autocast_dtype,

@@ -4,8 +4,8 @@
   change nothing that is computed: outputs and gradients match the plain
   paths.
 * the tools' measuring harness (``tools/analysis_tools/speed_harness.py``)
-  measures memory before anything else and reports what it ran; the tools' option handling, target checks and plot
-  work on small inputs.
+  measures memory before anything else and reports what it ran; the
+  tools' option handling, target checks and plot work on small inputs.
 * The ConvNeXt-T peer (backbone and RetinaNet) builds and steps through
   the benchmark's own code path; every output (machine description, JSON,
   markdown) says which CPU and ISA it was measured with.

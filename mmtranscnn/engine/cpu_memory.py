@@ -15,8 +15,9 @@ that keeps memory: jemalloc, tcmalloc); this does it with glibc's own
 
 :func:`keep_freed_memory` switches glibc to serve every block from its
 heap (``M_MMAP_MAX = 0``) and to keep freed heap memory
-(``M_TRIM_THRESHOLD`` at its maximum). What a process holds then stays at its peak instead of
-shrinking between steps; the peak itself is what the run needs anyway.
+(``M_TRIM_THRESHOLD`` at its maximum). What a process holds then stays
+at its peak instead of shrinking between steps; the peak itself is what
+the run needs anyway.
 It changes the whole process, so the model never calls it: the training
 entry point does (``tools/train.py`` through
 :func:`keep_freed_memory_for_cpu_run`, not with CUDA), and so do the

@@ -20,13 +20,14 @@ its RetinaNet is ``configs/peers/retinanet_convnext-t_fpn_1x_coco.py``):
   step) at 800x1344, batch 1, with a few fixed boxes.
 
 Every (case, model) runs in its own process (``speed_harness.py`` beside
-this script says in which order memory and time are taken): one memory step, ``--warmup``
-steps, then ``--repeats`` timed steps; the table gives the median and the
-spread (min-max). ``--rounds N`` repeats the whole sweep N times, models
-interleaved, and pools the timings, which evens out a machine whose load
-drifts. On a GPU, ``--device cuda --dtypes fp32 fp16 bf16`` measures each
-precision (fp16/bf16 through autocast; fp16 training with a GradScaler),
-and ``--batch backbone-224=64 backbone-det=2`` sets a case's batch size.
+this script says in which order memory and time are taken): one memory
+step, ``--warmup`` steps, then ``--repeats`` timed steps; the table gives
+the median and the spread (min-max). ``--rounds N`` repeats the whole
+sweep N times, models interleaved, and pools the timings, which evens out
+a machine whose load drifts. On a GPU,
+``--device cuda --dtypes fp32 fp16 bf16`` measures each precision
+(fp16/bf16 through autocast; fp16 training with a GradScaler), and
+``--batch backbone-224=64 backbone-det=2`` sets a case's batch size.
 
 CPU figures depend on the instruction set the kernels use, so the output
 says which: the CPU's model name, vendor and family/model/stepping, whether

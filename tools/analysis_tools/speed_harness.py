@@ -206,7 +206,8 @@ def reset_hwm() -> bool:
 
 
 def add_system_malloc_argument(parser: argparse.ArgumentParser) -> None:
-    """``--system-malloc``: the tools' switch for :attr:`Job.keep_freed_memory`.
+    """``--system-malloc``, the tools' switch for
+    :attr:`Job.keep_freed_memory`.
 
     Args:
         parser: the tool's argument parser.
