@@ -103,11 +103,11 @@ def _download(url: str, path: str) -> None:
         os.makedirs(osp.dirname(path), exist_ok=True)
         download_url_to_file(url, path, progress=True)
     except Exception as error:  # URLError, HTTPError, timeout, no space
-        raise CheckpointDownloadError(
-            f'could not download the backbone checkpoint\n    {url}\n'
-            f'({type(error).__name__}: {error}).\nEither '
-            + _put_it_there(url, path) + ',\nor ' + _or_change_the_key(path),
-            url, path) from error
+        message = (f'could not download the backbone checkpoint\n    {url}\n'
+                   f'({type(error).__name__}: {error}).\n'
+                   f'Either {_put_it_there(url, path)},\n'
+                   f'or {_or_change_the_key(path)}')
+        raise CheckpointDownloadError(message, url, path) from error
 
 
 def fetch_checkpoint(url: str) -> str:
@@ -162,15 +162,15 @@ def wrong_file_error(url: str, path: str,
     reason = text.split('\n', 1)[0]
     if reason != text:
         reason += ' ... (the full error is above)'
-    return CheckpointFileError(
-        f'the backbone checkpoint\n    {path}\n(the cached download of '
-        f'{url}) does not load into the model: '
-        f'{type(error).__name__}: {reason}\n'
-        'If the file is damaged (an interrupted copy) or another file, '
-        'delete it to download it again, or ' + _put_it_there(url, path)
-        + '.\nIf the URL does not publish the weights of '
-        'model.backbone.arch, ' + _or_change_the_key(path),
-        url, path)
+    message = (f'the backbone checkpoint\n    {path}\n(the cached download '
+               f'of {url}) does not load into the model: '
+               f'{type(error).__name__}: {reason}\n'
+               'If the file is damaged (an interrupted copy) or another '
+               'file, delete it to download it again, or '
+               f'{_put_it_there(url, path)}.\n'
+               'If the URL does not publish the weights of '
+               f'model.backbone.arch, {_or_change_the_key(path)}')
+    return CheckpointFileError(message, url, path)
 
 
 __all__ = ['CONFIG_KEY', 'CheckpointDownloadError', 'CheckpointFileError',
