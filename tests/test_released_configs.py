@@ -31,7 +31,7 @@ import mmtranscnn  # noqa: F401
 from mmtranscnn.models import TransCNN
 from mmtranscnn.models.released import RELEASED
 
-from released_reference import random_state_dict
+from released_reference import compact_state_dict, random_state_dict
 
 HERE = osp.dirname(osp.abspath(__file__))
 REPO = osp.dirname(HERE)
@@ -58,9 +58,13 @@ def name_of(path):
     return osp.relpath(path, RELEASED_DIR)
 
 
-def released_file(directory, preset):
+def released_file(directory, preset, compact=False):
+    """A random file in the released layout of ``preset``: well-conditioned
+    weights, or (``compact``) windows of one buffer, a few MB on disk, for
+    tests that only load and compare."""
     layout = {k: tuple(v) for k, v in FIXTURE[preset]['state_dict'].items()}
-    sd = random_state_dict(layout, seed=3)
+    sd = (compact_state_dict(layout, seed=3) if compact else
+          random_state_dict(layout, seed=3))
     path = osp.join(str(directory), RELEASED[preset].file)
     torch.save({'model': sd}, path)
     return path, sd
@@ -68,14 +72,14 @@ def released_file(directory, preset):
 
 @pytest.fixture(scope='module')
 def released_files(tmp_path_factory):
-    """preset -> (path, state dict) of a random file in its released
+    """preset -> (path, state dict) of a compact random file in its released
     layout, written once for the whole module."""
     directory = tmp_path_factory.mktemp('released')
     cache = {}
 
     def get(preset):
         if preset not in cache:
-            cache[preset] = released_file(directory, preset)
+            cache[preset] = released_file(directory, preset, compact=True)
         return cache[preset]
 
     return get
