@@ -7,6 +7,7 @@ Besides the Python package, OpenMMLab's ``mim`` expects ``configs/``,
 old ``develop`` command) gets symlinks into the source tree, so edits to a
 config are seen at once.
 """
+import importlib.util
 import os
 import os.path as osp
 import shutil
@@ -16,14 +17,6 @@ from setuptools.command.build_py import build_py
 
 HERE = osp.dirname(osp.abspath(__file__))
 MIM_ITEMS = ('configs', 'tools', 'model-index.yml')
-# Supported torch: 2.0 to 2.14 (README, "What the set-up does"). Tested:
-# 2.14.1 (the whole suite), 2.1.2 and 2.0.1 (tests/test_transcnn.py and
-# tests/test_hmhsa.py on the CPU). 2.0 and 2.1 are the torch versions
-# OpenMMLab's prebuilt mmcv 2.1.0 wheels exist for, so users of those wheels
-# are covered. Not an upper bound: newer torch is expected to work, but is
-# untested. mmcv 2.1.0 must match the torch in use: OpenMMLab's wheel for
-# torch 2.0/2.1, or built from the sdist (scripts/setup.sh).
-TORCH_REQUIREMENT = 'torch>=2.0'
 
 
 def read_version() -> str:
@@ -31,6 +24,21 @@ def read_version() -> str:
     with open(osp.join(HERE, 'mmtranscnn', 'version.py')) as f:
         exec(compile(f.read(), 'version.py', 'exec'), scope)
     return scope['__version__']
+
+
+def load_version_ranges():
+    """``mmtranscnn/utils/versions.py``, the one table of the version ranges
+    of torch and the OpenMMLab stack (also what ``import mmtranscnn``
+    checks). Loaded on its own: building must not import torch or mmcv."""
+    path = osp.join(HERE, 'mmtranscnn', 'utils', 'versions.py')
+    spec = importlib.util.spec_from_file_location('_mmtranscnn_versions',
+                                                  path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+VERSIONS = load_version_ranges()
 
 
 def read_requirements(name: str) -> list:
@@ -89,17 +97,24 @@ setup(
     if osp.exists(osp.join(HERE, 'README.md')) else '',
     long_description_content_type='text/markdown',
     license='Apache-2.0',
+    license_files=['LICENSE'],
     python_requires='>=3.9',
     packages=find_packages(exclude=('configs', 'tools', 'tests', 'demo')),
     include_package_data=True,
     cmdclass={'build_py': BuildPyWithMim},
-    install_requires=read_requirements('runtime') + [TORCH_REQUIREMENT],
-    extras_require={
-        'mim': read_requirements('mminstall'),
-        'optional': read_requirements('optional'),
-        'tests': read_requirements('tests'),
-        'all': read_requirements('mminstall') + read_requirements('optional'),
-    },
+    # Ranges, not pins: installing into an environment that already has a
+    # supported stack changes none of it. scripts/setup.sh pins for CI.
+    install_requires=VERSIONS.requirement_strings() +
+    read_requirements('runtime'),
+    # `pip install mmtranscnn[mmdet]` (or mmseg, mmpretrain) adds the
+    # codebase in its range; [optional] all three; [all] the tests too.
+    extras_require=dict(
+        {extra: VERSIONS.requirement_strings(extra)
+         for extra in VERSIONS.codebase_extras()},
+        optional=VERSIONS.requirement_strings('optional'),
+        tests=read_requirements('tests'),
+        all=VERSIONS.requirement_strings('optional') +
+        read_requirements('tests')),
     classifiers=[
         'Programming Language :: Python :: 3',
         'Topic :: Scientific/Engineering :: Artificial Intelligence',

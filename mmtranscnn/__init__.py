@@ -13,8 +13,14 @@ explicitly, and a config run by another entry point opts in with
 (see :mod:`mmtranscnn.utils.checkpoint_safety`).
 """
 from .version import __version__, version_info
-from .registry import MODELS
-from . import models  # noqa: F401  (registers the models)
-from .config_path import get_config_path  # for downstream configs' _base_
+# Before mmcv and mmengine are imported: an installed version outside the
+# ranges in utils/versions.py stops here, naming the package and the range.
+from .utils.versions import check_installed_versions
+
+check_installed_versions()
+
+from .registry import MODELS  # noqa: E402
+from . import models  # noqa: F401,E402  (registers the models)
+from .config_path import get_config_path  # noqa: E402  (configs' _base_)
 
 __all__ = ['__version__', 'version_info', 'MODELS', 'get_config_path']

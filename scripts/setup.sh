@@ -8,9 +8,10 @@
 # Steps: a virtual environment in .venv (git-ignored); torch + torchvision;
 # mmcv 2.1.0 with compiled ops (built from the PyPI sdist when no cached wheel
 # exists, cached under ${XDG_CACHE_HOME:-~/.cache}/mmtranscnn keyed by the mmcv,
-# torch and Python versions and CPU/CUDA); the OpenMMLab stack; this package
-# (editable); a check that `mmcv.ops` imports. A second run finds the stamp of
-# the first and installs nothing.
+# torch and Python versions and CPU/CUDA); this package (editable) with the
+# OpenMMLab stack it declares, held to the exact releases of
+# requirements/pinned.txt; a check that `mmcv.ops` imports. A second run finds
+# the stamp of the first and installs nothing.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -75,7 +76,7 @@ PIP=("$PY" -m pip --disable-pip-version-check)
 # successful run, the install steps are skipped.
 STAMP="$VENV/.mmtranscnn-setup-stamp"
 fingerprint() {
-  cat requirements/*.txt setup.py scripts/setup.sh | "$PY" -c \
+  cat requirements/*.txt setup.py scripts/setup.sh mmtranscnn/utils/versions.py | "$PY" -c \
     'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())'
 }
 WANT="$(fingerprint)"
@@ -138,21 +139,19 @@ EOF
     MMCV_WHEEL=("$WHEEL_DIR"/mmcv-*.whl)
   fi
 
-  # One resolver pass for mmcv (its own light dependencies come with it) and
-  # the rest of the stack.
-  STEP="install the OpenMMLab stack (mmcv, mmengine, mmdet, mmpretrain, mmseg)"
+  # One resolver pass for mmcv (its own light dependencies come with it),
+  # this package and everything it declares: the stack in the ranges of
+  # mmtranscnn/utils/versions.py, held to CI's exact releases by the
+  # constraints in requirements/pinned.txt (a pin outside a range fails here).
+  STEP="install mmtranscnn (editable) and the OpenMMLab stack (mmcv, mmengine, mmdet, mmpretrain, mmseg)"
   say "$STEP"
-  "${PIP[@]}" install -q "${MMCV_WHEEL[@]}" -r requirements/runtime.txt \
-    -r requirements/optional.txt -r requirements/tests.txt
+  "${PIP[@]}" install -q --no-build-isolation -c requirements/pinned.txt \
+    "${MMCV_WHEEL[@]}" -e ".[all]"
 
   STEP="install OpenMMLab's mim command (openmim without openxlab)"
   say "$STEP"
   "${PIP[@]}" install -q -r requirements/mim.txt
   "${PIP[@]}" install -q --no-deps -r requirements/openmim.txt
-
-  STEP="install mmtranscnn (editable)"
-  say "$STEP"
-  "${PIP[@]}" install -q --no-build-isolation --no-deps -e .
 
   STEP="verify imports (mmcv.ops, mmdet, mmpretrain, mmseg, mmtranscnn)"
   say "$STEP"

@@ -1,35 +1,29 @@
-"""Packaging: the mim layout in wheels, sdists and editable installs."""
+"""Packaging: the mim layout in wheels, sdists and editable installs, and an
+install into an environment that already holds a supported stack.
+
+The sdist and the wheel are built once per session (``built_dists`` in
+conftest.py).
+"""
+import glob
+import json
 import os
 import os.path as osp
-import shutil
 import subprocess
 import sys
 import tarfile
 import zipfile
+from email.parser import Parser
 
 import pytest
+from packaging.requirements import Requirement
 
 import mmtranscnn
+from mmtranscnn.utils.versions import REQUIREMENTS, requirement_strings
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 MIM_FILES = ('configs/retinanet_transcnn_base.py',
              'configs/imagenet/transcnn-base_8xb128_in1k.py',
              'tools/train.py', 'tools/dist_train.sh', 'model-index.yml')
-
-
-def _copy_source(dst):
-    """The tracked/untracked source tree without environments or outputs."""
-    ignore = shutil.ignore_patterns('.git', '.venv', 'work_dirs', 'data',
-                                    'build', 'dist', '*.egg-info', '.mim',
-                                    '__pycache__', 'outputs')
-    shutil.copytree(REPO, dst, ignore=ignore, symlinks=False)
-    return dst
-
-
-def _pip(*args, cwd):
-    proc = subprocess.run([sys.executable, '-m', 'pip', *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def test_editable_install_links_mim_files():
@@ -42,25 +36,144 @@ def test_editable_install_links_mim_files():
 
 
 @pytest.mark.slow
-def test_sdist_and_wheel_carry_mim_files(tmp_path):
-    src = _copy_source(tmp_path / 'src')
-    subprocess.run([sys.executable, 'setup.py', '-q', 'sdist', '-d',
-                    str(tmp_path / 'sdist')], cwd=src, check=True,
-                   capture_output=True, timeout=300)
-    (sdist, ) = os.listdir(tmp_path / 'sdist')
-    with tarfile.open(tmp_path / 'sdist' / sdist) as tar:
+def test_sdist_and_wheel_carry_mim_files(built_dists):
+    with tarfile.open(built_dists.sdist) as tar:
         names = {n.split('/', 1)[1] for n in tar.getnames() if '/' in n}
-    for rel in MIM_FILES + ('requirements/runtime.txt', 'README.md'):
+    for rel in MIM_FILES + ('requirements/runtime.txt', 'README.md',
+                            'LICENSE', 'CITATION.cff'):
         assert rel in names, rel
 
-    # A wheel built from the sdist, as pip does for users.
-    _pip('wheel', '--no-deps', '--no-build-isolation', '-w',
-         str(tmp_path / 'wheel'), str(tmp_path / 'sdist' / sdist),
-         cwd=tmp_path)
-    (wheel, ) = os.listdir(tmp_path / 'wheel')
-    with zipfile.ZipFile(tmp_path / 'wheel' / wheel) as zf:
+    with zipfile.ZipFile(built_dists.wheel) as zf:
         names = set(zf.namelist())
     for rel in MIM_FILES:
         assert f'mmtranscnn/.mim/{rel}' in names, rel
     assert 'mmtranscnn/models/hmhsa.py' in names
+    assert 'mmtranscnn/utils/versions.py' in names
+    assert any(n.endswith('.dist-info/licenses/LICENSE') or
+               n.endswith('.dist-info/LICENSE') for n in names)
     assert not any(n.startswith(('tests/', 'configs/')) for n in names)
+
+
+def wheel_metadata(wheel):
+    with zipfile.ZipFile(wheel) as zf:
+        (name, ) = [n for n in zf.namelist()
+                    if n.endswith('.dist-info/METADATA')]
+        return Parser().parsestr(zf.read(name).decode())
+
+
+@pytest.mark.slow
+def test_wheel_requires_the_ranges_of_the_version_table(built_dists):
+    """setup.py takes the ranges from mmtranscnn/utils/versions.py."""
+    requires = [Requirement(line) for line in
+                wheel_metadata(built_dists.wheel).get_all('Requires-Dist')]
+    base = {str(r) for r in requires if r.marker is None}
+    optional = {r.name: str(r.specifier) for r in requires
+                if r.marker and r.marker.evaluate({'extra': 'optional'})}
+    for line in requirement_strings():
+        assert str(Requirement(line)) in base, line
+    for req in REQUIREMENTS:
+        if req.extra:
+            assert Requirement(str(req)).specifier == \
+                Requirement(f'{req.name}{optional[req.name]}').specifier
+    assert {'ftfy', 'regex'} <= set(optional)
+    # Ranges only: no exact pin reaches a user's environment.
+    assert not any(spec.operator == '==' for r in requires
+                   for spec in r.specifier), requires
+
+
+# -- installing into an environment that already has a supported stack --------
+# setup.sh installs mmengine 0.10.7 and torch 2.14.1; this environment holds
+# other versions inside the ranges. (mmcv has one release in its range.)
+USER_ENV = {'torch': '2.1.2', 'mmcv': '2.1.0', 'mmengine': '0.10.4',
+            'numpy': '1.26.4', 'packaging': '23.2'}
+# What an index would offer: setup.sh's versions.
+OFFERED = {'torch': '2.14.1', 'mmcv': '2.1.0', 'mmengine': '0.10.7'}
+
+
+def make_venv(root, installed):
+    """An empty venv whose site-packages holds metadata of ``installed``."""
+    subprocess.run([sys.executable, '-m', 'venv', '--without-pip',
+                    str(root)], check=True, timeout=120)
+    (site, ) = glob.glob(str(root / 'lib' / 'python*' / 'site-packages'))
+    for name, version in installed.items():
+        dist_info = osp.join(site, f'{name}-{version}.dist-info')
+        os.makedirs(dist_info)
+        for file, text in (('METADATA', f'Metadata-Version: 2.1\nName: '
+                            f'{name}\nVersion: {version}\n'),
+                           ('INSTALLER', 'pip\n'), ('RECORD', '')):
+            with open(osp.join(dist_info, file), 'w') as f:
+                f.write(text)
+    return str(root / 'bin' / 'python')
+
+
+def make_fake_wheels(directory, offered):
+    """Metadata-only wheels a --find-links folder offers in place of PyPI."""
+    os.makedirs(directory)
+    for name, version in offered.items():
+        dist = f'{name}-{version}'
+        with zipfile.ZipFile(osp.join(directory, f'{dist}-py3-none-any.whl'),
+                             'w') as zf:
+            zf.writestr(f'{dist}.dist-info/METADATA',
+                        f'Metadata-Version: 2.1\nName: {name}\n'
+                        f'Version: {version}\n')
+            zf.writestr(f'{dist}.dist-info/WHEEL',
+                        'Wheel-Version: 1.0\nRoot-Is-Purelib: true\n'
+                        'Tag: py3-none-any\n')
+            zf.writestr(f'{dist}.dist-info/RECORD', '')
+    return directory
+
+
+def pip_dry_run(target_python, wheel, find_links, report):
+    """What ``pip install <wheel>`` would do to the target environment.
+
+    The test environment's pip drives the target interpreter (``--python``)
+    with this machine's pip configuration switched off (it adds local
+    indexes and constraints) and only ``find_links`` to choose from.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith('PIP_')}
+    env.update(PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK='1')
+    return subprocess.run(
+        [sys.executable, '-m', 'pip', '--python', target_python, 'install',
+         '--dry-run', '--no-index', '--find-links', find_links,
+         '--report', report, wheel],
+        env=env, capture_output=True, text=True, timeout=300)
+
+
+def would_install(report):
+    with open(report) as f:
+        return {item['metadata']['name']: item['metadata']['version']
+                for item in json.load(f)['install']}
+
+
+@pytest.mark.slow
+def test_install_leaves_a_supported_stack_as_it_is(built_dists, tmp_path):
+    python = make_venv(tmp_path / 'venv', USER_ENV)
+    links = make_fake_wheels(str(tmp_path / 'index'), OFFERED)
+    report = str(tmp_path / 'report.json')
+    proc = pip_dry_run(python, built_dists.wheel, links, report)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert would_install(report) == {'mmtranscnn': mmtranscnn.__version__}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name,version', [('mmengine', '1.0.0'),
+                                          ('mmengine', '0.10.2'),
+                                          ('torch', '1.13.1')])
+def test_install_replaces_an_out_of_range_version(built_dists, tmp_path,
+                                                  name, version):
+    """pip enforces the ranges: it would replace the version outside, and
+    fails when nothing inside is on offer."""
+    python = make_venv(tmp_path / 'venv', dict(USER_ENV, **{name: version}))
+    report = str(tmp_path / 'report.json')
+    links = make_fake_wheels(str(tmp_path / 'index'), OFFERED)
+    proc = pip_dry_run(python, built_dists.wheel, links, report)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert would_install(report) == {'mmtranscnn': mmtranscnn.__version__,
+                                     name: OFFERED[name]}
+
+    others = {k: v for k, v in OFFERED.items() if k != name}
+    links = make_fake_wheels(str(tmp_path / 'index-without'), others)
+    proc = pip_dry_run(python, built_dists.wheel, links, report)
+    assert proc.returncode != 0
+    assert f'No matching distribution found for {name}' in proc.stderr, \
+        proc.stderr[-3000:]

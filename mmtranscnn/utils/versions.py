@@ -1,0 +1,191 @@
+"""The versions of torch and the OpenMMLab stack that mmtranscnn works with.
+
+:data:`REQUIREMENTS` is the one place these ranges are written down.
+``setup.py`` turns it into ``install_requires`` and the extras, and
+``import mmtranscnn`` checks the installed versions against it
+(:func:`check_installed_versions`) before it imports mmcv or mmengine, so a
+version outside a range stops with the package's name, the installed version
+and the range instead of an error from deep inside mmcv.
+
+Installed versions are read from the packages' metadata
+(``importlib.metadata``): the check imports none of them, so an optional
+codebase that is not installed costs nothing and is not an error.
+
+The exact versions ``scripts/setup.sh`` installs for CI live in
+``requirements/pinned.txt`` and ``requirements/torch.txt``; the tests check
+that they lie inside these ranges.
+
+``setup.py`` loads this file on its own, without importing the package (and
+torch), so the module's top level uses the standard library only.
+"""
+import importlib.util
+import os
+import warnings
+from importlib import metadata
+from typing import List, NamedTuple, Optional, Tuple
+
+#: Set to 1 to turn the error on a version outside a range into a warning
+#: (trying a release of the stack that is newer than the tested ones).
+SKIP_CHECK_ENV = 'MMTRANSCNN_SKIP_VERSION_CHECK'
+
+
+class Requirement(NamedTuple):
+    """One package mmtranscnn needs, and the versions it works with.
+
+    Args:
+        name: the distribution's name on PyPI.
+        specifier: PEP 440 version range, e.g. ``'>=2.1.0,<2.2.0'``.
+        extra: None when every install needs it, else the name of the
+            ``setup.py`` extra that installs it (an optional codebase;
+            the extra ``optional`` installs all of them).
+        module: the name it is imported by.
+        why: where the bounds come from.
+        aliases: other distribution names that install the same module.
+        companions: what its models import without declaring it
+            (installed with it by its extra).
+    """
+    name: str
+    specifier: str
+    extra: Optional[str]
+    module: str
+    why: str
+    aliases: Tuple[str, ...] = ()
+    companions: Tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return f'{self.name}{self.specifier}'
+
+
+REQUIREMENTS = (
+    Requirement(
+        'torch', '>=2.0,<2.15', None, 'torch',
+        'H-MHSA calls F.scaled_dot_product_attention (torch 2.0); tested '
+        'on 2.14.1 (whole suite), 2.1.2 and 2.0.1 (model tests); 2.15 is '
+        'untested'),
+    Requirement(
+        'mmcv', '>=2.1.0,<2.2.0', None, 'mmcv',
+        "the conv blocks pass ConvModule's efficient_conv_bn_eval, new in "
+        'mmcv 2.1.0 (2.0.1 named it fast_conv_bn_eval); mmdet 3.3.0 and '
+        'mmsegmentation 1.2.2 refuse mmcv 2.2',
+        aliases=('mmcv-lite', )),
+    Requirement(
+        'mmengine', '>=0.10.3,<1.0.0', None, 'mmengine',
+        'from 0.10.3 on, --resume continues an iteration-based run where it '
+        'stopped (earlier releases restart the epoch\'s data); mmdet, mmseg '
+        'and mmpretrain all refuse 1.0; tested on 0.10.7 (whole suite) and '
+        '0.10.3 (tools, checkpoint and registry tests)'),
+    Requirement(
+        'mmdet', '>=3.2.0,<3.4.0', 'mmdet', 'mmdet',
+        '3.2.0 is the first mmdet to accept mmcv 2.1; tested on 3.3.0 '
+        '(whole suite) and 3.2.0 (model and config tests)'),
+    Requirement(
+        'mmsegmentation', '>=1.2.1,<1.3.0', 'mmseg', 'mmseg',
+        '1.2.0 accepts mmcv 2.1, but its wheel lacks the tokenizer '
+        'vocabulary that mmseg.models reads at import; tested on 1.2.2 '
+        '(whole suite) and 1.2.1 (model and config tests)',
+        # mmseg.models imports its text tokenizer's dependencies.
+        companions=('ftfy', 'regex')),
+    Requirement(
+        'mmpretrain', '>=1.1.0,<1.3.0', 'mmpretrain', 'mmpretrain',
+        '1.1.0 is the first mmpretrain to accept mmcv 2.1; tested on 1.2.0 '
+        '(whole suite) and 1.1.0 (model and config tests)'),
+)
+
+
+class IncompatibleVersionError(ImportError):
+    """An installed package's version lies outside mmtranscnn's range."""
+
+
+def codebase_extras() -> List[str]:
+    """The names of the ``setup.py`` extras of the optional codebases."""
+    return [req.extra for req in REQUIREMENTS if req.extra]
+
+
+def requirement_strings(extra: Optional[str] = None) -> List[str]:
+    """``'name>=a,<b'`` lines (and companions) for ``setup.py``.
+
+    Args:
+        extra: None for ``install_requires``; a name from
+            :func:`codebase_extras`; or ``'optional'`` for all codebases.
+    """
+    if extra is not None and extra != 'optional' and \
+            extra not in codebase_extras():
+        raise ValueError(f'extra must be None, \'optional\' or one of '
+                         f'{codebase_extras()}, got {extra!r}')
+    lines = []
+    for req in REQUIREMENTS:
+        if req.extra == extra or (extra == 'optional' and req.extra):
+            lines += [str(req), *req.companions]
+    return lines
+
+
+def installed_version(req: Requirement) -> Optional[str]:
+    """The installed version of ``req`` from its metadata, or None."""
+    for name in (req.name, ) + req.aliases:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _importable(module: str) -> bool:
+    """Whether ``module`` can be imported (found without importing it)."""
+    return importlib.util.find_spec(module) is not None
+
+
+def version_problems() -> List[Tuple[Requirement, str]]:
+    """``(requirement, message)`` for each installed package outside its
+    range and each needed package that is missing; empty when all fit."""
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import InvalidVersion, Version
+
+    problems = []
+    for req in REQUIREMENTS:
+        version = installed_version(req)
+        if version is None:
+            # A module that imports without metadata (a source checkout on
+            # PYTHONPATH) has no version to compare: let it be.
+            if req.extra is None and not _importable(req.module):
+                problems.append((req, f'{req.name} is not installed; '
+                                 f'mmtranscnn needs {req}'))
+            continue
+        try:
+            parsed = Version(version)
+        except InvalidVersion:
+            continue  # e.g. a vendor build with its own numbering
+        # prereleases=True: mmcv 2.0.0rc4 and torch nightlies are compared
+        # by their numbers like any other version.
+        if not SpecifierSet(req.specifier).contains(parsed, prereleases=True):
+            problems.append((req, f'{req.name} {version} is installed; '
+                             f'mmtranscnn needs {req} ({req.why})'))
+    return problems
+
+
+def _skip_requested() -> bool:
+    value = os.environ.get(SKIP_CHECK_ENV, '').strip().lower()
+    if value in ('', '0', 'false', 'off', 'no'):
+        return False
+    if value in ('1', 'true', 'on', 'yes'):
+        return True
+    raise ValueError(f'{SKIP_CHECK_ENV} must be 1 or 0, got {value!r}')
+
+
+def check_installed_versions() -> None:
+    """Raise :class:`IncompatibleVersionError` naming every installed
+    package outside its range, with the installed version and the range.
+
+    With ``MMTRANSCNN_SKIP_VERSION_CHECK=1`` the same message is a warning.
+    """
+    problems = version_problems()
+    if not problems:
+        return
+    ranges = ' '.join(f"'{req}'" for req, _ in problems)
+    message = ('mmtranscnn cannot run with the installed versions:\n'
+               + ''.join(f'  - {text}\n' for _, text in problems)
+               + f'Install versions in range, e.g. pip install {ranges}; or '
+               f'set {SKIP_CHECK_ENV}=1 to try these versions anyway.')
+    if _skip_requested():
+        warnings.warn(message, stacklevel=2)
+        return
+    raise IncompatibleVersionError(message)
