@@ -77,9 +77,11 @@ Kernel choice
 time the candidates, as above) or ``rule``: every tuner then takes its
 fixed rule and times nothing, so every run and every rank computes with the
 same kernels. The rule is the plain candidate (aten's linear, the conv with
-the BN folded then the activation, SDPA) except for attention over few
-keys (at most 64 per grid), where it is the matmul form, whose per-grid
-cost is lower there on the CPUs measured. :func:`set_kernel_choice` sets
+the BN folded then the activation, SDPA) except for attention over at most
+16 keys per grid (4x4 grids and smaller), where it is the matmul form:
+SDPA's fixed cost per grid dominates there (the matmul form was ~20%
+faster on an AMD EPYC, one thread; from 49 keys on the two were even).
+:func:`set_kernel_choice` sets
 the mode for the process, ``with fastpath.kernel_choice('rule'):`` for the
 calling thread. The rule also applies, whatever the switch says, while
 
@@ -463,7 +465,8 @@ def _tuner(name: str, candidates: Dict[str, Callable],
 def tuning_report() -> Dict[str, Dict[Hashable, Choice]]:
     """What each tuner chose so far: tuner -> shape class ->
     ``Choice(kernel, by)``, ``by`` being ``'measurement'`` or ``'rule'``."""
-    return {name: dict(t.choices) for name, t in _TUNERS.items()}
+    # list(): a snapshot, while other threads may add tuners.
+    return {name: dict(t.choices) for name, t in list(_TUNERS.items())}
 
 
 def reset_tuning() -> None:
@@ -504,8 +507,8 @@ def _forward_backward(fn, args):
 
 
 # The kernel-choice rule for attention (keys as built below): the matmul form
-# where a grid has few keys, SDPA's kernel otherwise.
-RULE_MATMUL_MAX_KEYS = 64
+# where a grid has few keys, SDPA's kernel otherwise (see "Kernel choice").
+RULE_MATMUL_MAX_KEYS = 16
 
 
 def _attention_rule(key) -> str:
