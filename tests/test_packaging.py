@@ -1,5 +1,6 @@
-"""Packaging: the mim layout in wheels, sdists and editable installs, and an
-install into an environment that already holds a supported stack.
+"""Packaging: the mim layout in wheels, sdists and editable installs, an
+install into an environment that already holds a supported stack, LICENSE
+and CITATION.cff.
 
 The sdist and the wheel are built once per session (``built_dists`` in
 conftest.py).
@@ -177,3 +178,35 @@ def test_install_replaces_an_out_of_range_version(built_dists, tmp_path,
     assert proc.returncode != 0
     assert f'No matching distribution found for {name}' in proc.stderr, \
         proc.stderr[-3000:]
+
+
+# -- LICENSE and CITATION.cff --------------------------------------------------
+def test_license_is_the_apache_2_text():
+    with open(osp.join(REPO, 'LICENSE')) as f:
+        text = f.read()
+    assert text.startswith('Copyright ')
+    for words in ('Apache License', 'Version 2.0, January 2004',
+                  'TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND '
+                  'DISTRIBUTION', 'END OF TERMS AND CONDITIONS'):
+        assert words in text, words
+
+
+def test_citation_cff_names_the_paper_and_the_software():
+    """CITATION.cff (CFF 1.2.0): the keys the format requires, the paper as
+    preferred-citation."""
+    import yaml
+    with open(osp.join(REPO, 'CITATION.cff')) as f:
+        cff = yaml.safe_load(f)
+    assert cff['cff-version'] == '1.2.0'
+    for key in ('message', 'title', 'authors'):
+        assert cff[key], key
+    assert cff['license'] == 'Apache-2.0'
+    assert str(cff['version']) == mmtranscnn.__version__
+    paper = cff['preferred-citation']
+    assert paper['type'] == 'article'
+    assert paper['title'] == 'Transformer in Convolutional Neural Networks'
+    assert [a['family-names'] for a in paper['authors']] == [
+        'Liu', 'Sun', 'Qiu', 'Zhang', 'Chhatkuli', 'Van Gool']
+    assert all(a['given-names'] for a in paper['authors'])
+    assert paper['year'] == 2021
+    assert '2106.03180' in paper['url'] and '2106.03180' in paper['doi']
