@@ -74,7 +74,19 @@ def test_rule_mode_chooses_without_timing(monkeypatch):
         assert choice == (fastpath._TUNERS[name].rule(key), 'rule')
 
 
-def test_a_measured_choice_gives_way_to_the_rule():
+def test_rule_and_measurement_keep_their_own_choices(monkeypatch):
+    """A thread choosing by rule does not take, nor replace, what was
+    measured: each way keeps its own table, and nothing is measured
+    twice."""
+    measured = []
+    real = fastpath.ShapeTuner._measure
+
+    def counting(self, args):
+        measured.append(args)
+        return real(self, args)
+
+    monkeypatch.setattr(fastpath.ShapeTuner, '_measure', counting)
+
     def slow(x):
         time.sleep(0.002)
         return x
@@ -85,6 +97,9 @@ def test_a_measured_choice_gives_way_to_the_rule():
     with fastpath.kernel_choice('rule'):
         tuner('a', 1)
         assert tuner.choices['a'] == ('slow', 'rule')  # the first, no timing
+    tuner('a', 1)
+    assert tuner.choices['a'] == ('fast', 'measurement')
+    assert len(measured) == 1
     custom = fastpath.ShapeTuner('toy', dict(slow=slow, fast=lambda x: x),
                                  rule=lambda key: 'fast' if key > 1 else 'x')
     with fastpath.kernel_choice('rule'):

@@ -374,7 +374,9 @@ class ShapeTuner:
     where :func:`chooses_by_rule`, the one its rule names (no timing).
 
     Safe to call from several threads: lookups take no lock; a missing
-    choice is measured under a process-wide lock, once per key.
+    choice is measured under a process-wide lock, once per key. Measured
+    and ruled choices are kept apart, so a thread choosing by rule never
+    replaces what another measured, nor the reverse.
 
     Args:
         name: what is tuned (for :func:`tuning_report`).
@@ -398,7 +400,10 @@ class ShapeTuner:
         self.trial = trial or (lambda fn, args: fn(*args))
         first = next(iter(self.candidates))
         self.rule = rule or (lambda key: first)
-        self.choices: Dict[Hashable, Choice] = {}
+        # One table per way of choosing: threads (or phases of a run) that
+        # choose differently never overwrite each other's choices.
+        self.measured: Dict[Hashable, str] = {}
+        self.ruled: Dict[Hashable, str] = {}
 
     def _measure(self, args) -> str:
         best, best_time = None, math.inf
@@ -419,31 +424,51 @@ class ShapeTuner:
                              f'{kernel!r}; candidates: {list(self.candidates)}')
         return kernel
 
+    def _kernel(self, key: Hashable, args) -> str:
+        if chooses_by_rule():
+            kernel = self.ruled.get(key)
+            if kernel is None:
+                kernel = self.ruled[key] = self._by_rule(key)
+            return kernel
+        kernel = self.measured.get(key)
+        if kernel is None:
+            with _MEASURE_LOCK:
+                kernel = self.measured.get(key)  # another thread's, maybe
+                if kernel is None:
+                    kernel = self.measured[key] = self._measure(args)
+        return kernel
+
     def choose(self, key: Hashable, *args) -> Choice:
-        """The choice for ``key`` (made now if it is missing or was made the
-        other way: a choice measured before rule mode began is replaced).
+        """The choice for ``key`` the way the calling thread chooses now
+        (made now if it is missing).
 
         Args:
             key: the shape class.
             args: the inputs to time the candidates on, if measured.
         """
-        by = 'rule' if chooses_by_rule() else 'measurement'
-        choice = self.choices.get(key)
-        if choice is not None and choice.by == by:
-            return choice
-        if by == 'rule':
-            choice = Choice(self._by_rule(key), by)
-        else:
-            with _MEASURE_LOCK:
-                choice = self.choices.get(key)
-                if choice is not None and choice.by == by:
-                    return choice  # another thread measured it meanwhile
-                choice = Choice(self._measure(args), by)
-        self.choices[key] = choice
-        return choice
+        return Choice(self._kernel(key, args),
+                      'rule' if chooses_by_rule() else 'measurement')
+
+    @property
+    def choices(self) -> Dict[Hashable, Choice]:
+        """Every choice made so far; for a shape class chosen both ways,
+        the one of the way the calling thread chooses now."""
+        tables = [('measurement', self.measured), ('rule', self.ruled)]
+        if chooses_by_rule():
+            tables.reverse()
+        merged = {}
+        for by, table in tables:
+            for key, kernel in list(table.items()):
+                merged.setdefault(key, Choice(kernel, by))
+        return merged
+
+    def clear(self) -> None:
+        """Forget every choice."""
+        self.measured.clear()
+        self.ruled.clear()
 
     def __call__(self, key: Hashable, *args):
-        return self.candidates[self.choose(key, *args).kernel](*args)
+        return self.candidates[self._kernel(key, args)](*args)
 
 
 _TUNERS: Dict[str, ShapeTuner] = {}
@@ -464,16 +489,17 @@ def _tuner(name: str, candidates: Dict[str, Callable],
 
 def tuning_report() -> Dict[str, Dict[Hashable, Choice]]:
     """What each tuner chose so far: tuner -> shape class ->
-    ``Choice(kernel, by)``, ``by`` being ``'measurement'`` or ``'rule'``."""
+    ``Choice(kernel, by)``, ``by`` being ``'measurement'`` or ``'rule'``
+    (see :attr:`ShapeTuner.choices`)."""
     # list(): a snapshot, while other threads may add tuners.
-    return {name: dict(t.choices) for name, t in list(_TUNERS.items())}
+    return {name: t.choices for name, t in list(_TUNERS.items())}
 
 
 def reset_tuning() -> None:
     """Forget every choice (the next inputs are chosen again)."""
     with _MEASURE_LOCK:
         for t in _TUNERS.values():
-            t.choices.clear()
+            t.clear()
 
 
 # ---------------------------------------------------------------------------
