@@ -38,7 +38,7 @@ def _train_step(model, x):
     sum(o.square().mean() for o in model(x)).backward()
 
 
-# -- the switch ----------------------------------------------------------------
+# -- the switch ---------------------------------------------------------------
 @pytest.mark.parametrize('value,expect', [('rule', 'rule'), ('RULE', 'rule'),
                                           (' measure', 'measure'),
                                           ('', 'measure')])
@@ -146,7 +146,7 @@ def test_threads_measure_each_choice_once(monkeypatch):
     assert len(measured) == 1 and list(tuner.choices) == ['key']
 
 
-# -- two fresh processes ---------------------------------------------------------
+# -- two fresh processes ------------------------------------------------------
 SCRIPT = '''
 import hashlib, json
 import torch
@@ -212,7 +212,7 @@ def test_deterministic_mode_is_bit_identical_across_processes():
     assert first['digest'] == second['digest']
 
 
-# -- two distributed ranks -------------------------------------------------------
+# -- two distributed ranks ----------------------------------------------------
 SIZES = ((64, 64), (60, 76))  # per rank
 
 

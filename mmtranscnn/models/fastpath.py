@@ -421,7 +421,8 @@ class ShapeTuner:
         kernel = self.rule(key)
         if kernel not in self.candidates:
             raise ValueError(f'the rule of tuner {self.name!r} chose '
-                             f'{kernel!r}; candidates: {list(self.candidates)}')
+                             f'{kernel!r}; candidates: '
+                             f'{list(self.candidates)}')
         return kernel
 
     def _kernel(self, key: Hashable, args) -> str:
