@@ -2,11 +2,17 @@
 
 - the eight presets have exactly the released files' keys and shapes
   (fixture tests/data/released_layouts.json, read off the released models)
-  and their parameter counts with a 1000-class head;
-- a file in the released layout loads strictly through ``init_cfg`` in any
-  wrapping (raw, ``{'model'}``, ``{'state_dict'}``, ``module.``, with an
-  ``argparse.Namespace``) and through the converter; a pickle that would run
-  code is refused; wrong files are reported by key;
+  and their parameter counts with a 1000-class head: every key of a file in
+  that layout maps onto the preset with its shape, checked on tensors
+  without data ('meta'), through the strict loader and a file;
+- a file in the released layout loads its values strictly through
+  ``init_cfg`` in any wrapping (raw, ``{'model'}``, ``{'state_dict'}``,
+  ``module.``, with an ``argparse.Namespace``) and through the converter; a
+  pickle that would run code is refused; wrong files are reported by key.
+  Values are checked on small networks with each preset's key layout (its
+  style, depths, kernels, expansion ratios, windows, pooling ratios and
+  heads; an eighth of its channels) and, through the converter, on the two
+  Tiny presets;
 - outputs equal those of a plain reference of the released equations
   (tests/released_reference.py) in float64 with random weights and measured
   BN statistics, where the released grids divide the maps and where they do
@@ -28,7 +34,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 import mmtranscnn  # noqa: F401  (registers the models)
 from mmtranscnn.models import HMHSA, TransCNN, load_backbone_checkpoint
-from mmtranscnn.models.released import RELEASED, convert_released
+from mmtranscnn.models.released import (RELEASED, convert_released,
+                                        matching_presets)
 
 from released_reference import (Reference, random_state_dict,
                                 released_layout)
@@ -38,31 +45,59 @@ REPO = osp.dirname(HERE)
 with open(osp.join(HERE, 'data', 'released_layouts.json')) as f:
     FIXTURE = json.load(f)
 PRESETS = list(RELEASED)
+#: The two smallest released networks, one per version: the converter's
+#: end-to-end runs use them (real tensors, ~50 MB per file).
+TINY_PRESETS = ['transcnn-v1-tiny', 'hatnet-tiny']
 
 
 def fixture_layout(preset):
     return {k: tuple(v) for k, v in FIXTURE[preset]['state_dict'].items()}
 
 
-def released_file(tmp_path, preset, wrap=None, seed=0):
-    """A random state dict in the released layout of ``preset``, saved."""
-    sd = random_state_dict(fixture_layout(preset), seed)
+def twin(preset, factor=8):
+    """A small network with the key layout of ``preset``.
+
+    Same style, depths, kernel sizes, expansion ratios, windows, pooling
+    ratios and number of heads; ``1/factor`` of the channels (and of the
+    head dim). Its released-layout state dict has exactly the key names of
+    the released file; only the channel dimensions of the shapes shrink.
+    """
+    arch = dict(TransCNN.arch_zoo[preset])
+    arch['channels'] = [c // factor for c in arch['channels']]
+    arch['head_dim'] = arch['head_dim'] // factor
+    return arch
+
+
+def layout_args(arch):
+    """``released_layout``'s arguments for an arch name or dict."""
+    if isinstance(arch, str):
+        arch = TransCNN.arch_zoo[arch]
+    return (arch['style'], arch['channels'], arch['depths'],
+            arch['kernel_sizes'], arch['expand_ratios'],
+            [g if g else 1 for g in arch['grid_sizes']])
+
+
+def released_file(tmp_path, arch, wrap=None, seed=0, name=None):
+    """A random state dict in the released layout of ``arch`` (a preset
+    name or a :func:`twin`), saved. Returns (path, state dict)."""
+    sd = random_state_dict(released_layout(*layout_args(arch)), seed)
     obj = sd if wrap is None else wrap(sd)
-    path = str(tmp_path / RELEASED[preset].file)
+    if name is None:
+        name = RELEASED[arch].file if isinstance(arch, str) else 'twin.pth'
+    path = str(tmp_path / name)
     torch.save(obj, path)
     return path, sd
+
+
+def without_data(layout):
+    """Tensors with the shapes of ``layout`` and no storage ('meta')."""
+    return {k: torch.empty(shape, device='meta') for k, shape in
+            layout.items()}
 
 
 def count(model, trainable=None):
     return sum(p.numel() for p in model.parameters()
                if trainable is None or p.requires_grad == trainable)
-
-
-def layout_args(preset):
-    arch = TransCNN.arch_zoo[preset]
-    return (arch['style'], arch['channels'], arch['depths'],
-            arch['kernel_sizes'], arch['expand_ratios'],
-            [g if g else 1 for g in arch['grid_sizes']])
 
 
 def load_converter():
@@ -79,40 +114,60 @@ def test_every_release_has_a_preset_and_a_fixture():
         assert TransCNN.arch_zoo[preset]['style'] == RELEASED[preset].version
         # Our description of the released layout equals the released files'.
         assert released_layout(*layout_args(preset)) == fixture_layout(preset)
+        # Its small twin has the same key names, smaller shapes.
+        small = released_layout(*layout_args(twin(preset)))
+        assert small.keys() == fixture_layout(preset).keys()
 
 
 @pytest.mark.parametrize('preset', PRESETS)
 def test_params_and_strict_load_of_the_released_layout(preset, tmp_path):
     """Parameter count with the 1000-class head equals the released
-    model's; a file with the released keys and shapes loads strictly
-    through init_cfg and through the converter."""
-    path, sd = released_file(tmp_path, preset)
-    model = TransCNN(preset, init_cfg=dict(type='Pretrained',
-                                           checkpoint=path))
+    model's; every key and shape of the released file maps onto the preset
+    (tensors without data: the file holds no values), through the strict
+    loader and init_cfg, and the converter finds the preset from them."""
+    model = TransCNN(preset)
     channels = model.arch_settings['channels'][-1]
     head = channels * 1000 + 1000
     released = FIXTURE[preset]
     assert count(model) + head == released['params']
     # HAT-Net's never-called attn.proj_norm is kept, frozen.
     assert count(model, trainable=False) == released['unused_params']
-    model.init_weights()
-    own = model.state_dict()
+
+    sd = without_data(fixture_layout(preset))
     backbone, fc, version = convert_released(sd)
     assert version == RELEASED[preset].version
+    own = model.state_dict()
+    assert set(own) == set(backbone)
+    for key, value in backbone.items():
+        assert value.shape == own[key].shape, key
+    assert fc['fc.weight'].shape == (1000, channels)
+    assert matching_presets(sd) == [preset]
+
+    # The whole loading path on a file of the released layout.
+    path = str(tmp_path / RELEASED[preset].file)
+    torch.save({'model': sd}, path)
+    model = TransCNN(preset, init_cfg=dict(type='Pretrained',
+                                           checkpoint=path)).to('meta')
+    model.init_weights()
+    report = load_backbone_checkpoint(model, path)
+    assert not (report.missing or report.unexpected or report.mismatched)
+    assert len(report.loaded) == len(own)
+
+
+@pytest.mark.parametrize('preset', PRESETS)
+def test_released_values_load_through_init_cfg(preset, tmp_path):
+    """Each tensor of a released file lands where the mapping says, on a
+    network with the preset's key layout."""
+    arch = twin(preset)
+    path, sd = released_file(tmp_path, arch)
+    model = TransCNN(arch, init_cfg=dict(type='Pretrained', checkpoint=path))
+    model.init_weights()
+    own = model.state_dict()
+    backbone, _, _ = convert_released(sd)
     assert set(own) == set(backbone)
     for key, value in backbone.items():
         assert torch.equal(own[key], value.to(own[key].dtype)), key
 
-    out = str(tmp_path / 'converted.pth')
-    load_converter().main([path, out, '--arch', preset])
-    converted = torch.load(out, weights_only=True)
-    assert converted['meta']['arch'] == preset
-    keys = set(converted['state_dict'])
-    assert keys == {'backbone.' + k for k in own} | {'head.fc.weight',
-                                                     'head.fc.bias'}
-    assert converted['state_dict']['head.fc.weight'].shape == (1000, channels)
-    report = load_backbone_checkpoint(model, out, prefix='backbone.')
-    assert not (report.missing or report.unexpected or report.mismatched)
 
 
 def _namespace_wrapped(sd):
@@ -130,8 +185,9 @@ def _namespace_wrapped(sd):
 ], ids=['model', 'state_dict', 'module-prefix', 'model+module',
         'training-script-namespace'])
 def test_released_file_loads_in_any_wrapping(wrap, tmp_path):
-    path, sd = released_file(tmp_path, 'hatnet-tiny', wrap)
-    model = TransCNN('hatnet-tiny')
+    arch = twin('hatnet-tiny')
+    path, sd = released_file(tmp_path, arch, wrap)
+    model = TransCNN(arch)
     report = load_backbone_checkpoint(model, path, prefix='backbone.')
     assert not (report.missing or report.unexpected or report.mismatched)
     assert torch.equal(model.stem.conv1.gn.weight, sd['patch_embed.1.weight'])
@@ -143,60 +199,90 @@ class _Gadget:
 
 
 def test_released_file_with_a_code_gadget_is_refused(tmp_path):
-    sd = random_state_dict(fixture_layout('hatnet-tiny'))
+    arch = twin('hatnet-tiny')
+    sd = random_state_dict(released_layout(*layout_args(arch)))
     path = str(tmp_path / 'evil.pth')
     torch.save({'model': sd, 'args': _Gadget()}, path)
     with pytest.raises(pickle.UnpicklingError, match='system'):
-        load_backbone_checkpoint(TransCNN('hatnet-tiny'), path)
+        load_backbone_checkpoint(TransCNN(arch), path)
 
 
 def test_wrong_released_file_is_reported(tmp_path):
-    path, sd = released_file(tmp_path, 'hatnet-small')
+    path, sd = released_file(tmp_path, twin('hatnet-small'))
     with pytest.raises(RuntimeError, match=r"hatnet.*'hatnet-small'"):
-        load_backbone_checkpoint(TransCNN('transcnn-v1-small'), path)
+        load_backbone_checkpoint(TransCNN(twin('transcnn-v1-small')), path)
+    paper = dict(channels=[16, 32, 48, 64], depths=[1, 1, 1, 1],
+                 kernel_sizes=[5, 3, 5, 3], expand_ratios=[4, 4, 6, 6])
     with pytest.raises(RuntimeError, match='without released weights'):
-        load_backbone_checkpoint(TransCNN('base'), path)
+        load_backbone_checkpoint(TransCNN(paper, head_dim=16), path)
     # Another size of the right version: named by key and shape.
     with pytest.raises(RuntimeError, match=r'shape differs: .*stages\.0'):
-        load_backbone_checkpoint(TransCNN('hatnet-tiny'), path)
+        load_backbone_checkpoint(TransCNN(twin('hatnet-tiny')), path)
     # A key with no counterpart is named.
     sd['blocks.0.0.conv.conv4.weight'] = torch.zeros(1)
     torch.save(sd, path)
     with pytest.raises(KeyError, match=r'blocks\.0\.0\.conv\.conv4\.weight'):
-        load_backbone_checkpoint(TransCNN('hatnet-small'), path)
+        load_backbone_checkpoint(TransCNN(twin('hatnet-small')), path)
     # One that maps to no tensor of the model, too.
     del sd['blocks.0.0.conv.conv4.weight']
     sd['blocks.0.0.attn.extra.weight'] = torch.zeros(1)
     torch.save(sd, path)
     with pytest.raises(RuntimeError,
                        match=r'not in the model: stages\.0\.0\.attn\.extra'):
-        load_backbone_checkpoint(TransCNN('hatnet-small'), path)
+        load_backbone_checkpoint(TransCNN(twin('hatnet-small')), path)
     # A missing one too.
     del sd['blocks.0.0.attn.extra.weight'], sd['blocks.2.7.attn.kv.bias']
     torch.save(sd, path)
     with pytest.raises(RuntimeError,
                        match=r'missing in the file: stages\.2\.8\.attn\.kv'):
-        load_backbone_checkpoint(TransCNN('hatnet-small'), path)
+        load_backbone_checkpoint(TransCNN(twin('hatnet-small')), path)
 
 
-def test_converter_backbone_only_and_refusal(tmp_path):
+@pytest.mark.parametrize('preset', TINY_PRESETS)
+def test_converter_writes_a_strictly_loading_classifier(preset, tmp_path):
+    """--arch, --backbone-only (the preset found from the shapes), and the
+    refusals: an --arch of the other version, a file missing a tensor."""
     converter = load_converter()
-    path, sd = released_file(tmp_path, 'transcnn-v1-tiny')
+    path, sd = released_file(tmp_path, preset)
+    out = str(tmp_path / 'converted.pth')
+    converter.main([path, out, '--arch', preset])
+    converted = torch.load(out, weights_only=True)
+    assert converted['meta']['arch'] == preset
+    model = TransCNN(preset)
+    channels = model.arch_settings['channels'][-1]
+    keys = set(converted['state_dict'])
+    assert keys == {'backbone.' + k for k in model.state_dict()} | {
+        'head.fc.weight', 'head.fc.bias'}
+    assert torch.equal(converted['state_dict']['head.fc.weight'],
+                       sd['classifier.1.weight'])
+    assert converted['state_dict']['head.fc.weight'].shape == (1000, channels)
+    del converted
+    report = load_backbone_checkpoint(model, out, prefix='backbone.')
+    assert not (report.missing or report.unexpected or report.mismatched)
+    own = model.state_dict()
+    for key, value in convert_released(sd)[0].items():
+        assert torch.equal(own[key], value.to(own[key].dtype)), key
+    os.remove(out)
+
     out = str(tmp_path / 'bb.pth')
     converter.main([path, out, '--backbone-only'])  # finds the preset
     converted = torch.load(out, weights_only=True)
-    assert converted['meta']['arch'] == 'transcnn-v1-tiny'
+    assert converted['meta']['arch'] == preset
     keys = converted['state_dict']
     assert keys and all(k.startswith('backbone.') for k in keys)
-    with pytest.raises(ValueError, match='--arch must be a released '
-                       'transcnn-v1 preset'):
-        converter.main([path, str(tmp_path / 'x.pth'), '--arch',
-                        'hatnet-tiny'])
-    del sd['ds3.norm2.running_var']
+    del converted, keys
+    os.remove(out)
+
+    version = RELEASED[preset].version
+    other = [p for p in TINY_PRESETS if p != preset][0]
+    with pytest.raises(ValueError, match=f'--arch must be a released '
+                       f'{version} preset'):
+        converter.main([path, str(tmp_path / 'x.pth'), '--arch', other])
+    del sd['ds3.norm2.running_var' if version == 'transcnn-v1' else
+           'ds3.norm.bias']
     torch.save(sd, path)
     with pytest.raises(RuntimeError, match=r'ds3|stages\.2\.0'):
-        converter.main([path, str(tmp_path / 'y.pth'), '--arch',
-                        'transcnn-v1-tiny'])
+        converter.main([path, str(tmp_path / 'y.pth'), '--arch', preset])
     assert not osp.exists(tmp_path / 'y.pth')
 
 
