@@ -47,3 +47,25 @@ def built_dists(tmp_path_factory):
     (wheel, ) = glob.glob(str(root / 'wheel' / '*.whl'))
     shutil.rmtree(src)  # only the two files are needed from here on
     return SimpleNamespace(sdist=sdist, wheel=wheel)
+
+
+@pytest.fixture(scope='module')
+def module_tmp(request, tmp_path_factory):
+    """``mktemp(name)``: a directory for runs shared by a module's tests.
+
+    What it made is removed after the module's last test when none of the
+    module's tests failed (pytest keeps the ``tmp_path`` of failed tests
+    only, pytest.ini): training runs hold checkpoints of hundreds of MB,
+    and the next module's runs should not add up with them.
+    """
+    failed_before = request.session.testsfailed
+    made = []
+
+    def mktemp(name):
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield mktemp
+    if request.session.testsfailed == failed_before:
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)

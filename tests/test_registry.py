@@ -1,11 +1,15 @@
 """Registration: scoped names without imports, bare names after import.
 
 Each check runs in a new interpreter, because what matters is what a fresh
-process sees: mmengine must import ``mmtranscnn.registry`` on demand.
+process sees: mmengine must import ``mmtranscnn.registry`` on demand. The
+interpreters are independent, so they all start at the module's first test
+and run side by side, one per core (each is a single-threaded import).
 """
+import os
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -15,28 +19,18 @@ BACKBONE = ("dict(type='{name}', arch=dict(channels=[64], depths=[1], "
             "out_indices=(0,))")
 
 
-def _run(code: str) -> str:
-    result = subprocess.run([sys.executable, '-c', textwrap.dedent(code)],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
-
-
-@pytest.mark.parametrize('scope', SCOPES)
-def test_scoped_name_needs_no_import(scope):
-    out = _run(f"""
+def scoped_name_check(scope):
+    return f"""
         import sys
         from {scope}.registry import MODELS
         assert 'mmtranscnn' not in sys.modules
         model = MODELS.build({BACKBONE.format(name='mmtranscnn.TransCNN')})
         print(type(model).__module__, type(model).__name__)
-    """)
-    assert out.split() == ['mmtranscnn.models.transcnn', 'TransCNN']
+    """
 
 
-@pytest.mark.parametrize('scope', SCOPES)
-def test_bare_name_after_custom_import(scope):
-    out = _run(f"""
+def bare_name_check(scope):
+    return f"""
         from mmengine.registry import init_default_scope
         from mmengine.utils import import_modules_from_strings
         from {scope}.registry import MODELS
@@ -44,18 +38,51 @@ def test_bare_name_after_custom_import(scope):
         import_modules_from_strings(['mmtranscnn'])  # what custom_imports does
         model = MODELS.build({BACKBONE.format(name='TransCNN')})
         print(type(model).__name__)
-    """)
-    assert out.split() == ['TransCNN']
+    """
 
 
-def test_import_does_not_require_downstream_codebases(tmp_path):
-    """Hide mmdet/mmseg/mmpretrain: import mmtranscnn must still work."""
-    _run(f"""
-        import sys
-        for name in {SCOPES!r}:
-            sys.modules[name] = None  # makes `import name` fail
-        import mmtranscnn
-        from mmtranscnn.registry import MODELS
-        model = MODELS.build({BACKBONE.format(name='TransCNN')})
-        assert mmtranscnn.__version__
-    """)
+# Hide mmdet/mmseg/mmpretrain: import mmtranscnn must still work.
+WITHOUT_CODEBASES = f"""
+    import sys
+    for name in {SCOPES!r}:
+        sys.modules[name] = None  # makes `import name` fail
+    import mmtranscnn
+    from mmtranscnn.registry import MODELS
+    model = MODELS.build({BACKBONE.format(name='TransCNN')})
+    assert mmtranscnn.__version__
+"""
+
+
+def _run(code: str) -> str:
+    result = subprocess.run([sys.executable, '-c', textwrap.dedent(code)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.fixture(scope='module')
+def checks():
+    """Check name -> future of its interpreter's stdout (``.result()``
+    raises what the run raised)."""
+    codes = {('scoped', s): scoped_name_check(s) for s in SCOPES}
+    codes.update({('bare', s): bare_name_check(s) for s in SCOPES})
+    codes['without codebases'] = WITHOUT_CODEBASES
+    cores = len(os.sched_getaffinity(0)) if hasattr(
+        os, 'sched_getaffinity') else os.cpu_count() or 1
+    with ThreadPoolExecutor(max_workers=cores) as pool:
+        return {key: pool.submit(_run, code) for key, code in codes.items()}
+
+
+@pytest.mark.parametrize('scope', SCOPES)
+def test_scoped_name_needs_no_import(checks, scope):
+    out = checks['scoped', scope].result()
+    assert out.split() == ['mmtranscnn.models.transcnn', 'TransCNN']
+
+
+@pytest.mark.parametrize('scope', SCOPES)
+def test_bare_name_after_custom_import(checks, scope):
+    assert checks['bare', scope].result().split() == ['TransCNN']
+
+
+def test_import_does_not_require_downstream_codebases(checks):
+    checks['without codebases'].result()
