@@ -8,13 +8,15 @@
   polygon and RLE masks) that mmdet's CocoDataset reads.
 - End to end (slow): RetinaNet and Mask R-CNN train and evaluate through
   tools/train.py and tools/test.py, memorising two images: the loss falls
-  and bbox mAP clears a floor the untrained model does not reach; --amp trains with finite losses; a killed
-  run resumes with the same schedule; demo/image_demo.py draws an image of
-  any size; a config outside the repository inherits the installed
-  (non-editable) package's config and trains; ``mim train mmtranscnn
-  retinanet_transcnn_base.py`` finds that config.
+  and bbox mAP clears a floor the untrained model does not reach; a run
+  with --amp trains with finite losses and, killed, resumes with the same
+  schedule; demo/image_demo.py draws an image of any size; a config outside
+  the repository inherits the installed (non-editable) package's config and
+  trains; ``mim train mmtranscnn retinanet_transcnn_base.py`` finds that
+  config. Independent runs go side by side (tests/side_by_side.py).
 """
 import ast
+import functools
 import glob
 import importlib.util
 import json
@@ -26,6 +28,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -36,6 +39,7 @@ from mmtranscnn import get_config_path
 from mmtranscnn.engine import setup_codebase
 from mmtranscnn.models import TransCNN
 from mmtranscnn.models.released import RELEASED
+from side_by_side import side_by_side
 
 TESTS_DIR = osp.dirname(osp.abspath(__file__))
 REPO_DIR = osp.dirname(TESTS_DIR)
@@ -547,9 +551,11 @@ param_scheduler = [
     dict(type='MultiStepLR', by_epoch=True, begin=0, end=max_epochs,
          milestones=[{milestone}], gamma=0.1)
 ]
+# A checkpoint every epoch, the last one kept (with its optimizer state,
+# ~0.3 GB: --resume needs it).
 default_hooks = dict(
     logger=dict(interval=1),
-    checkpoint=dict(interval=1, max_keep_ckpts=-1))
+    checkpoint=dict(interval=1, max_keep_ckpts=1))
 log_processor = dict(window_size=1)
 randomness = dict(seed=0)
 """
@@ -603,9 +609,11 @@ param_scheduler = [
     dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=5)
 ]
 optim_wrapper = dict(optimizer=dict(lr={lr}))
+# The tools after training need the weights only.
 default_hooks = dict(
     logger=dict(interval=1),
-    checkpoint=dict(interval=max_epochs, max_keep_ckpts=1))
+    checkpoint=dict(interval=max_epochs, max_keep_ckpts=1,
+                    save_optimizer=False))
 log_processor = dict(window_size=1)
 randomness = dict(seed=0)
 """
@@ -674,91 +682,125 @@ def write_derived_config(directory, base, data_root, epochs=1, milestone=10):
 
 
 @pytest.fixture(scope='module')
-def shapes_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp('shapes')
+def shapes_data(module_tmp):
+    root = module_tmp('shapes')
     shapes.make_shapes_coco(str(root), num_train=TRAIN_IMAGES, num_val=4,
                             img_size=(64, 64), size_range=(.3, .6))
     return root
 
 
 @pytest.fixture(scope='module')
-def retinanet_run(shapes_data, tmp_path_factory):
-    root = tmp_path_factory.mktemp('retinanet')
-    config = write_memorise_config(root, TINY_RETINANET, shapes_data)
-    work_dir = root / 'work'
-    run([sys.executable, TRAIN, config, '--work-dir', str(work_dir)],
-        cwd=root)
-    return config, work_dir
+def memorised(shapes_data, module_tmp):
+    """detector -> (config, work_dir, future of the run's output):
+    RetinaNet and Mask R-CNN trained through tools/train.py on two images,
+    side by side."""
+    configs, calls = {}, {}
+    for detector, base in (('RetinaNet', TINY_RETINANET),
+                           ('MaskRCNN', TINY_MASK_RCNN)):
+        root = module_tmp(detector.lower())
+        configs[detector] = write_memorise_config(root, base, shapes_data)
+        calls[detector] = functools.partial(
+            run, [sys.executable, TRAIN, configs[detector], '--work-dir',
+                  str(root / 'work')], cwd=root)
+    runs = side_by_side(calls)
+    return {detector: (configs[detector],
+                       osp.join(osp.dirname(configs[detector]), 'work'),
+                       runs[detector]) for detector in calls}
+
+
+def memorised_checkpoint(memorised, detector):
+    return Path(memorised[detector][1],
+                f'epoch_{MEMORISE_ITERS[detector]}.pth')
+
+
+@pytest.fixture(scope='module')
+def after_training(memorised, shapes_data, module_tmp):
+    """What reads the trained checkpoints, side by side: tools/test.py on
+    both detectors, demo/image_demo.py and the main job's drawing step on
+    the RetinaNet. Name -> (directory, future of the output)."""
+    from PIL import Image
+    retinanet = memorised['RetinaNet'][0]
+    retinanet_ckpt = str(memorised_checkpoint(memorised, 'RetinaNet'))
+    dirs = {name: module_tmp(name) for name in (
+        'retinanet_test', 'mask_rcnn_test', 'demo', 'main_job')}
+    image, _ = shapes.render_scene(np.random.default_rng(3), (150, 97), 3)
+    Image.fromarray(image).save(dirs['demo'] / 'scene.jpg')
+    # The main job's last step, in a fresh interpreter as the job runs it.
+    draw = (
+        'import sys; sys.path.insert(0, sys.argv[1]); import main_job; '
+        'print(main_job.draw_predictions(sys.argv[2], sys.argv[3], 2, 0.0, '
+        'config=sys.argv[4], data_root=sys.argv[5]))')
+    commands = {
+        'retinanet_test': [
+            TEST, retinanet, retinanet_ckpt, '--work-dir',
+            str(dirs['retinanet_test']), '--out',
+            str(dirs['retinanet_test'] / 'preds.pkl')],
+        'mask_rcnn_test': [
+            TEST, memorised['MaskRCNN'][0],
+            str(memorised_checkpoint(memorised, 'MaskRCNN')),
+            '--work-dir', str(dirs['mask_rcnn_test'])],
+        'demo': [
+            DEMO, retinanet, retinanet_ckpt, str(dirs['demo'] / 'scene.jpg'),
+            '--out-file', str(dirs['demo'] / 'drawn' / 'scene.png'),
+            '--score-thr', '0', '--device', 'cpu'],
+        'main_job': [
+            '-c', draw, osp.join(REPO_DIR, 'tools'), retinanet_ckpt,
+            str(dirs['main_job'] / 'drawn'), retinanet, str(shapes_data)],
+    }
+    results = side_by_side({
+        name: functools.partial(run, [sys.executable] + cmd, cwd=dirs[name])
+        for name, cmd in commands.items()})
+    return {name: (dirs[name], results[name]) for name in commands}
 
 
 @pytest.mark.slow
 def test_retinanet_trains_and_evaluates_through_the_tools(
-        retinanet_run, tmp_path):
-    config, work_dir = retinanet_run
-    checkpoint = work_dir / f"epoch_{MEMORISE_ITERS['RetinaNet']}.pth"
+        memorised, after_training):
+    memorised['RetinaNet'][2].result()
+    checkpoint = memorised_checkpoint(memorised, 'RetinaNet')
     assert checkpoint.is_file()
-    val = assert_learned(read_scalars(work_dir), 'RetinaNet')
+    val = assert_learned(read_scalars(memorised['RetinaNet'][1]),
+                         'RetinaNet')
 
-    out = run([sys.executable, TEST, config, str(checkpoint), '--work-dir',
-               str(tmp_path), '--out', str(tmp_path / 'preds.pkl')],
-              cwd=tmp_path)
-    assert 'coco/bbox_mAP_50' in out
-    metrics = read_test_metrics(tmp_path)
+    test_dir, out = after_training['retinanet_test']
+    assert 'coco/bbox_mAP_50' in out.result()
+    metrics = read_test_metrics(test_dir)
     # Same weights, same images: the validation at the end of training.
     assert metrics['coco/bbox_mAP'] == pytest.approx(val['coco/bbox_mAP'])
     import pickle
-    with open(tmp_path / 'preds.pkl', 'rb') as f:
+    with open(test_dir / 'preds.pkl', 'rb') as f:
         preds = pickle.load(f)
     assert len(preds) == 2 and 'bboxes' in preds[0]['pred_instances']
 
 
 @pytest.mark.slow
 def test_mask_rcnn_trains_and_evaluates_through_the_tools(
-        shapes_data, tmp_path):
-    config = write_memorise_config(tmp_path, TINY_MASK_RCNN, shapes_data)
-    run([sys.executable, TRAIN, config, '--work-dir',
-         str(tmp_path / 'work')], cwd=tmp_path)
-    scalars = read_scalars(tmp_path / 'work')
+        memorised, after_training):
+    memorised['MaskRCNN'][2].result()
+    scalars = read_scalars(memorised['MaskRCNN'][1])
     iters = MEMORISE_ITERS['MaskRCNN']
     assert len([s for s in scalars if 'loss_mask' in s]) == iters
     val = assert_learned(scalars, 'MaskRCNN')
 
-    out = run([sys.executable, TEST, config,
-               str(tmp_path / 'work' / f'epoch_{iters}.pth'),
-               '--work-dir', str(tmp_path / 'test')], cwd=tmp_path)
+    test_dir, out = after_training['mask_rcnn_test']
+    out = out.result()
     assert 'coco/segm_mAP' in out and 'coco/bbox_mAP' in out
-    metrics = read_test_metrics(tmp_path / 'test')
+    metrics = read_test_metrics(test_dir)
     assert metrics['coco/bbox_mAP'] == pytest.approx(val['coco/bbox_mAP'])
     assert 0 <= metrics['coco/segm_mAP_50'] <= 1
 
 
 @pytest.mark.slow
-def test_amp_trains_retinanet_with_finite_losses(shapes_data, tmp_path):
-    config = write_derived_config(tmp_path, TINY_RETINANET, shapes_data)
-    run([sys.executable, TRAIN, config, '--amp', '--work-dir',
-         str(tmp_path / 'work'), '--cfg-options', 'train_cfg.val_interval=9'],
-        cwd=tmp_path)
-    losses = [s for s in read_scalars(tmp_path / 'work') if 'loss' in s]
-    assert len(losses) == TRAIN_IMAGES // 2
-    for record in losses:
-        for key in ('loss', 'loss_cls', 'loss_bbox'):
-            assert math.isfinite(record[key]), record
-    dumped = tmp_path / 'work' / osp.basename(config)
-    wrapper = Config.fromfile(str(dumped)).optim_wrapper.type
-    expected = ('AmpOptimWrapper' if torch.cuda.is_available() else
-                'CPUBF16AmpOptimWrapper')
-    assert wrapper == expected
-
-
-@pytest.mark.slow
-def test_killed_detection_run_resumes_with_the_same_schedule(
-        shapes_data, tmp_path):
-    """Kill a 3-epoch run inside epoch 2, resume it, check lr and epochs."""
+def test_killed_amp_run_resumes_with_the_same_schedule(shapes_data,
+                                                       tmp_path):
+    """--amp (bf16 autocast on the CPU) trains with finite losses; a 3-epoch
+    run killed inside epoch 2 resumes with its lr schedule and epochs."""
     per_epoch = TRAIN_IMAGES // 2
     config = write_derived_config(tmp_path, TINY_RETINANET, shapes_data,
                                   epochs=3, milestone=2)
     work_dir = tmp_path / 'work'
-    cmd = [sys.executable, TRAIN, config, '--work-dir', str(work_dir)]
+    cmd = [sys.executable, TRAIN, config, '--amp', '--work-dir',
+           str(work_dir)]
     proc = subprocess.Popen(cmd, cwd=str(tmp_path), env=tool_env(),
                             stdout=subprocess.DEVNULL,
                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -770,7 +812,9 @@ def test_killed_detection_run_resumes_with_the_same_schedule(
                             'it could be killed in epoch 2')
             iters = [s['iter'] for s in read_scalars(work_dir)
                      if 'loss' in s]
-            if (work_dir / 'epoch_1.pth').is_file() and iters and \
+            # One checkpoint is kept (the config): epoch_1, or epoch_2
+            # once that is written.
+            if any(work_dir.glob('epoch_*.pth')) and iters and \
                     max(iters) > per_epoch:
                 break
             time.sleep(0.1)
@@ -793,6 +837,14 @@ def test_killed_detection_run_resumes_with_the_same_schedule(
     iters = [s['iter'] for s in resumed]
     assert iters == list(range(last_epoch * per_epoch + 1,
                                3 * per_epoch + 1))
+    for record in killed + resumed:
+        for key in ('loss', 'loss_cls', 'loss_bbox'):
+            assert math.isfinite(record[key]), record
+    dumped = work_dir / osp.basename(config)
+    wrapper = Config.fromfile(str(dumped)).optim_wrapper.type
+    expected = ('AmpOptimWrapper' if torch.cuda.is_available() else
+                'CPUBF16AmpOptimWrapper')
+    assert wrapper == expected
     # The schedule goes on where it was: x0.1 from epoch 3 (iteration 9).
     base_lr = Config.fromfile(config).optim_wrapper.optimizer.lr
     for record in resumed:
@@ -808,40 +860,26 @@ def test_killed_detection_run_resumes_with_the_same_schedule(
 
 
 @pytest.mark.slow
-def test_image_demo_draws_an_image_of_any_size(retinanet_run, tmp_path):
+def test_image_demo_draws_an_image_of_any_size(after_training):
     from PIL import Image
-    config, work_dir = retinanet_run
-    rng = np.random.default_rng(3)
-    image, _ = shapes.render_scene(rng, (150, 97), 3)
-    Image.fromarray(image).save(tmp_path / 'scene.jpg')
-    out_file = tmp_path / 'drawn' / 'scene.png'
-    out = run([sys.executable, DEMO, config,
-               str(work_dir / f"epoch_{MEMORISE_ITERS['RetinaNet']}.pth"),
-               str(tmp_path / 'scene.jpg'), '--out-file', str(out_file),
-               '--score-thr', '0', '--device', 'cpu'], cwd=tmp_path)
-    assert 'detections' in out
-    drawn = np.asarray(Image.open(out_file).convert('RGB'))
+    demo_dir, out = after_training['demo']
+    assert 'detections' in out.result()
+    drawn = np.asarray(Image.open(demo_dir / 'drawn' / 'scene.png')
+                       .convert('RGB'))
     assert drawn.shape == (97, 150, 3)
-    original = np.asarray(Image.open(tmp_path / 'scene.jpg').convert('RGB'))
+    original = np.asarray(Image.open(demo_dir / 'scene.jpg').convert('RGB'))
     assert np.abs(drawn.astype(int) - original).sum() > 0  # boxes drawn
 
 
 @pytest.mark.slow
 def test_main_job_draws_predictions_from_the_runners_checkpoint(
-        retinanet_run, shapes_data, tmp_path):
+        after_training):
     """The main job's last step, in a fresh interpreter as the job runs it:
     the runner's checkpoint (which holds mmengine objects) must load on
     torch >= 2.6, where torch.load refuses them by default."""
-    config, work_dir = retinanet_run
-    checkpoint = work_dir / f"epoch_{MEMORISE_ITERS['RetinaNet']}.pth"
-    script = (
-        'import sys; sys.path.insert(0, sys.argv[1]); import main_job; '
-        'print(main_job.draw_predictions(sys.argv[2], sys.argv[3], 2, 0.0, '
-        'config=sys.argv[4], data_root=sys.argv[5]))')
-    run([sys.executable, '-c', script, osp.join(REPO_DIR, 'tools'),
-         str(checkpoint), str(tmp_path / 'drawn'), config, str(shapes_data)],
-        cwd=tmp_path)
-    drawn = sorted((tmp_path / 'drawn').glob('*_gt_vs_pred.png'))
+    job_dir, out = after_training['main_job']
+    out.result()
+    drawn = sorted((job_dir / 'drawn').glob('*_gt_vs_pred.png'))
     assert len(drawn) == 2
     from PIL import Image
     picture = np.asarray(Image.open(drawn[0]).convert('RGB'))
@@ -849,19 +887,56 @@ def test_main_job_draws_predictions_from_the_runners_checkpoint(
     assert picture.shape == (192, 384, 3)
 
 
-# -- downstream use of the installed package -----------------------------------
+# -- downstream use of the installed package ----------------------------------
 @pytest.fixture(scope='module')
-def installed_copy(built_dists, tmp_path_factory):
+def installed_copy(built_dists, module_tmp):
     """mmtranscnn installed from the session's wheel (conftest.py) into a
     folder outside the repo.
 
     Put first on PYTHONPATH, it shadows the editable install of the test
     environment, as a normal ``pip install mmtranscnn`` would be the only one.
     """
-    root = tmp_path_factory.mktemp('installed')
+    root = module_tmp('installed')
     run([sys.executable, '-m', 'pip', 'install', '-q', '--no-deps',
          '--target', str(root / 'site'), built_dists.wheel], cwd=root)
     return root / 'site', built_dists.wheel
+
+
+@pytest.fixture(scope='module')
+def downstream_runs(installed_copy, shapes_data, module_tmp):
+    """The installed copy used from outside the repository, side by side:
+    where mmtranscnn and its configs resolve, a project's training that
+    inherits retinanet_transcnn_base.py, and ``mim train``. Name ->
+    future of the output."""
+    site, _ = installed_copy
+    project = module_tmp('downstream') / 'my_project'
+    config = write_downstream_config(project, shapes_data)
+    env = tool_env(PYTHONPATH=str(site))
+    train = site / 'mmtranscnn' / '.mim' / 'tools' / 'train.py'
+    calls = {
+        'where': functools.partial(
+            run, [sys.executable, '-c',
+                  'import mmtranscnn; print(mmtranscnn.__file__); '
+                  "print(mmtranscnn.get_config_path("
+                  "'retinanet_transcnn_base.py'))"], cwd=project, env=env),
+        'train': functools.partial(
+            run, [sys.executable, str(train), config, '--work-dir', 'work'],
+            cwd=project, env=env),
+    }
+    if importlib.util.find_spec('mim') is not None:
+        # Stopped right after our train.py has read the config, by an arch
+        # name the backbone refuses.
+        mim_dir = module_tmp('mim')
+        calls['mim'] = functools.partial(
+            subprocess.run,
+            [sys.executable, '-m', 'mim', 'train', 'mmtranscnn',
+             'retinanet_transcnn_base.py', '--work-dir', str(mim_dir / 'w'),
+             '--cfg-options', 'model.backbone.arch=stop-after-config'],
+            cwd=str(mim_dir), env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, timeout=RUN_TIMEOUT)
+    results = side_by_side(calls)
+    results['project'], results['config'] = project, config
+    return results
 
 
 @pytest.mark.slow
@@ -881,22 +956,14 @@ def test_wheel_carries_the_detection_configs(installed_copy):
 
 @pytest.mark.slow
 def test_downstream_config_trains_with_the_installed_package(
-        installed_copy, shapes_data, tmp_path):
+        installed_copy, downstream_runs):
     """A project outside the repo inherits retinanet_transcnn_base.py."""
     site, _ = installed_copy
-    project = tmp_path / 'my_project'
-    config = write_downstream_config(project, shapes_data)
-    env = tool_env(PYTHONPATH=str(site))
     # The base resolves inside the installed copy, not the repository.
-    where = run([sys.executable, '-c',
-                 'import mmtranscnn; print(mmtranscnn.__file__); '
-                 "print(mmtranscnn.get_config_path("
-                 "'retinanet_transcnn_base.py'))"], cwd=project, env=env)
-    module_file, base = where.split()[-2:]
+    module_file, base = downstream_runs['where'].result().split()[-2:]
     assert module_file.startswith(str(site)) and base.startswith(str(site))
-    train = site / 'mmtranscnn' / '.mim' / 'tools' / 'train.py'
-    run([sys.executable, str(train), config, '--work-dir', 'work'],
-        cwd=project, env=env)
+    downstream_runs['train'].result()
+    project, config = downstream_runs['project'], downstream_runs['config']
     assert (project / 'work' / 'iter_2.pth').is_file()
     scalars = [s for s in read_scalars(project / 'work') if 'loss' in s]
     assert len(scalars) == 2 and all(math.isfinite(s['loss'])
@@ -908,7 +975,7 @@ def test_downstream_config_trains_with_the_installed_package(
 
 
 @pytest.mark.slow
-def test_mim_train_finds_our_config(installed_copy, tmp_path):
+def test_mim_train_finds_our_config(installed_copy, downstream_runs):
     """`mim train mmtranscnn retinanet_transcnn_base.py` resolves the file.
 
     The run is stopped right after our train.py has read the config, by an
@@ -916,16 +983,10 @@ def test_mim_train_finds_our_config(installed_copy, tmp_path):
     """
     pytest.importorskip('mim')
     site, _ = installed_copy
-    proc = subprocess.run(
-        [sys.executable, '-m', 'mim', 'train', 'mmtranscnn',
-         'retinanet_transcnn_base.py', '--work-dir', str(tmp_path / 'w'),
-         '--cfg-options', 'model.backbone.arch=stop-after-config'],
-        cwd=str(tmp_path), env=tool_env(PYTHONPATH=str(site)),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        timeout=RUN_TIMEOUT)
+    out = downstream_runs['mim'].result().stdout
     found = osp.join(str(site), 'mmtranscnn', '.mim', 'configs',
                      'retinanet_transcnn_base.py')
-    assert f'will use {found} instead' in proc.stdout, proc.stdout[-3000:]
+    assert f'will use {found} instead' in out, out[-3000:]
     train = osp.join(str(site), 'mmtranscnn', '.mim', 'tools', 'train.py')
-    assert f'{train} {found}' in proc.stdout
-    assert "got 'stop-after-config'" in proc.stdout, proc.stdout[-3000:]
+    assert f'{train} {found}' in out
+    assert "got 'stop-after-config'" in out, out[-3000:]

@@ -5,13 +5,14 @@ process sees: mmengine must import ``mmtranscnn.registry`` on demand. The
 interpreters are independent, so they all start at the module's first test
 and run side by side, one per core (each is a single-threaded import).
 """
-import os
+import functools
 import subprocess
 import sys
 import textwrap
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+
+from side_by_side import side_by_side
 
 SCOPES = ['mmdet', 'mmseg', 'mmpretrain']
 BACKBONE = ("dict(type='{name}', arch=dict(channels=[64], depths=[1], "
@@ -67,10 +68,8 @@ def checks():
     codes = {('scoped', s): scoped_name_check(s) for s in SCOPES}
     codes.update({('bare', s): bare_name_check(s) for s in SCOPES})
     codes['without codebases'] = WITHOUT_CODEBASES
-    cores = len(os.sched_getaffinity(0)) if hasattr(
-        os, 'sched_getaffinity') else os.cpu_count() or 1
-    with ThreadPoolExecutor(max_workers=cores) as pool:
-        return {key: pool.submit(_run, code) for key, code in codes.items()}
+    return side_by_side({key: functools.partial(_run, code)
+                         for key, code in codes.items()})
 
 
 @pytest.mark.parametrize('scope', SCOPES)
