@@ -9,6 +9,7 @@
   "ImageNet" checkpoint, trains through tools/train.py, is evaluated through
   tools/test.py (mIoU) and segments an image through demo/seg_demo.py.
 """
+import functools
 import glob
 import importlib.util
 import json
@@ -25,6 +26,7 @@ from PIL import Image
 
 from mmtranscnn.models import TransCNN
 from mmtranscnn.engine import setup_codebase
+from side_by_side import side_by_side
 
 TESTS_DIR = osp.dirname(osp.abspath(__file__))
 REPO_DIR = osp.dirname(TESTS_DIR)
@@ -340,9 +342,9 @@ E2E_ITERS = 10
 
 
 @pytest.fixture(scope='module')
-def tiny_run(tmp_path_factory):
+def tiny_run(module_tmp):
     """Train a config inheriting the tiny one, as a downstream user would."""
-    root = tmp_path_factory.mktemp('seg')
+    root = module_tmp('seg')
     data = str(root / 'tiny_ade')
     make_tiny_ade.make_tiny_ade(data, num_train=8, num_val=4, size=128)
 
@@ -369,8 +371,10 @@ log_processor = dict(window_size=1)
 param_scheduler = [dict(type='PolyLR', power=0.9, eta_min=0.0, begin=0,
                         end=max_iters, by_epoch=False)]
 train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
+# The tools after training need the weights only.
 default_hooks = dict(logger=dict(interval=1),
-                     checkpoint=dict(interval=max_iters))
+                     checkpoint=dict(interval=max_iters,
+                                     save_optimizer=False))
 """)
     work_dir = str(root / 'work')
     out = run([
@@ -396,18 +400,37 @@ def test_train_tool_trains_from_pretrained_backbone(tiny_run):
     assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.5, losses
 
 
+@pytest.fixture(scope='module')
+def after_training(tiny_run, module_tmp):
+    """tools/test.py (mIoU, --out maps) and demo/seg_demo.py on the trained
+    checkpoint, side by side. Name -> (directory, future of the output)."""
+    checkpoint = osp.join(tiny_run['work_dir'], f'iter_{E2E_ITERS}.pth')
+    dirs = {name: module_tmp(name) for name in ('test', 'demo')}
+    image = osp.join(tiny_run['data'], 'images', 'validation',
+                     'ADE_val_00000001.jpg')
+    commands = {
+        'test': [
+            TEST, tiny_run['config'], checkpoint,
+            '--work-dir', str(dirs['test'] / 'eval'),
+            '--out', str(dirs['test'] / 'preds'), '--cfg-options',
+            f'test_dataloader.dataset.data_root={tiny_run["data"]}'],
+        'demo': [
+            DEMO, tiny_run['config'], checkpoint, image,
+            '--out-file', str(dirs['demo'] / 'vis' / 'mask.png'),
+            '--device', 'cpu'],
+    }
+    results = side_by_side({
+        name: functools.partial(run, cmd, cwd=str(dirs[name]))
+        for name, cmd in commands.items()})
+    return {name: (dirs[name], results[name]) for name in commands}
+
+
 @pytest.mark.slow
-def test_test_tool_reports_miou_and_writes_maps(tiny_run, tmp_path):
+def test_test_tool_reports_miou_and_writes_maps(tiny_run, after_training):
     data = tiny_run['data']
-    preds = str(tmp_path / 'preds')
-    out = run([
-        TEST, tiny_run['config'],
-        osp.join(tiny_run['work_dir'], f'iter_{E2E_ITERS}.pth'),
-        '--work-dir', str(tmp_path / 'eval'), '--out', preds,
-        '--cfg-options', f'test_dataloader.dataset.data_root={data}'
-    ], cwd=str(tmp_path))
-    assert 'mIoU' in out
-    (path, ) = glob.glob(str(tmp_path / 'eval' / '*' / '*.json'))
+    test_dir, out = after_training['test']
+    assert 'mIoU' in out.result()
+    (path, ) = glob.glob(str(test_dir / 'eval' / '*' / '*.json'))
     with open(path) as f:
         metrics = json.load(f)
     assert 0. <= metrics['mIoU'] <= 100. and metrics['aAcc'] > 0.
@@ -416,6 +439,7 @@ def test_test_tool_reports_miou_and_writes_maps(tiny_run, tmp_path):
     (val, ) = [r for r in read_scalars(tiny_run['work_dir']) if 'mIoU' in r]
     assert metrics['mIoU'] == pytest.approx(val['mIoU'])
     # --out: one prediction map per validation image, at the image's size.
+    preds = str(test_dir / 'preds')
     names = sorted(os.listdir(preds))
     assert names == [f'ADE_val_{i:08d}.png' for i in range(1, 5)]
     for name in names:
@@ -426,18 +450,14 @@ def test_test_tool_reports_miou_and_writes_maps(tiny_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_writes_coloured_mask(tiny_run, tmp_path):
+def test_demo_writes_coloured_mask(tiny_run, after_training):
     from mmseg.datasets import ADE20KDataset
 
     image = osp.join(tiny_run['data'], 'images', 'validation',
                      'ADE_val_00000001.jpg')
-    out_file = str(tmp_path / 'vis' / 'mask.png')
-    out = run([
-        DEMO, tiny_run['config'],
-        osp.join(tiny_run['work_dir'], f'iter_{E2E_ITERS}.pth'), image,
-        '--out-file', out_file, '--device', 'cpu'
-    ], cwd=str(tmp_path))
-    assert f'wrote {out_file}' in out
+    demo_dir, out = after_training['demo']
+    out_file = str(demo_dir / 'vis' / 'mask.png')
+    assert f'wrote {out_file}' in out.result()
     mask = Image.open(out_file)
     assert mask.mode == 'RGB' and mask.size == Image.open(image).size
     # Opacity 1: every pixel is the ADE20K palette colour of its class.
