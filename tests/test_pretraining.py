@@ -25,6 +25,7 @@ import os.path as osp
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -125,19 +126,19 @@ def assert_loaded(module, state_dict, prefix):
 
 
 @pytest.fixture(scope='module')
-def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp('tiny_imagenet')
+def tiny_data(module_tmp):
+    root = module_tmp('tiny_imagenet')
     counts = make_tiny.make_tiny_imagenet(
         str(root), train_per_class=4, val_per_class=2)
     return str(root), counts
 
 
 @pytest.fixture(scope='module')
-def small_checkpoint(tmp_path_factory):
+def small_checkpoint(module_tmp):
     """A TransCNN-Small classifier checkpoint built from the real config."""
     torch.manual_seed(0)
     model = randomise_bn_stats(build_classifier(load_config(SMALL)))
-    path = str(tmp_path_factory.mktemp('ckpt') / 'small_in1k.pth')
+    path = str(module_tmp('ckpt') / 'small_in1k.pth')
     return path, save_checkpoint(model, path)
 
 
@@ -484,36 +485,43 @@ def test_pretrain_evaluate_then_detect(tmp_path):
     assert any('accuracy/top1' in entry for entry in train_log)
 
     test_dir = str(tmp_path / 'test')
-    _run_tool([TEST, TINY, checkpoint, '--work-dir', test_dir,
-               '--out', str(tmp_path / 'preds.pkl')], cwd=str(tmp_path))
+    # tools/test.py evaluates the checkpoint while this process starts a
+    # detector from it (the evaluation is a process of its own).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        evaluation = pool.submit(
+            _run_tool, [TEST, TINY, checkpoint, '--work-dir', test_dir,
+                        '--out', str(tmp_path / 'preds.pkl')],
+            cwd=str(tmp_path))
+
+        # Detection starts from that checkpoint through the real config.
+        from mmdet.registry import MODELS as DET_MODELS
+        # A real Runner checkpoint (message hub, numpy scalars): mmengine's
+        # loader reads it with weights_only=True after the opt-in above.
+        state_dict = CheckpointLoader.load_checkpoint(
+            checkpoint, map_location='cpu')['state_dict']
+        det_cfg = load_config(RETINANET_SMALL)
+        assert det_cfg.model.backbone.init_cfg.prefix == 'backbone.'
+        det_cfg.model.backbone.init_cfg.checkpoint = checkpoint
+        import_modules_from_strings(**det_cfg.custom_imports)
+        with DefaultScope.overwrite_default_scope('mmdet'):
+            detector = DET_MODELS.build(det_cfg.model)
+        detector.init_weights()
+        assert_loaded(detector.backbone, state_dict, 'backbone.')
+
+        # The same through a published backbone-only file.
+        published = publish_model.publish(
+            checkpoint, str(tmp_path / 'transcnn-small_tiny.pth'),
+            backbone_only=True)
+        backbone_cfg = copy.deepcopy(det_cfg.model.backbone)
+        backbone_cfg.init_cfg.checkpoint = published
+        backbone = TransCNN(**{k: v for k, v in backbone_cfg.items()
+                               if k != 'type'})
+        backbone.init_weights()
+        assert_loaded(backbone, state_dict, 'backbone.')
+
+    evaluation.result()
     (metrics_file, ) = glob.glob(osp.join(test_dir, '*', '*.json'))
     with open(metrics_file) as f:
         metrics = json.load(f)
     assert 0 <= metrics['accuracy/top1'] <= metrics['accuracy/top5'] <= 100
     assert osp.getsize(str(tmp_path / 'preds.pkl')) > 0
-
-    # Detection starts from that checkpoint through the real config.
-    from mmdet.registry import MODELS as DET_MODELS
-    # A real Runner checkpoint (message hub, numpy scalars): mmengine's
-    # loader reads it with weights_only=True after the opt-in above.
-    state_dict = CheckpointLoader.load_checkpoint(
-        checkpoint, map_location='cpu')['state_dict']
-    det_cfg = load_config(RETINANET_SMALL)
-    assert det_cfg.model.backbone.init_cfg.prefix == 'backbone.'
-    det_cfg.model.backbone.init_cfg.checkpoint = checkpoint
-    import_modules_from_strings(**det_cfg.custom_imports)
-    with DefaultScope.overwrite_default_scope('mmdet'):
-        detector = DET_MODELS.build(det_cfg.model)
-    detector.init_weights()
-    assert_loaded(detector.backbone, state_dict, 'backbone.')
-
-    # The same through a published backbone-only file.
-    published = publish_model.publish(
-        checkpoint, str(tmp_path / 'transcnn-small_tiny.pth'),
-        backbone_only=True)
-    backbone_cfg = copy.deepcopy(det_cfg.model.backbone)
-    backbone_cfg.init_cfg.checkpoint = published
-    backbone = TransCNN(**{k: v for k, v in backbone_cfg.items()
-                           if k != 'type'})
-    backbone.init_weights()
-    assert_loaded(backbone, state_dict, 'backbone.')
