@@ -5,6 +5,7 @@ The end-to-end tests run the tools in subprocesses on a toy regression task
 check the option handling and the CPU distributed pieces in-process.
 """
 import argparse
+import functools
 import json
 import math
 import os
@@ -27,6 +28,7 @@ from mmtranscnn.engine import (CPUDistributedDataParallel,
                                merge_train_args, prepare_prediction_dump,
                                setup_codebase, setup_cpu_distributed)
 from mmtranscnn.utils.torch_compat import is_autocast_enabled
+from side_by_side import side_by_side
 
 TESTS_DIR = osp.dirname(osp.abspath(__file__))
 REPO_DIR = osp.dirname(TESTS_DIR)
@@ -143,14 +145,62 @@ def free_port():
 
 
 @pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-    """A 6-iteration toy run, checkpoints every 3, set by --cfg-options."""
-    root = tmp_path_factory.mktemp('trained')
-    config = write_config(root, max_iters=100, interval=50)
-    work_dir = root / 'work'
-    proc = train(config, work_dir, '--cfg-options', 'train_cfg.max_iters=6',
-                 'default_hooks.checkpoint.interval=3')
-    return config, work_dir, proc
+def toy_runs(module_tmp):
+    """Independent toy runs, side by side (one process each): name ->
+    (config, work_dir, future of the CompletedProcess).
+
+    - 'trained': 6 iterations, checkpoints every 3, set by --cfg-options;
+    - 'uninterrupted': the 12 iterations the killed run of
+      test_kill_and_auto_resume makes, in one go;
+    - 'single': the 2-process run of test_dist_train_two_cpu_processes in
+      one process with the batch of both.
+    """
+    runs = {
+        'trained': (dict(max_iters=100, interval=50),
+                    ('--cfg-options', 'train_cfg.max_iters=6',
+                     'default_hooks.checkpoint.interval=3')),
+        'uninterrupted': (dict(max_iters=12, interval=3), ()),
+        'single': (dict(max_iters=5, interval=5),
+                   ('--cfg-options', 'train_dataloader.batch_size=8')),
+    }
+    out, calls = {}, {}
+    for name, (settings, options) in runs.items():
+        root = module_tmp(name)
+        config = write_config(root, **settings)
+        out[name] = [config, root / 'work']
+        calls[name] = functools.partial(train, config, root / 'work',
+                                        *options)
+    for name, result in side_by_side(calls).items():
+        out[name].append(result)
+    return out
+
+
+@pytest.fixture(scope='module')
+def trained(toy_runs):
+    config, work_dir, result = toy_runs['trained']
+    return config, work_dir, result.result()
+
+
+@pytest.fixture(scope='module')
+def after_trained(trained, module_tmp):
+    """tools/test.py on iter_6 and a run resumed from iter_3 of the trained
+    run, side by side. Name -> (directory, future of the CompletedProcess).
+    """
+    config, work_dir, _ = trained
+    dirs = {name: module_tmp(name) for name in ('test', 'resumed')}
+    calls = {
+        'test': functools.partial(run, [
+            sys.executable, TEST, config, str(work_dir / 'iter_6.pth'),
+            '--work-dir', str(dirs['test'] / 'test'), '--out',
+            str(dirs['test'] / 'preds.pkl'), '--cfg-options',
+            'test_dataloader.batch_size=8']),
+        'resumed': functools.partial(
+            train, config, dirs['resumed'], '--resume',
+            str(work_dir / 'iter_3.pth'), '--cfg-options',
+            'train_cfg.max_iters=6', 'default_hooks.checkpoint.interval=3'),
+    }
+    results = side_by_side(calls)
+    return {name: (dirs[name], results[name]) for name in calls}
 
 
 @pytest.mark.slow
@@ -170,15 +220,11 @@ def test_train_writes_checkpoints_with_cfg_options(trained):
 
 
 @pytest.mark.slow
-def test_test_tool_evaluates_the_checkpoint(trained, tmp_path):
+def test_test_tool_evaluates_the_checkpoint(trained, after_trained):
     config, work_dir, _ = trained
-    out = tmp_path / 'preds.pkl'
-    proc = run([
-        sys.executable, TEST, config,
-        str(work_dir / 'iter_6.pth'), '--work-dir',
-        str(tmp_path / 'test'), '--out',
-        str(out), '--cfg-options', 'test_dataloader.batch_size=8'
-    ])
+    test_dir, result = after_trained['test']
+    out = test_dir / 'preds.pkl'
+    proc = result.result()
     check_ok(proc)
     found = re.search(r'toy/mse: ([0-9.]+)', proc.stdout + proc.stderr)
     assert found, proc.stdout[-2000:]
@@ -201,20 +247,19 @@ def test_test_tool_evaluates_the_checkpoint(trained, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_from_given_checkpoint(trained, tmp_path):
+def test_resume_from_given_checkpoint(trained, after_trained):
     """--resume PATH continues iter_3 of another run to the same result."""
     config, work_dir, _ = trained
-    train(config, tmp_path, '--resume', str(work_dir / 'iter_3.pth'),
-          '--cfg-options', 'train_cfg.max_iters=6',
-          'default_hooks.checkpoint.interval=3')
-    record = read_record(tmp_path)
+    resumed_dir, result = after_trained['resumed']
+    result.result()
+    record = read_record(resumed_dir)
     assert (record['start_iter'], record['end_iter']) == (3, 6)
     assert_same_weights(record['weights'],
                         read_record(work_dir)['weights'], atol=1e-6)
 
 
 @pytest.mark.slow
-def test_kill_and_auto_resume(tmp_path):
+def test_kill_and_auto_resume(toy_runs, tmp_path):
     """SIGKILL a run after its first checkpoint; --resume finishes it."""
     max_iters = 12
     config = write_config(tmp_path, max_iters=max_iters, interval=3,
@@ -252,16 +297,14 @@ def test_kill_and_auto_resume(tmp_path):
     assert f'iter_{saved_iter}.pth' in resumed.stdout + resumed.stderr
 
     # The same schedule without interruption ends with the same weights.
-    other = tmp_path / 'uninterrupted'
-    other.mkdir()
-    train(write_config(other, max_iters=max_iters, interval=3),
-          other / 'work')
-    assert_same_weights(record['weights'],
-                        read_record(other / 'work')['weights'], atol=1e-6)
+    _, other, result = toy_runs['uninterrupted']
+    result.result()
+    assert_same_weights(record['weights'], read_record(other)['weights'],
+                        atol=1e-6)
 
 
 @pytest.mark.slow
-def test_dist_train_two_cpu_processes(tmp_path):
+def test_dist_train_two_cpu_processes(toy_runs, tmp_path):
     """2 gloo processes x batch 4 == 1 process x batch 8 (averaged grads)."""
     config = write_config(tmp_path, max_iters=5, interval=5)
     dist_dir = tmp_path / 'dist'
@@ -277,9 +320,8 @@ def test_dist_train_two_cpu_processes(tmp_path):
     assert_same_weights(ranks[0]['weights'], ranks[1]['weights'])
     assert (dist_dir / 'iter_5.pth').exists()
 
-    single_dir = tmp_path / 'single'
-    train(config, single_dir, '--cfg-options',
-          'train_dataloader.batch_size=8')
+    _, single_dir, result = toy_runs['single']
+    result.result()
     single = read_record(single_dir)
     assert_same_weights(ranks[0]['weights'], single['weights'], atol=1e-5)
     # Rank r gets samples r, r+2, ...: the mean of the two ranks' losses is
@@ -289,9 +331,26 @@ def test_dist_train_two_cpu_processes(tmp_path):
     assert mean_losses == pytest.approx(single['losses'], rel=1e-5)
 
 
-def test_bad_launcher_is_refused(tmp_path):
-    config = write_config(tmp_path)
-    proc = run([sys.executable, TRAIN, config, '--launcher', 'kubernetes'])
+@pytest.fixture(scope='module')
+def short_runs(module_tmp):
+    """Two short runs side by side: a --launcher train.py refuses, and 4
+    iterations with --amp. Name -> (work_dir, future of the
+    CompletedProcess)."""
+    roots = {name: module_tmp(name) for name in ('launcher', 'amp')}
+    calls = {
+        'launcher': functools.partial(run, [
+            sys.executable, TRAIN, write_config(roots['launcher']),
+            '--launcher', 'kubernetes']),
+        'amp': functools.partial(
+            train, write_config(roots['amp'], max_iters=4, interval=4),
+            roots['amp'] / 'w', '--amp'),
+    }
+    results = side_by_side(calls)
+    return {name: (roots[name] / 'w', results[name]) for name in calls}
+
+
+def test_bad_launcher_is_refused(short_runs):
+    proc = short_runs['launcher'][1].result()
     assert proc.returncode == 2
     assert "invalid choice: 'kubernetes'" in proc.stderr
     assert 'pytorch' in proc.stderr and 'slurm' in proc.stderr
@@ -435,10 +494,10 @@ def test_cpu_amp_runs_one_pixel_strided_convs_in_fp32():
     assert dtypes[:2] == [torch.float32, torch.bfloat16]
 
 
-def test_amp_training_on_cpu_has_finite_losses(tmp_path):
-    config = write_config(tmp_path, max_iters=4, interval=4)
-    train(config, tmp_path / 'w', '--amp')
-    losses = read_record(tmp_path / 'w')['losses']
+def test_amp_training_on_cpu_has_finite_losses(short_runs):
+    work_dir, result = short_runs['amp']
+    result.result()
+    losses = read_record(work_dir)['losses']
     assert len(losses) == 4
     assert all(math.isfinite(v) for v in losses)
 
