@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 import zipfile
-from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -331,8 +331,11 @@ test_cfg = None
 test_dataloader = None
 test_evaluator = None
 param_scheduler = None
+# Weights only in the checkpoint (the test's disk: ~0.4 GB with AdamW's
+# state).
 default_hooks = dict(logger=dict(interval=1),
-                     checkpoint=dict(by_epoch=False, interval=2))
+                     checkpoint=dict(by_epoch=False, interval=2,
+                                     save_optimizer=False))
 log_processor = dict(by_epoch=False)
 """
 
@@ -689,119 +692,16 @@ def shapes_data(module_tmp):
     return root
 
 
-@pytest.fixture(scope='module')
-def memorised(shapes_data, module_tmp):
-    """detector -> (config, work_dir, future of the run's output):
-    RetinaNet and Mask R-CNN trained through tools/train.py on two images,
-    side by side."""
-    configs, calls = {}, {}
-    for detector, base in (('RetinaNet', TINY_RETINANET),
-                           ('MaskRCNN', TINY_MASK_RCNN)):
-        root = module_tmp(detector.lower())
-        configs[detector] = write_memorise_config(root, base, shapes_data)
-        calls[detector] = functools.partial(
-            run, [sys.executable, TRAIN, configs[detector], '--work-dir',
-                  str(root / 'work')], cwd=root)
-    runs = side_by_side(calls)
-    return {detector: (configs[detector],
-                       osp.join(osp.dirname(configs[detector]), 'work'),
-                       runs[detector]) for detector in calls}
-
-
-def memorised_checkpoint(memorised, detector):
-    return Path(memorised[detector][1],
-                f'epoch_{MEMORISE_ITERS[detector]}.pth')
-
-
-@pytest.fixture(scope='module')
-def after_training(memorised, shapes_data, module_tmp):
-    """What reads the trained checkpoints, side by side: tools/test.py on
-    both detectors, demo/image_demo.py and the main job's drawing step on
-    the RetinaNet. Name -> (directory, future of the output)."""
-    from PIL import Image
-    retinanet = memorised['RetinaNet'][0]
-    retinanet_ckpt = str(memorised_checkpoint(memorised, 'RetinaNet'))
-    dirs = {name: module_tmp(name) for name in (
-        'retinanet_test', 'mask_rcnn_test', 'demo', 'main_job')}
-    image, _ = shapes.render_scene(np.random.default_rng(3), (150, 97), 3)
-    Image.fromarray(image).save(dirs['demo'] / 'scene.jpg')
-    # The main job's last step, in a fresh interpreter as the job runs it.
-    draw = (
-        'import sys; sys.path.insert(0, sys.argv[1]); import main_job; '
-        'print(main_job.draw_predictions(sys.argv[2], sys.argv[3], 2, 0.0, '
-        'config=sys.argv[4], data_root=sys.argv[5]))')
-    commands = {
-        'retinanet_test': [
-            TEST, retinanet, retinanet_ckpt, '--work-dir',
-            str(dirs['retinanet_test']), '--out',
-            str(dirs['retinanet_test'] / 'preds.pkl')],
-        'mask_rcnn_test': [
-            TEST, memorised['MaskRCNN'][0],
-            str(memorised_checkpoint(memorised, 'MaskRCNN')),
-            '--work-dir', str(dirs['mask_rcnn_test'])],
-        'demo': [
-            DEMO, retinanet, retinanet_ckpt, str(dirs['demo'] / 'scene.jpg'),
-            '--out-file', str(dirs['demo'] / 'drawn' / 'scene.png'),
-            '--score-thr', '0', '--device', 'cpu'],
-        'main_job': [
-            '-c', draw, osp.join(REPO_DIR, 'tools'), retinanet_ckpt,
-            str(dirs['main_job'] / 'drawn'), retinanet, str(shapes_data)],
-    }
-    results = side_by_side({
-        name: functools.partial(run, [sys.executable] + cmd, cwd=dirs[name])
-        for name, cmd in commands.items()})
-    return {name: (dirs[name], results[name]) for name in commands}
-
-
-@pytest.mark.slow
-def test_retinanet_trains_and_evaluates_through_the_tools(
-        memorised, after_training):
-    memorised['RetinaNet'][2].result()
-    checkpoint = memorised_checkpoint(memorised, 'RetinaNet')
-    assert checkpoint.is_file()
-    val = assert_learned(read_scalars(memorised['RetinaNet'][1]),
-                         'RetinaNet')
-
-    test_dir, out = after_training['retinanet_test']
-    assert 'coco/bbox_mAP_50' in out.result()
-    metrics = read_test_metrics(test_dir)
-    # Same weights, same images: the validation at the end of training.
-    assert metrics['coco/bbox_mAP'] == pytest.approx(val['coco/bbox_mAP'])
-    import pickle
-    with open(test_dir / 'preds.pkl', 'rb') as f:
-        preds = pickle.load(f)
-    assert len(preds) == 2 and 'bboxes' in preds[0]['pred_instances']
-
-
-@pytest.mark.slow
-def test_mask_rcnn_trains_and_evaluates_through_the_tools(
-        memorised, after_training):
-    memorised['MaskRCNN'][2].result()
-    scalars = read_scalars(memorised['MaskRCNN'][1])
-    iters = MEMORISE_ITERS['MaskRCNN']
-    assert len([s for s in scalars if 'loss_mask' in s]) == iters
-    val = assert_learned(scalars, 'MaskRCNN')
-
-    test_dir, out = after_training['mask_rcnn_test']
-    out = out.result()
-    assert 'coco/segm_mAP' in out and 'coco/bbox_mAP' in out
-    metrics = read_test_metrics(test_dir)
-    assert metrics['coco/bbox_mAP'] == pytest.approx(val['coco/bbox_mAP'])
-    assert 0 <= metrics['coco/segm_mAP_50'] <= 1
-
-
-@pytest.mark.slow
-def test_killed_amp_run_resumes_with_the_same_schedule(shapes_data,
-                                                       tmp_path):
-    """--amp (bf16 autocast on the CPU) trains with finite losses; a 3-epoch
-    run killed inside epoch 2 resumes with its lr schedule and epochs."""
+def killed_and_resumed(config, work_dir):
+    """Kill a 3-epoch --amp run inside epoch 2 and resume it. Returns the
+    loss records of the killed run, the epoch it resumes from, the resumed
+    run's output and the checkpoints it left (then deleted: ~0.3 GB each
+    with the optimizer state)."""
     per_epoch = TRAIN_IMAGES // 2
-    config = write_derived_config(tmp_path, TINY_RETINANET, shapes_data,
-                                  epochs=3, milestone=2)
-    work_dir = tmp_path / 'work'
+    cwd = osp.dirname(config)
     cmd = [sys.executable, TRAIN, config, '--amp', '--work-dir',
            str(work_dir)]
-    proc = subprocess.Popen(cmd, cwd=str(tmp_path), env=tool_env(),
+    proc = subprocess.Popen(cmd, cwd=cwd, env=tool_env(),
                             stdout=subprocess.DEVNULL,
                             stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + RUN_TIMEOUT
@@ -827,12 +727,163 @@ def test_killed_amp_run_resumes_with_the_same_schedule(shapes_data,
     killed = [s for s in read_scalars(work_dir) if 'loss' in s]
     assert not (work_dir / 'epoch_3.pth').exists()
     last_epoch = max(int(p.name[6:-4]) for p in work_dir.glob('epoch_*.pth'))
-    assert last_epoch in (1, 2)
-
     time.sleep(1.1)  # a new timestamp directory for the resumed run
-    out = run(cmd + ['--resume'], cwd=tmp_path)
+    out = run(cmd + ['--resume'], cwd=cwd)
+    checkpoints = sorted(p.name for p in work_dir.glob('*.pth'))
+    for name in checkpoints:
+        os.remove(work_dir / name)
+    return dict(killed=killed, last_epoch=last_epoch, out=out,
+                checkpoints=checkpoints)
+
+
+@pytest.fixture(scope='module')
+def e2e(shapes_data, built_dists, module_tmp):
+    """Every end-to-end run of this module, side by side (one per core,
+    tests/side_by_side.py), each as soon as the run it reads has finished:
+
+    - 'RetinaNet', 'MaskRCNN': tools/train.py memorising two images;
+    - after them: 'retinanet_test', 'mask_rcnn_test' (tools/test.py),
+      'demo' (demo/image_demo.py) and 'main_job' (the main job's drawing
+      step in a fresh interpreter, as the job runs it) on the RetinaNet;
+    - 'killed': an --amp run killed in epoch 2, then resumed;
+    - 'install': the session's wheel (conftest.py) installed into a folder
+      outside the repo, then 'where' (where mmtranscnn and its configs
+      resolve), 'downstream' (a project's training inheriting
+      retinanet_transcnn_base.py) and 'mim' (``mim train``) with that
+      folder first on PYTHONPATH: it shadows the editable install of the
+      test environment, as a normal ``pip install mmtranscnn`` would be the
+      only one.
+
+    Returns ``SimpleNamespace(dirs=, configs=, runs=)``: directories and
+    configs by name, and name -> finished future of the run's output.
+    """
+    from PIL import Image
+    names = ('RetinaNet', 'MaskRCNN', 'retinanet_test', 'mask_rcnn_test',
+             'demo', 'main_job', 'killed', 'install', 'downstream', 'mim')
+    dirs = {name: module_tmp(name.lower()) for name in names}
+    configs = {
+        'RetinaNet': write_memorise_config(dirs['RetinaNet'], TINY_RETINANET,
+                                           shapes_data),
+        'MaskRCNN': write_memorise_config(dirs['MaskRCNN'], TINY_MASK_RCNN,
+                                          shapes_data),
+        'killed': write_derived_config(dirs['killed'], TINY_RETINANET,
+                                       shapes_data, epochs=3, milestone=2),
+        'downstream': write_downstream_config(
+            dirs['downstream'] / 'my_project', shapes_data),
+    }
+    checkpoint = {d: str(dirs[d] / 'work' / f'epoch_{MEMORISE_ITERS[d]}.pth')
+                  for d in MEMORISE_ITERS}
+    image, _ = shapes.render_scene(np.random.default_rng(3), (150, 97), 3)
+    Image.fromarray(image).save(dirs['demo'] / 'scene.jpg')
+    draw = (
+        'import sys; sys.path.insert(0, sys.argv[1]); import main_job; '
+        'print(main_job.draw_predictions(sys.argv[2], sys.argv[3], 2, 0.0, '
+        'config=sys.argv[4], data_root=sys.argv[5]))')
+    site = dirs['install'] / 'site'
+    installed = tool_env(PYTHONPATH=str(site))
+    project = dirs['downstream'] / 'my_project'
+    commands = {  # name -> (arguments of python, prerequisite)
+        'MaskRCNN': ([TRAIN, configs['MaskRCNN'], '--work-dir',
+                      str(dirs['MaskRCNN'] / 'work')], None),
+        'RetinaNet': ([TRAIN, configs['RetinaNet'], '--work-dir',
+                       str(dirs['RetinaNet'] / 'work')], None),
+        'install': (['-m', 'pip', 'install', '-q', '--no-deps', '--target',
+                     str(site), built_dists.wheel], None),
+        'retinanet_test': ([
+            TEST, configs['RetinaNet'], checkpoint['RetinaNet'],
+            '--work-dir', str(dirs['retinanet_test']), '--out',
+            str(dirs['retinanet_test'] / 'preds.pkl')], 'RetinaNet'),
+        'mask_rcnn_test': ([
+            TEST, configs['MaskRCNN'], checkpoint['MaskRCNN'],
+            '--work-dir', str(dirs['mask_rcnn_test'])], 'MaskRCNN'),
+        'demo': ([
+            DEMO, configs['RetinaNet'], checkpoint['RetinaNet'],
+            str(dirs['demo'] / 'scene.jpg'), '--out-file',
+            str(dirs['demo'] / 'drawn' / 'scene.png'), '--score-thr', '0',
+            '--device', 'cpu'], 'RetinaNet'),
+        'main_job': ([
+            '-c', draw, osp.join(REPO_DIR, 'tools'), checkpoint['RetinaNet'],
+            str(dirs['main_job'] / 'drawn'), configs['RetinaNet'],
+            str(shapes_data)], 'RetinaNet'),
+        'where': ([
+            '-c', 'import mmtranscnn; print(mmtranscnn.__file__); '
+            "print(mmtranscnn.get_config_path('retinanet_transcnn_base.py'))"
+        ], 'install'),
+        'downstream': ([
+            str(site / 'mmtranscnn' / '.mim' / 'tools' / 'train.py'),
+            configs['downstream'], '--work-dir', 'work'], 'install'),
+    }
+    env = {'where': installed, 'downstream': installed}
+    cwd = {'where': project, 'downstream': project}
+    # The killed run first: its checkpoints (~0.3 GB, twice while one
+    # replaces the other) are gone before most others are written.
+    calls = {'killed': functools.partial(
+        killed_and_resumed, configs['killed'], dirs['killed'] / 'work')}
+    calls.update({name: functools.partial(
+        run, [sys.executable] + args, cwd=cwd.get(name) or dirs[name],
+        env=env.get(name)) for name, (args, _) in commands.items()})
+    after = {name: first for name, (_, first) in commands.items() if first}
+    if importlib.util.find_spec('mim') is not None:
+        # Stopped right after our train.py has read the config, by an arch
+        # name the backbone refuses: the output is checked, not the code.
+        calls['mim'] = functools.partial(
+            subprocess.run,
+            [sys.executable, '-m', 'mim', 'train', 'mmtranscnn',
+             'retinanet_transcnn_base.py', '--work-dir',
+             str(dirs['mim'] / 'w'), '--cfg-options',
+             'model.backbone.arch=stop-after-config'],
+            cwd=str(dirs['mim']), env=installed, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, timeout=RUN_TIMEOUT)
+        after['mim'] = 'install'
+    dirs['site'], dirs['project'] = site, project
+    return SimpleNamespace(dirs=dirs, configs=configs,
+                           runs=side_by_side(calls, after))
+
+
+@pytest.mark.slow
+def test_retinanet_trains_and_evaluates_through_the_tools(e2e):
+    e2e.runs['RetinaNet'].result()
+    work_dir = e2e.dirs['RetinaNet'] / 'work'
+    assert (work_dir / f"epoch_{MEMORISE_ITERS['RetinaNet']}.pth").is_file()
+    val = assert_learned(read_scalars(work_dir), 'RetinaNet')
+
+    test_dir = e2e.dirs['retinanet_test']
+    assert 'coco/bbox_mAP_50' in e2e.runs['retinanet_test'].result()
+    metrics = read_test_metrics(test_dir)
+    # Same weights, same images: the validation at the end of training.
+    assert metrics['coco/bbox_mAP'] == pytest.approx(val['coco/bbox_mAP'])
+    import pickle
+    with open(test_dir / 'preds.pkl', 'rb') as f:
+        preds = pickle.load(f)
+    assert len(preds) == 2 and 'bboxes' in preds[0]['pred_instances']
+
+
+@pytest.mark.slow
+def test_mask_rcnn_trains_and_evaluates_through_the_tools(e2e):
+    e2e.runs['MaskRCNN'].result()
+    scalars = read_scalars(e2e.dirs['MaskRCNN'] / 'work')
+    iters = MEMORISE_ITERS['MaskRCNN']
+    assert len([s for s in scalars if 'loss_mask' in s]) == iters
+    val = assert_learned(scalars, 'MaskRCNN')
+
+    out = e2e.runs['mask_rcnn_test'].result()
+    assert 'coco/segm_mAP' in out and 'coco/bbox_mAP' in out
+    metrics = read_test_metrics(e2e.dirs['mask_rcnn_test'])
+    assert metrics['coco/bbox_mAP'] == pytest.approx(val['coco/bbox_mAP'])
+    assert 0 <= metrics['coco/segm_mAP_50'] <= 1
+
+
+@pytest.mark.slow
+def test_killed_amp_run_resumes_with_the_same_schedule(e2e):
+    """--amp (bf16 autocast on the CPU) trains with finite losses; a 3-epoch
+    run killed inside epoch 2 resumes with its lr schedule and epochs."""
+    per_epoch = TRAIN_IMAGES // 2
+    result = e2e.runs['killed'].result()
+    config, work_dir = e2e.configs['killed'], e2e.dirs['killed'] / 'work'
+    killed, last_epoch = result['killed'], result['last_epoch']
+    assert last_epoch in (1, 2)
     assert f'resumed epoch: {last_epoch}, iter: {last_epoch * per_epoch}' \
-        in out
+        in result['out']
     resumed = [s for s in read_scalars(work_dir) if 'loss' in s]
     iters = [s['iter'] for s in resumed]
     assert iters == list(range(last_epoch * per_epoch + 1,
@@ -855,15 +906,15 @@ def test_killed_amp_run_resumes_with_the_same_schedule(shapes_data,
     for record in resumed:
         if record['iter'] in before:
             assert record['lr'] == pytest.approx(before[record['iter']])
-    assert (work_dir / 'epoch_3.pth').is_file()
+    assert result['checkpoints'] == ['epoch_3.pth']
     assert any('coco/bbox_mAP' in s for s in read_scalars(work_dir))
 
 
 @pytest.mark.slow
-def test_image_demo_draws_an_image_of_any_size(after_training):
+def test_image_demo_draws_an_image_of_any_size(e2e):
     from PIL import Image
-    demo_dir, out = after_training['demo']
-    assert 'detections' in out.result()
+    assert 'detections' in e2e.runs['demo'].result()
+    demo_dir = e2e.dirs['demo']
     drawn = np.asarray(Image.open(demo_dir / 'drawn' / 'scene.png')
                        .convert('RGB'))
     assert drawn.shape == (97, 150, 3)
@@ -872,14 +923,12 @@ def test_image_demo_draws_an_image_of_any_size(after_training):
 
 
 @pytest.mark.slow
-def test_main_job_draws_predictions_from_the_runners_checkpoint(
-        after_training):
+def test_main_job_draws_predictions_from_the_runners_checkpoint(e2e):
     """The main job's last step, in a fresh interpreter as the job runs it:
     the runner's checkpoint (which holds mmengine objects) must load on
     torch >= 2.6, where torch.load refuses them by default."""
-    job_dir, out = after_training['main_job']
-    out.result()
-    drawn = sorted((job_dir / 'drawn').glob('*_gt_vs_pred.png'))
+    e2e.runs['main_job'].result()
+    drawn = sorted((e2e.dirs['main_job'] / 'drawn').glob('*_gt_vs_pred.png'))
     assert len(drawn) == 2
     from PIL import Image
     picture = np.asarray(Image.open(drawn[0]).convert('RGB'))
@@ -887,62 +936,12 @@ def test_main_job_draws_predictions_from_the_runners_checkpoint(
     assert picture.shape == (192, 384, 3)
 
 
-# -- downstream use of the installed package ----------------------------------
-@pytest.fixture(scope='module')
-def installed_copy(built_dists, module_tmp):
-    """mmtranscnn installed from the session's wheel (conftest.py) into a
-    folder outside the repo.
-
-    Put first on PYTHONPATH, it shadows the editable install of the test
-    environment, as a normal ``pip install mmtranscnn`` would be the only one.
-    """
-    root = module_tmp('installed')
-    run([sys.executable, '-m', 'pip', 'install', '-q', '--no-deps',
-         '--target', str(root / 'site'), built_dists.wheel], cwd=root)
-    return root / 'site', built_dists.wheel
-
-
-@pytest.fixture(scope='module')
-def downstream_runs(installed_copy, shapes_data, module_tmp):
-    """The installed copy used from outside the repository, side by side:
-    where mmtranscnn and its configs resolve, a project's training that
-    inherits retinanet_transcnn_base.py, and ``mim train``. Name ->
-    future of the output."""
-    site, _ = installed_copy
-    project = module_tmp('downstream') / 'my_project'
-    config = write_downstream_config(project, shapes_data)
-    env = tool_env(PYTHONPATH=str(site))
-    train = site / 'mmtranscnn' / '.mim' / 'tools' / 'train.py'
-    calls = {
-        'where': functools.partial(
-            run, [sys.executable, '-c',
-                  'import mmtranscnn; print(mmtranscnn.__file__); '
-                  "print(mmtranscnn.get_config_path("
-                  "'retinanet_transcnn_base.py'))"], cwd=project, env=env),
-        'train': functools.partial(
-            run, [sys.executable, str(train), config, '--work-dir', 'work'],
-            cwd=project, env=env),
-    }
-    if importlib.util.find_spec('mim') is not None:
-        # Stopped right after our train.py has read the config, by an arch
-        # name the backbone refuses.
-        mim_dir = module_tmp('mim')
-        calls['mim'] = functools.partial(
-            subprocess.run,
-            [sys.executable, '-m', 'mim', 'train', 'mmtranscnn',
-             'retinanet_transcnn_base.py', '--work-dir', str(mim_dir / 'w'),
-             '--cfg-options', 'model.backbone.arch=stop-after-config'],
-            cwd=str(mim_dir), env=env, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, timeout=RUN_TIMEOUT)
-    results = side_by_side(calls)
-    results['project'], results['config'] = project, config
-    return results
-
-
+# -- downstream use of the installed package ---------------------------------
 @pytest.mark.slow
-def test_wheel_carries_the_detection_configs(installed_copy):
-    site, wheel = installed_copy
-    with zipfile.ZipFile(wheel) as zf:
+def test_wheel_carries_the_detection_configs(e2e, built_dists):
+    e2e.runs['install'].result()
+    site = e2e.dirs['site']
+    with zipfile.ZipFile(built_dists.wheel) as zf:
         names = set(zf.namelist())
     for path in TOP_CONFIGS + [TINY_RETINANET, TINY_MASK_RCNN] + glob.glob(
             osp.join(CONFIG_DIR, '_base_', '**', '*.py'), recursive=True):
@@ -955,15 +954,14 @@ def test_wheel_carries_the_detection_configs(installed_copy):
 
 
 @pytest.mark.slow
-def test_downstream_config_trains_with_the_installed_package(
-        installed_copy, downstream_runs):
+def test_downstream_config_trains_with_the_installed_package(e2e):
     """A project outside the repo inherits retinanet_transcnn_base.py."""
-    site, _ = installed_copy
+    site = str(e2e.dirs['site'])
     # The base resolves inside the installed copy, not the repository.
-    module_file, base = downstream_runs['where'].result().split()[-2:]
-    assert module_file.startswith(str(site)) and base.startswith(str(site))
-    downstream_runs['train'].result()
-    project, config = downstream_runs['project'], downstream_runs['config']
+    module_file, base = e2e.runs['where'].result().split()[-2:]
+    assert module_file.startswith(site) and base.startswith(site)
+    e2e.runs['downstream'].result()
+    project, config = e2e.dirs['project'], e2e.configs['downstream']
     assert (project / 'work' / 'iter_2.pth').is_file()
     scalars = [s for s in read_scalars(project / 'work') if 'loss' in s]
     assert len(scalars) == 2 and all(math.isfinite(s['loss'])
@@ -975,18 +973,18 @@ def test_downstream_config_trains_with_the_installed_package(
 
 
 @pytest.mark.slow
-def test_mim_train_finds_our_config(installed_copy, downstream_runs):
+def test_mim_train_finds_our_config(e2e):
     """`mim train mmtranscnn retinanet_transcnn_base.py` resolves the file.
 
     The run is stopped right after our train.py has read the config, by an
     arch name the backbone refuses.
     """
     pytest.importorskip('mim')
-    site, _ = installed_copy
-    out = downstream_runs['mim'].result().stdout
-    found = osp.join(str(site), 'mmtranscnn', '.mim', 'configs',
+    site = str(e2e.dirs['site'])
+    out = e2e.runs['mim'].result().stdout
+    found = osp.join(site, 'mmtranscnn', '.mim', 'configs',
                      'retinanet_transcnn_base.py')
     assert f'will use {found} instead' in out, out[-3000:]
-    train = osp.join(str(site), 'mmtranscnn', '.mim', 'tools', 'train.py')
+    train = osp.join(site, 'mmtranscnn', '.mim', 'tools', 'train.py')
     assert f'{train} {found}' in out
     assert "got 'stop-after-config'" in out, out[-3000:]
