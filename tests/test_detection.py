@@ -562,9 +562,9 @@ default_hooks = dict(
 log_processor = dict(window_size=1)
 randomness = dict(seed=0)
 """
-# Batch 2: 2 iterations per epoch. The killed run's 3 epochs run under
-# --amp, whose bf16 steps cost ~4 s each where the CPU has no native bf16
-# (AVX2): 6 iterations, not 12.
+# Batch 2: 2 iterations per epoch, so the killed run's 3 epochs are 6
+# iterations: they run under --amp, whose bf16 steps cost ~4 s each where
+# the CPU has no native bf16 (AVX2 only).
 TRAIN_IMAGES = 4
 
 # Does the detector learn? It trains on the first two training images only,

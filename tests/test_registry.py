@@ -31,8 +31,9 @@ def scoped_name_check(scope):
 
 
 def bare_name_check(scopes):
-    """One interpreter for every scope: what ``custom_imports`` does
-    (importing mmtranscnn) is done once per process, as in a config."""
+    """Build the backbone by its bare name in each scope in turn, after
+    importing mmtranscnn as ``custom_imports`` does; one interpreter serves
+    every scope, as one training process would."""
     return f"""
         import importlib
         from mmengine.registry import init_default_scope
