@@ -9,7 +9,7 @@ mmdeploy and a resumed run) are in tests/test_deployment.py.
 import glob
 import io
 import os.path as osp
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 
 import numpy as np
 import pytest
@@ -72,6 +72,8 @@ def test_converted_checkpoint_loads_with_weights_only_and_comes_back():
     assert scalars['train/loss'][TAG] == 'HistoryBuffer'
     assert loaded['meta']['seed'] == {TAG: 'numpy_scalar', 'dtype': '<i8',
                                       'value': 7}
+    assert list(checkpoint['message_hub']['log_scalars']) == [
+        'train/loss', 'train/lr']
     # What nothing had to convert is the same object, not a copy.
     assert checkpoint['state_dict'] is original['state_dict']
     assert checkpoint['optimizer'] is original['optimizer']
@@ -104,7 +106,8 @@ def test_converted_checkpoint_loads_with_weights_only_and_comes_back():
     (dict(meta=dict(obj=object())), "checkpoint['meta']['obj']"),
     (dict(meta=dict(names=np.array(['a', 'b']))),
      "checkpoint['meta']['names']"),
-    (dict(meta=[1, {2}]), "checkpoint['meta'][1]"),
+    (dict(meta=[1, frozenset({2})]), "checkpoint['meta'][1]"),
+    (dict(meta={np.int64(3)}), "checkpoint['meta']"),
     (dict(meta={TAG: 'mine'}), "checkpoint['meta']"),
 ])
 def test_what_the_default_loader_refuses_stops_the_save_by_name(value,
@@ -121,9 +124,17 @@ def test_unknown_tag_is_named():
 
 def test_plain_data_passes_unchanged():
     data = dict(a=[1, 2.5, 'x', None, True], b=(torch.ones(1), b'raw'),
-                c=OrderedDict(d=torch.Size([2, 3])))
+                c=OrderedDict(d=torch.Size([2, 3])),
+                milestones=Counter({8: 1, 11: 1}), names={'a', 'b'})
+    changed = dict(counts=Counter({8: np.int64(2)}),
+                   ordered=OrderedDict([('b', np.float32(1)), ('a', 2)]))
+    back = from_weights_only(weights_only_round_trip(to_weights_only(changed)))
+    assert back == changed and list(back['ordered']) == ['b', 'a']
+    assert type(back['counts']) is Counter
+    assert type(back['ordered']['b']) is np.float32
     assert to_weights_only(data) is data
     assert from_weights_only(data) is data
+    assert weights_only_round_trip(data) == data
 
 
 # -- every shipped config that trains names the hook -------------------------

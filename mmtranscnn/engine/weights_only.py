@@ -26,7 +26,7 @@ Anything else that is not plain data (an object some other hook put into
 the checkpoint or the message hub) stops the save with a ``TypeError``
 naming where it is, instead of writing a file that no tool can open.
 """
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from typing import Any
 
 import numpy as np
@@ -41,11 +41,12 @@ from mmtranscnn.registry import HOOKS
 TAG = '__mmtranscnn_weights_only__'
 
 # What torch's weights-only unpickler reads without an allow-list.
-_PLAIN_LEAVES = (str, bytes, int, float, complex, bool, type(None),
-                 torch.Tensor, torch.Size, torch.dtype, torch.device)
-# Containers it reads; a state dict is an OrderedDict with a ``_metadata``
-# attribute, which is kept.
-_CONTAINERS = (dict, OrderedDict, list, tuple)
+_PLAIN_LEAVES = (str, bytes, bytearray, int, float, complex, bool,
+                 type(None), torch.Tensor, torch.Size, torch.dtype,
+                 torch.device)
+# Containers it reads (a MultiStepLR's milestones are a Counter); a state
+# dict is an OrderedDict with a ``_metadata`` attribute, which is kept.
+_CONTAINERS = (dict, OrderedDict, Counter, list, tuple, set)
 
 
 def _numeric(array: np.ndarray, where: str) -> np.ndarray:
@@ -66,7 +67,11 @@ def _map_container(value, convert):
         items = [(key, convert(key, item)) for key, item in value.items()]
         if all(new is value[key] for key, new in items):
             return value
-        out = type(value)(items)
+        if type(value) is Counter:
+            out = Counter()
+            dict.update(out, items)  # Counter(items) would count the pairs
+        else:
+            out = type(value)(items)
         if hasattr(value, '__dict__'):  # an OrderedDict's attributes
             out.__dict__.update(value.__dict__)
         return out
@@ -113,6 +118,12 @@ def to_weights_only(value: Any, where: str = 'checkpoint') -> Any:
                 'max_length': int(value.max_length)}
     if isinstance(value, _PLAIN_LEAVES):
         return value
+    if type(value) is set:
+        for item in value:
+            if to_weights_only(item, f'{where} item') is not item:
+                raise TypeError(f'{where} is a set holding {item!r}; a set '
+                                'may hold only plain values')
+        return value
     if type(value) in _CONTAINERS:
         if isinstance(value, dict) and TAG in value:
             raise TypeError(f'{where} holds the reserved key {TAG!r}')
@@ -121,9 +132,10 @@ def to_weights_only(value: Any, where: str = 'checkpoint') -> Any:
     raise TypeError(
         f'{where} is a {type(value).__module__}.{type(value).__qualname__}, '
         'which torch.load(weights_only=True) refuses. A checkpoint may '
-        'hold tensors, dicts, lists, tuples, strings, numbers, None, '
-        'numeric numpy arrays and scalars, and mmengine HistoryBuffers '
-        '(WeightsOnlyCheckpointHook converts the last three).')
+        'hold tensors, dicts (OrderedDict, Counter), lists, tuples, sets, '
+        'strings, bytes, numbers, None, numeric numpy arrays and scalars, '
+        'and mmengine HistoryBuffers (WeightsOnlyCheckpointHook converts '
+        'the last three).')
 
 
 def from_weights_only(value: Any) -> Any:
