@@ -1,5 +1,4 @@
 """TransCNN models. Importing this package registers them (see downstream)."""
-from . import fastpath  # noqa: F401  (CPU fast paths and their switch)
 from .blocks import (ConvStem, InvertedResidual, TransCNNBlock,
                      TwoBranchDownsample)
 from .downstream import register_in_downstream_scopes
@@ -7,7 +6,8 @@ from .grids import grid_sizes_for_input
 from .hmhsa import HMHSA, merge_tokens, parse_grid_sizes
 from .pretrained import LoadReport, load_backbone_checkpoint
 from .released import RELEASED, convert_released
-from .transcnn import STYLES, TransCNN
+from .released_blocks import RELEASED_VARIANTS, ReleasedHMHSA
+from .transcnn import VARIANTS, TransCNN
 
 register_in_downstream_scopes()
 
@@ -15,5 +15,6 @@ __all__ = [
     'HMHSA', 'TransCNN', 'ConvStem', 'InvertedResidual',
     'TwoBranchDownsample', 'TransCNNBlock', 'merge_tokens',
     'parse_grid_sizes', 'load_backbone_checkpoint', 'LoadReport',
-    'grid_sizes_for_input', 'RELEASED', 'convert_released', 'STYLES'
+    'grid_sizes_for_input', 'RELEASED', 'convert_released', 'VARIANTS',
+    'RELEASED_VARIANTS', 'ReleasedHMHSA'
 ]

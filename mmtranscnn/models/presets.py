@@ -4,9 +4,9 @@ authors' eight released ones.
 * :data:`ARCH_SETTINGS`: the layout of each preset, the ``arch`` names
   :class:`~mmtranscnn.models.TransCNN` takes (``TransCNN.arch_zoo`` is this
   dict): channels, depths, depthwise kernel sizes and IRB expansion ratios
-  per stage; the released ones also their build ``style`` (a key of
-  ``transcnn.STYLES``), head dim, level-0 windows (``grid_sizes``) and
-  pooling ratios.
+  per stage; the released ones also their ``variant`` (a key of
+  ``transcnn.VARIANTS``: which released code builds them), head dim,
+  level-0 windows (``grid_sizes``) and pooling ratios.
 * :data:`RELEASED`: what the authors published for each released preset
   (:class:`ReleasedModel`: name, file, link, input size, top-1, parameter
   count); :mod:`.released` maps the files' keys to ours.
@@ -26,42 +26,42 @@ ARCH_SETTINGS: Dict[str, dict] = {
     # The authors' released networks (weights: RELEASED below).
     # TransCNN.py: level-0 windows 8/8/8, pooling ratios 8/4/2, 256x256.
     'transcnn-v1-tiny': dict(
-        style='transcnn-v1', channels=[64, 128, 256, 512],
+        variant='transcnn-v1', channels=[64, 128, 256, 512],
         depths=[2, 2, 4, 2], kernel_sizes=[5, 3, 5, 3],
         expand_ratios=[4, 4, 4, 4], head_dim=64,
         grid_sizes=(8, 8, 8, 0), pool_ratios=(8, 4, 2, 0)),
     # Table 1's "Base" layout, released under the name TransCNN-Small.
     'transcnn-v1-small': dict(
-        style='transcnn-v1', channels=[64, 128, 256, 512],
+        variant='transcnn-v1', channels=[64, 128, 256, 512],
         depths=[3, 4, 8, 3], kernel_sizes=[5, 3, 5, 3],
         expand_ratios=[4, 4, 6, 6], head_dim=64,
         grid_sizes=(8, 8, 8, 0), pool_ratios=(8, 4, 2, 0)),
     'transcnn-v1-medium': dict(
-        style='transcnn-v1', channels=[64, 128, 320, 640],
+        variant='transcnn-v1', channels=[64, 128, 320, 640],
         depths=[3, 4, 12, 3], kernel_sizes=[5, 3, 5, 3],
         expand_ratios=[4, 4, 6, 6], head_dim=64,
         grid_sizes=(8, 8, 8, 0), pool_ratios=(8, 4, 2, 0)),
     'transcnn-v1-large': dict(
-        style='transcnn-v1', channels=[64, 128, 384, 768],
+        variant='transcnn-v1', channels=[64, 128, 384, 768],
         depths=[3, 4, 16, 3], kernel_sizes=[5, 3, 5, 3],
         expand_ratios=[4, 4, 6, 6], head_dim=64,
         grid_sizes=(8, 8, 8, 0), pool_ratios=(8, 4, 2, 0)),
     # HAT_Net.py: windows 8/7/7, pooling ratios 8/4/2, 224x224.
     'hatnet-tiny': dict(
-        style='hatnet', channels=[48, 96, 240, 384], depths=[2, 2, 6, 3],
+        variant='hatnet', channels=[48, 96, 240, 384], depths=[2, 2, 6, 3],
         kernel_sizes=[3, 3, 3, 3], expand_ratios=[8, 8, 4, 4],
         head_dim=48, grid_sizes=(8, 7, 7, 0), pool_ratios=(8, 4, 2, 0)),
     'hatnet-small': dict(
-        style='hatnet', channels=[64, 128, 320, 512], depths=[2, 3, 8, 3],
+        variant='hatnet', channels=[64, 128, 320, 512], depths=[2, 3, 8, 3],
         kernel_sizes=[3, 3, 3, 3], expand_ratios=[8, 8, 4, 4],
         head_dim=64, grid_sizes=(8, 7, 7, 0), pool_ratios=(8, 4, 2, 0)),
     'hatnet-medium': dict(
-        style='hatnet', channels=[64, 128, 320, 512],
+        variant='hatnet', channels=[64, 128, 320, 512],
         depths=[3, 6, 18, 3], kernel_sizes=[5, 3, 5, 3],
         expand_ratios=[8, 8, 4, 4], head_dim=64,
         grid_sizes=(8, 7, 7, 0), pool_ratios=(8, 4, 2, 0)),
     'hatnet-large': dict(
-        style='hatnet', channels=[64, 128, 320, 640],
+        variant='hatnet', channels=[64, 128, 320, 640],
         depths=[3, 8, 27, 3], kernel_sizes=[3, 3, 3, 3],
         expand_ratios=[8, 8, 4, 4], head_dim=64,
         grid_sizes=(8, 7, 7, 0), pool_ratios=(8, 4, 2, 0)),
