@@ -363,5 +363,7 @@ class TransCNN(BaseModule):
         for i, stage in enumerate(self.stages[:max(self.out_indices) + 1]):
             x = stage(x)
             if i in self.out_indices:
-                outs.append(x)
+                # NCHW-contiguous, the layout necks and heads are written
+                # for, also where the model was put in channels-last memory.
+                outs.append(x.contiguous())
         return tuple(outs)
