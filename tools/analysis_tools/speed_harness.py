@@ -34,7 +34,7 @@ import platform
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 # -- what can be measured -------------------------------------------------
@@ -479,9 +479,11 @@ def run_job(job: Job) -> dict:
         raise RuntimeError('device=cuda but torch.cuda.is_available() is '
                            'False')
     memory_kept = keep_freed_memory_for(job)
-    model, step = build_step(job)
+    # The parameters of the model as built, before the speed-ups fold BNs.
+    model, step = build_step(replace(job, cpu_speedups=False))
     from mmtranscnn.analysis import count_params
     params = count_params(model)
+    apply_cpu_speedups(job, model)
 
     def sync():
         if device.type == 'cuda':
