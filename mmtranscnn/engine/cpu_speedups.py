@@ -8,9 +8,14 @@ result equal to the plain model's. ``docs/cpu_performance.md`` gives what
 each one saves.
 
 * :func:`speed_up_cpu_training` (``tools/train.py`` applies it to CPU runs,
-  through :class:`CPUTrainingRunner`): stride-1 depthwise convs with a
-  kernel larger than 3 get a backward made of oneDNN's fast kernels
-  (:class:`DepthwiseConv2d`).
+  through :class:`CPUTrainingRunner`):
+
+  - stride-1 depthwise convs with a kernel larger than 3 get a backward
+    made of oneDNN's fast kernels (:class:`DepthwiseConv2d`);
+  - H-MHSA attends over grids of at most :data:`MATMUL_MAX_KEYS` keys with
+    plain matmuls, whose forward and backward cost less there than SDPA's
+    fused kernel (:func:`small_grid_attention`); a fixed rule by shape, the
+    same in every process, thread and rank.
 
 * :func:`speed_up_cpu_inference` (``tools/test.py`` applies it to CPU runs
   through :class:`CPUInferenceHook`, the benchmark to every model it
@@ -20,7 +25,7 @@ each one saves.
 
 ``--no-cpu-speedups`` runs the tools on the plain model.
 """
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -29,8 +34,37 @@ from mmengine.hooks import Hook
 from mmengine.runner import Runner
 from torch import Tensor, nn
 
+from mmtranscnn.models.hmhsa import HMHSA
 from mmtranscnn.utils.torch_compat import (get_autocast_dtype,
-                                            is_autocast_enabled)
+                                           is_autocast_enabled)
+
+
+#: Grids with at most this many keys (8 x 8) attend through plain matmuls
+#: in training.
+MATMUL_MAX_KEYS = 64
+
+
+def matmul_attention(q: Tensor, k: Tensor, v: Tensor,
+                     attn_mask: Optional[Tensor] = None) -> Tensor:
+    """``softmax(q k^T / sqrt(d) + mask) v`` with plain matmuls, the
+    function SDPA computes (a boolean mask marks the keys that may be
+    seen; the softmax runs in float32, as SDPA's CPU kernel's does)."""
+    scores = torch.matmul(q, k.transpose(-2, -1)) * q.shape[-1]**-0.5
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float('-inf'))
+    weights = scores.softmax(-1, dtype=torch.float32).to(v.dtype)
+    return torch.matmul(weights, v)
+
+
+def small_grid_attention(q: Tensor, k: Tensor, v: Tensor,
+                         attn_mask: Optional[Tensor] = None,
+                         dropout_p: float = 0.) -> Tensor:
+    """SDPA's signature: :func:`matmul_attention` for at most
+    :data:`MATMUL_MAX_KEYS` keys without dropout, else SDPA itself."""
+    if dropout_p == 0. and k.shape[-2] <= MATMUL_MAX_KEYS:
+        return matmul_attention(q, k, v, attn_mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                          dropout_p=dropout_p)
 
 
 def _tile_starts(k: int) -> Tuple[int, ...]:
@@ -159,24 +193,26 @@ class DepthwiseConv2d(nn.Conv2d):
             return _DepthwiseConvFn.apply(x, weight, bias, self.padding)
 
 
-def speed_up_cpu_training(model: nn.Module) -> int:
-    """Give every stride-1 'same' depthwise conv of ``model`` with a kernel
-    larger than 3 the backward of :class:`DepthwiseConv2d`, in place;
-    parameters, state dict and results stay as they are.
+def speed_up_cpu_training(model: nn.Module) -> Dict[str, int]:
+    """Apply the training speed-ups to ``model`` in place (see the module
+    docstring); parameters, state dict and results stay as they are.
 
     Args:
         model: a built model (a TransCNN backbone, or a detector,
             segmentor or classifier that holds one).
 
     Returns:
-        How many convs were changed.
+        How many depthwise convs and H-MHSA modules were changed.
     """
-    count = 0
+    counts = dict(depthwise_convs=0, attention=0)
     for module in model.modules():
         if DepthwiseConv2d.qualifies(module):
             module.__class__ = DepthwiseConv2d
-            count += 1
-    return count
+            counts['depthwise_convs'] += 1
+        elif isinstance(module, HMHSA):
+            module.attention = small_grid_attention
+            counts['attention'] += 1
+    return counts
 
 
 def speed_up_cpu_inference(model: nn.Module) -> nn.Module:
@@ -218,5 +254,6 @@ class CPUTrainingRunner(Runner):
 
 
 __all__ = ['CPUInferenceHook', 'CPUTrainingRunner', 'DepthwiseConv2d',
-           'depthwise_weight_grad', 'speed_up_cpu_inference',
+           'MATMUL_MAX_KEYS', 'depthwise_weight_grad', 'matmul_attention',
+           'small_grid_attention', 'speed_up_cpu_inference',
            'speed_up_cpu_training']

@@ -182,6 +182,12 @@ class HMHSA(BaseModule):
         init_cfg (dict, optional): mmengine initialisation config.
     """
 
+    #: The attention function of Eq. 1, ``softmax(q k^T / sqrt(d)) v``,
+    #: with SDPA's signature. A speed-up applied to a built model may set
+    #: another one that computes the same (``mmtranscnn.engine``'s
+    #: ``cpu_speedups``).
+    attention = F.scaled_dot_product_attention
+
     def __init__(self,
                  embed_dims: int,
                  grid_sizes: Union[int, Sequence[int]] = 8,
@@ -366,9 +372,8 @@ class HMHSA(BaseModule):
     def _sdpa(self, q: Tensor, k: Tensor, v: Tensor,
               mask: Optional[Tensor]) -> Tensor:
         """Eq. 1 per head; returns (N, L, C), the heads concatenated."""
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask,
-            dropout_p=self.attn_drop if self.training else 0.)
+        out = self.attention(q, k, v, attn_mask=mask,
+                             dropout_p=self.attn_drop if self.training else 0.)
         return out.transpose(1, 2).flatten(2)
 
 
