@@ -3,10 +3,13 @@
 Importing the package registers ``TransCNN`` (and its building blocks) in the
 ``mmtranscnn`` model registry and, for each of mmdet, mmseg and mmpretrain that
 is installed, in that codebase's registry too, so ``type='TransCNN'`` resolves
-after ``custom_imports=dict(imports=['mmtranscnn'])``.
+after ``custom_imports=dict(imports=['mmtranscnn'])``. It also adds the
+authors' eight released classifiers to mmpretrain's model hub and registers
+a checkpoint loader for exactly their download links with mmengine's
+``CheckpointLoader`` (see :mod:`mmtranscnn.models.pretrain_hub`).
 
-That is all an import changes in the process. mmengine's checkpoint loading
-is left as it is; our tools (``tools/train.py``, ``tools/test.py``, the
+That is all an import changes in the process. mmengine's loading of any
+other checkpoint is left as it is; our tools (``tools/train.py``, ``tools/test.py``, the
 demos and converters) switch on safe loading of mmengine checkpoints
 explicitly, and a config run by another entry point opts in with
 ``custom_imports=dict(imports=['mmtranscnn', 'mmtranscnn.safe_checkpoints'])``

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite (slow end-to-end tests included), setting the
 # environment up first when needed (a no-op when it is up to date), then the
-# fast-path equality tests once more with ATen, oneDNN and MKL limited to
-# AVX2: users' CPUs differ from this one, and the CPU kernels differ with
+# CPU speed-up and H-MHSA tests once more with ATen, oneDNN and MKL limited
+# to AVX2: users' CPUs differ from this one, and the CPU kernels differ with
 # them.
 #   bash scripts/test.sh [extra pytest args]
 set -euo pipefail
@@ -14,6 +14,6 @@ bash scripts/setup.sh --no-main-job
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 PY="${MMTRANSCNN_VENV:-$ROOT/.venv}/bin/python"
 "$PY" -m pytest tests "$@"
-echo "==> [test] CPU fast paths again with ATen, oneDNN and MKL limited to AVX2"
+echo "==> [test] CPU speed-ups again with ATen, oneDNN and MKL limited to AVX2"
 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
-  "$PY" -m pytest tests/test_fastpath.py tests/test_hmhsa.py "$@"
+  "$PY" -m pytest tests/test_cpu_speedups.py tests/test_hmhsa.py "$@"

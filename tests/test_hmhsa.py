@@ -70,8 +70,7 @@ def reference_hmhsa(m: HMHSA, x: torch.Tensor) -> torch.Tensor:
                 merged = _merge(prev, grids[level - 1])
                 region *= grids[level - 1]
                 mh, mw, _ = merged.shape
-                last = level == len(grids) or (mh <= grids[level]
-                                               and mw <= grids[level])
+                last = level == len(grids)  # then one grid over all
                 gi = max(mh, mw) if last else grids[level]
                 Km, Vm = _linear(m.kv, merged).chunk(2, dim=-1)
                 attn = torch.zeros_like(X)
@@ -182,10 +181,11 @@ def test_padding_content_never_reaches_real_outputs(monkeypatch, query_from):
     with torch.no_grad():
         clean = m(x)
 
-    def loud_pad(t, ph, pw, value=0.):
-        return F.pad(t, (0, 0, 0, pw, 0, ph), value=1e4)
+    def loud_pad(t, height, width):
+        return F.pad(t, (0, 0, 0, width - t.shape[2], 0, height - t.shape[1]),
+                     value=1e4)
 
-    monkeypatch.setattr(hmhsa_module, '_pad_bottom_right', loud_pad)
+    monkeypatch.setattr(hmhsa_module, '_pad', loud_pad)
     with torch.no_grad():
         noisy = m(x)
     torch.testing.assert_close(noisy, clean, rtol=1e-5, atol=1e-5)

@@ -6,10 +6,14 @@
 * Nothing in the package imports from ``tools/``, and the benchmark harness
   (CPU and oneDNN description, memory high-water marks) lives under
   ``tools/analysis_tools``, not in the package.
-* The process-wide malloc setting is not made by the model (``models/``).
-* ``import mmtranscnn`` changes no process-wide torch state.
+* The model files are plain: nothing CPU-specific (no oneDNN kernels,
+  layouts, timing or threads) and no process-wide malloc setting.
+* ``import mmtranscnn`` changes no process-wide state: torch's safe
+  globals, CPU autocast and glibc's malloc settings stay as they were.
 """
 import ast
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -202,46 +206,133 @@ def test_the_model_makes_no_process_wide_malloc_setting():
     """glibc's mallopt changes the whole process: the training entry
     point's glue (engine.cpu_memory) makes it, never the model."""
     for name, path in package_modules().items():
+        if not name.startswith('mmtranscnn.models'):
+            continue
         names = imported_modules(path, name)
-        text = path.read_text()
-        if name.startswith('mmtranscnn.models'):
-            assert 'ctypes' not in names and 'mallopt' not in text, name
-    from mmtranscnn.engine import cpu_memory
-    from mmtranscnn.models import fastpath
-    assert not hasattr(fastpath, 'keep_freed_memory')
-    assert callable(cpu_memory.keep_freed_memory)
+        assert 'ctypes' not in names and 'mallopt' not in path.read_text(), \
+            name
+        assert not any(n.startswith('mmtranscnn.engine') for n in names), \
+            f'{name} imports the engine'
+    assert 'mallopt' in (PACKAGE / 'engine' / 'cpu_memory.py').read_text()
+
+
+#: The files that define the network, and what of the package they may
+#: use besides each other: the registry, torch_compat, the weight loader.
+MODEL_FILES = ('hmhsa', 'blocks', 'transcnn', 'released_blocks', 'presets',
+               'grids')
+MODEL_MAY_USE = ('mmtranscnn.registry', 'mmtranscnn.utils',
+                 'mmtranscnn.utils.torch_compat',
+                 'mmtranscnn.models.pretrained')
+#: What is CPU-specific: oneDNN's own kernels (torch.ops.mkldnn), the
+#: CPU's ISA, timing, threads and locks, process-wide settings.
+CPU_SPECIFIC_IMPORTS = ('ctypes', 'threading', 'time', 'torch.backends',
+                        'torch._C')
+CPU_SPECIFIC_TEXT = ('mkldnn', 'torch.ops.', 'perf_counter',
+                     'get_cpu_capability')
+
+
+def test_the_model_files_hold_nothing_cpu_specific():
+    """The network is built from torch and mmcv layers alone (a speed-up
+    for one kind of device is applied to a built model from outside): the
+    model files import nothing CPU-specific, call no oneDNN kernel and time
+    nothing, and use no module of the package but each other and
+    ``MODEL_MAY_USE`` (no helper module with CPU kernels)."""
+    modules = package_modules()
+    allowed = {f'mmtranscnn.models.{m}' for m in MODEL_FILES}
+    allowed |= set(MODEL_MAY_USE)
+    for stem in MODEL_FILES:
+        name = f'mmtranscnn.models.{stem}'
+        path = modules[name]
+        imported = {p for n in imported_modules(path, name)
+                    for p in _prefixes(n)}
+        found = sorted(set(CPU_SPECIFIC_IMPORTS) & imported)
+        assert not found, f'{name} imports {found}'
+        found = sorted(dependencies(path, name, set(modules)) - allowed)
+        assert not found, f'{name} uses {found}'
+        text = path.read_text().lower()
+        found = [mark for mark in CPU_SPECIFIC_TEXT if mark in text]
+        assert not found, f'{name} mentions {found}'
 
 
 # -- importing the package ----------------------------------------------------
 STATE = r'''
-import sys, torch
-from mmtranscnn.utils.torch_compat import (get_autocast_dtype,
-                                          is_autocast_enabled)
+import ctypes, ctypes.util, json, sys
+import torch
 
-def state():
-    return (sorted(map(repr, torch.serialization.get_safe_globals())),
-            is_autocast_enabled('cpu'), repr(get_autocast_dtype('cpu')))
+assert not any(m.startswith('mmtranscnn') for m in sys.modules)
+
+def autocast_state():
+    # torch's own calls: mmtranscnn.utils.torch_compat would import the
+    # package before the state is first read
+    if hasattr(torch, 'get_autocast_dtype'):  # torch >= 2.4
+        return (torch.is_autocast_enabled('cpu'),
+                torch.get_autocast_dtype('cpu'))
+    return torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
+
+def entries():
+    return list(torch.serialization.get_safe_globals())
+
+def mmap_blocks():
+    """Blocks glibc's malloc serves by mmap (None without glibc)."""
+    libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
+    if not hasattr(libc, 'gnu_get_libc_version'):
+        return None
+    wide = hasattr(libc, 'mallinfo2')  # glibc >= 2.33; before, ints
+    field = ctypes.c_size_t if wide else ctypes.c_int
+
+    class Mallinfo(ctypes.Structure):
+        _fields_ = [(f'f{i}', field) for i in range(10)]
+
+    info = libc.mallinfo2 if wide else libc.mallinfo
+    info.restype = Mallinfo
+    return info().f3  # hblks
+
+def foreign(added):
+    """The entries not defined by torch itself (torch registers its own
+    classes when a submodule of it is first imported, e.g. DTensor's)."""
+    def module(entry):
+        obj = entry[0] if isinstance(entry, tuple) else entry
+        return getattr(obj, '__module__', None) or ''
+    return sorted(repr(e) for e in added
+                  if module(e).split('.')[0] != 'torch')
 
 # a dtype other than the default: an import that entered CPU autocast, or
 # set its dtype, shows
 torch.autocast('cpu', dtype=torch.float16, enabled=False).__enter__()
-before = state()
+before, autocast_before = entries(), autocast_state()
 import mmtranscnn  # noqa: F401
+import mmtranscnn.analysis  # noqa: F401
+import mmtranscnn.engine  # noqa: F401
 import mmtranscnn.models  # noqa: F401
-after = state()
+after, autocast_after = entries(), autocast_state()
 assert 'mmtranscnn.models.transcnn' in sys.modules
-print(before == after)
-print(before)
-print(after)
+ids_before, ids_after = {id(e) for e in before}, {id(e) for e in after}
+# malloc as glibc sets it up: a 64 MB block is a fresh mmap, not heap
+# memory kept by mmtranscnn.engine.cpu_memory.keep_freed_memory
+blocks = mmap_blocks()
+t = torch.empty(16 * 2**20)
+print(json.dumps(dict(
+    removed=[repr(e) for e in before if id(e) not in ids_after],
+    added=foreign([e for e in after if id(e) not in ids_before]),
+    autocast=[repr(autocast_before), repr(autocast_after)],
+    malloc_kept=blocks is not None and mmap_blocks() == blocks)))
 '''
 
 
-def test_import_leaves_safe_globals_and_autocast_as_they_were():
-    """In a fresh interpreter (nothing imported yet), ``import mmtranscnn``
-    leaves torch's global safe-globals list and the CPU autocast state
-    (on/off and dtype) exactly as it found them."""
+def test_import_leaves_safe_globals_autocast_and_malloc_as_they_were():
+    """In a fresh interpreter (nothing of mmtranscnn imported yet),
+    importing the package, its models, engine and analysis removes nothing
+    from torch's global safe-globals list and adds nothing of its own (only
+    torch's classes that its own submodules register on first import),
+    leaves the CPU autocast state (on/off and dtype) as it found it, and
+    glibc's malloc still maps a big block afresh (nothing set it to keep
+    freed memory)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(('MALLOC_', 'GLIBC_TUNABLES', 'LD_PRELOAD'))}
     out = subprocess.run([sys.executable, '-c', STATE], capture_output=True,
-                         text=True, cwd=REPO)
+                         text=True, cwd=REPO, env=env)
     assert out.returncode == 0, out.stderr
-    same, before, after = out.stdout.strip().splitlines()[-3:]
-    assert same == 'True', f'before {before}, after {after}'
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got['removed'] == [] and got['added'] == [], got
+    assert got['autocast'][0] == got['autocast'][1], got['autocast']
+    assert not got['malloc_kept'], 'importing the package changed malloc'

@@ -33,7 +33,8 @@ import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import mmtranscnn  # noqa: F401  (registers the models)
-from mmtranscnn.models import HMHSA, TransCNN, load_backbone_checkpoint
+from mmtranscnn.models import (HMHSA, ReleasedHMHSA, TransCNN,
+                               load_backbone_checkpoint)
 from mmtranscnn.models.released import (RELEASED, convert_released,
                                         matching_presets)
 
@@ -72,7 +73,7 @@ def layout_args(arch):
     """``released_layout``'s arguments for an arch name or dict."""
     if isinstance(arch, str):
         arch = TransCNN.arch_zoo[arch]
-    return (arch['style'], arch['channels'], arch['depths'],
+    return (arch['variant'], arch['channels'], arch['depths'],
             arch['kernel_sizes'], arch['expand_ratios'],
             [g if g else 1 for g in arch['grid_sizes']])
 
@@ -111,7 +112,8 @@ def load_converter():
 def test_every_release_has_a_preset_and_a_fixture():
     assert sorted(FIXTURE) == sorted(RELEASED)
     for preset in PRESETS:
-        assert TransCNN.arch_zoo[preset]['style'] == RELEASED[preset].version
+        assert TransCNN.arch_zoo[preset]['variant'] == \
+            RELEASED[preset].version
         # Our description of the released layout equals the released files'.
         assert released_layout(*layout_args(preset)) == fixture_layout(preset)
         # Its small twin has the same key names, smaller shapes.
@@ -129,13 +131,18 @@ def test_params_and_strict_load_of_the_released_layout(preset, tmp_path):
     channels = model.arch_settings['channels'][-1]
     head = channels * 1000 + 1000
     released = FIXTURE[preset]
-    assert count(model) + head == released['params']
-    # HAT-Net's never-called attn.proj_norm is kept, frozen.
-    assert count(model, trainable=False) == released['unused_params']
+    # The published count includes HAT-Net's never-called attn.proj_norm,
+    # which is not built here and whose weights the conversion drops.
+    assert count(model) + head + released['unused_params'] == \
+        released['params']
+    assert count(model, trainable=False) == 0
 
     sd = without_data(fixture_layout(preset))
     backbone, fc, version = convert_released(sd)
     assert version == RELEASED[preset].version
+    dropped = [k for k in sd if '.attn.proj_norm.' in k]
+    assert sum(sd[k].numel() for k in dropped) == released['unused_params']
+    assert len(backbone) + len(fc) + len(dropped) == len(sd)
     own = model.state_dict()
     assert set(own) == set(backbone)
     for key, value in backbone.items():
@@ -297,7 +304,7 @@ def _compare(arch, size, windows, pool_ratios, grid_sizes=None):
     another. Returns the largest relative error."""
     model = TransCNN(arch, grid_sizes=grid_sizes)
     a = model.arch_settings
-    version = a.get('style', 'paper')
+    version = a.get('variant', 'paper')
     layout = released_layout(version, a['channels'], a['depths'],
                              a['kernel_sizes'], a['expand_ratios'], windows)
     sd = random_state_dict(layout, seed=1, dtype=torch.float64)
@@ -333,11 +340,11 @@ def test_outputs_equal_the_released_equations(arch, size):
 
 
 # Small networks of each version: kernel 5, several heads, odd sizes.
-SMALL_V1 = dict(style='transcnn-v1', channels=[32, 64, 96, 128],
+SMALL_V1 = dict(variant='transcnn-v1', channels=[32, 64, 96, 128],
                 depths=[1, 1, 2, 1], kernel_sizes=[5, 3, 5, 3],
                 expand_ratios=[4, 4, 6, 6], head_dim=32,
                 grid_sizes=(8, 8, 8, 0), pool_ratios=(8, 4, 2, 0))
-SMALL_HAT = dict(SMALL_V1, style='hatnet', head_dim=16,
+SMALL_HAT = dict(SMALL_V1, variant='hatnet', head_dim=16,
                  expand_ratios=[8, 8, 4, 4], grid_sizes=(8, 7, 7, 0))
 
 
@@ -410,23 +417,18 @@ def test_training_options(arch):
 def test_table1_presets_keep_the_papers_blocks():
     model = TransCNN('base')
     attn = model.stages[0][1].attn
-    assert (model.style, model.released_version) == ('paper', None)
-    assert attn.grid_norm is None and attn.ds_norm is None
-    assert (attn.pool_mode, attn.level0_shortcut, attn.output_sum) == (
-        'max+avg', 'normed', 'attention')
-    assert attn.pool_ratios == attn.grid_sizes == (8, )
+    assert (model.variant, model.released_version) == ('paper', None)
+    assert type(attn) is HMHSA and attn.grid_sizes == (8, )
+    assert not hasattr(attn, 'grid_norm') and not hasattr(attn, 'ds_norm')
     assert model.stages[1][0].pool_branch is not None
+    released = TransCNN('hatnet-tiny').stages[0][1].attn
+    assert isinstance(released, ReleasedHMHSA)
+    assert released.pool_ratios == (8, ) and released.grid_sizes == (8, )
 
 
-@pytest.mark.parametrize('kwargs,match', [
-    (dict(pool_mode='max'), "pool_mode must be one of"),
-    (dict(level0_shortcut='raw'), "level0_shortcut must be one of"),
-    (dict(output_sum='a0'), "output_sum must be one of"),
-    (dict(pool_ratios=(4, 2)), 'pool_ratios needs one ratio per entry'),
-])
-def test_hmhsa_options_are_checked(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        HMHSA(64, grid_sizes=8, **kwargs)
+def test_released_pool_ratios_are_checked():
+    with pytest.raises(ValueError, match='pool_ratios needs one ratio'):
+        ReleasedHMHSA(64, grid_sizes=8, pool_ratios=(4, 2))
 
 
 def test_transcnn_pool_ratios_are_checked():
@@ -434,20 +436,7 @@ def test_transcnn_pool_ratios_are_checked():
         TransCNN('hatnet-tiny', pool_ratios=(8, 4, 2, 2))
     with pytest.raises(ValueError, match='one entry per stage'):
         TransCNN('hatnet-tiny', pool_ratios=(8, 4))
-    with pytest.raises(ValueError, match='arch style must be one of'):
-        TransCNN(dict(SMALL_V1, style='v3'))
-
-
-@pytest.mark.parametrize('arch', ['transcnn-v1-tiny', 'hatnet-tiny'])
-def test_inference_fast_paths_compute_the_same(arch):
-    """At CPU float32 inference the BN folding / oneDNN paths apply where
-    they can (first version: BN; HAT-Net's GroupNorm runs the plain path);
-    with autograd on, everything runs the plain modules."""
-    torch.manual_seed(0)
-    model = TransCNN(arch).eval()
-    x = torch.randn(1, 3, 96, 128)
-    with torch.no_grad():
-        fast = model(x)
-    plain = model(x.requires_grad_(True))
-    for f, p in zip(fast, plain):
-        assert rel_err(f, p.detach()) <= 1e-4
+    with pytest.raises(ValueError, match='released presets only'):
+        TransCNN('base', pool_ratios=(8, 4, 2, 0))
+    with pytest.raises(ValueError, match='arch variant must be one of'):
+        TransCNN(dict(SMALL_V1, variant='v3'))

@@ -1,14 +1,14 @@
-"""The speed work and the measuring tools (issues 7 and 13).
+"""The measuring tools (issues 7 and 13) and what they rely on.
 
-* The speed-ups (channels-last, eval-time conv+BN folding, pooled merges)
-  change nothing that is computed: outputs and gradients match the plain
-  paths.
-* the tools' measuring harness (``tools/analysis_tools/speed_harness.py``)
+* H-MHSA computes the same for NCHW and channels-last inputs (the
+  benchmark's ``--channels-last``).
+* The tools' measuring harness (``tools/analysis_tools/speed_harness.py``)
   measures memory before anything else and reports what it ran; the
   tools' option handling, target checks and plot work on small inputs.
-* The ConvNeXt-T peer (backbone and RetinaNet) builds and steps through
-  the benchmark's own code path; every output (machine description, JSON,
-  markdown) says which CPU and ISA it was measured with.
+* The ConvNeXt-T peer (backbone and our RetinaNet config of it) steps
+  through the benchmark's own code path; every output (machine
+  description, JSON, markdown) says which CPU and ISA it was measured
+  with.
 """
 import importlib
 import importlib.util
@@ -18,12 +18,9 @@ import sys
 
 import pytest
 import torch
-from mmcv.cnn import ConvModule
 
 from mmtranscnn.analysis import count_flops, count_params
 from mmtranscnn.models import HMHSA, TransCNN
-from mmtranscnn.models.hmhsa import merge_tokens
-from random_bn import randomise_bn
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOOLS = osp.join(REPO, 'tools', 'analysis_tools')
@@ -47,8 +44,8 @@ def _tool(name):
 
 speed = _tool('speed_harness')
 
-#: A TransCNN of one block per stage: the harness and the folding prove on
-#: it what they prove on the presets (the presets' own numbers are tested
+#: A TransCNN of one block per stage: the harness proves on it what it
+#: proves on the presets (the presets' own numbers are tested
 #: in test_transcnn.py and test_released.py).
 TINY_ARCH = dict(channels=[16, 32, 32, 32], depths=[1, 1, 1, 1],
                  kernel_sizes=[3, 3, 3, 3], expand_ratios=[2, 2, 2, 2])
@@ -69,68 +66,11 @@ def tiny_backbone(monkeypatch):
     return TINY
 
 
-def _set_folding(model, on):
-    for m in model.modules():
-        if isinstance(m, ConvModule):
-            m.turn_on_efficient_conv_bn_eval(on)
-
-
-# -- the speed-ups compute the same thing -----------------------------------
-def _eval_small_model(batch):
-    """An eval-mode TransCNN-Small with random BN statistics and an input
-    whose size is no multiple of the grids."""
-    torch.manual_seed(0)
-    model = TransCNN('small', grid_sizes=(4, 2, 2, 0))
-    randomise_bn(model)
-    model.eval()
-    return model, torch.randn(batch, 3, 75, 93)
-
-
-def test_eval_folding_gives_the_unfolded_outputs():
-    model, x = _eval_small_model(1)
-    with torch.no_grad():
-        folded = model(x)
-        _set_folding(model, False)
-        plain = model(x)
-    for a, b in zip(folded, plain):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-
-
-def test_folding_keeps_norm_eval_training_semantics():
-    """With frozen BN statistics (norm_eval) the folded conv trains exactly
-    like conv then BN: same loss, same gradients for conv and BN weights."""
-    torch.manual_seed(0)
-    model = TransCNN('small', norm_eval=True)
-    randomise_bn(model)
-    x = torch.randn(2, 3, 64, 64)
-    grads, losses = [], []
-    for on in (True, False):
-        _set_folding(model, on)
-        model.train()
-        model.zero_grad()
-        loss = sum(o.square().mean() for o in model(x))
-        loss.backward()
-        losses.append(loss.detach())
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters()
-                      if p.grad is not None})
-    torch.testing.assert_close(losses[0], losses[1])
-    assert grads[0].keys() == grads[1].keys()
-    for name in grads[0]:
-        torch.testing.assert_close(grads[0][name], grads[1][name],
-                                   rtol=1e-3, atol=1e-5, msg=name)
-
-
-def test_train_mode_bn_is_not_folded():
-    """BN with batch statistics runs as BN: running stats still update."""
-    model = TransCNN('small').train()
-    bn = model.stages[0][0].irb.expand.bn
-    before = bn.running_mean.clone()
-    model(torch.randn(2, 3, 64, 64))
-    assert not torch.equal(bn.running_mean, before)
-
-
+# -- what the tools rely on --------------------------------------------------
 @pytest.mark.parametrize('grids', [(4, ), (3, 2), 0])
 def test_hmhsa_same_result_for_either_memory_format(grids):
+    """A channels-last input (the benchmark's ``--channels-last``, or a
+    user's ``model.to(memory_format=...)``) gives the NCHW result."""
     torch.manual_seed(0)
     m = HMHSA(32, grid_sizes=grids, head_dim=16).eval()
     x = torch.randn(2, 32, 11, 14)
@@ -138,48 +78,6 @@ def test_hmhsa_same_result_for_either_memory_format(grids):
         a = m(x)
         b = m(x.contiguous(memory_format=torch.channels_last))
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-
-
-def test_backbone_runs_channels_last_inside_and_returns_nchw():
-    """The blocks run channels-last; the maps come back NCHW-contiguous
-    (what necks and heads are written for) unless asked otherwise, with
-    the same values either way."""
-    torch.manual_seed(0)
-    model = TransCNN('small').eval()
-    inside = TransCNN('small', out_memory_format='channels_last').eval()
-    inside.load_state_dict(model.state_dict())
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        outs, raw = model(x), inside(x)
-    for o, r in zip(outs, raw):
-        assert o.is_contiguous()
-        # C > 1 and H, W > 1: the two layouts are distinguishable
-        assert r.is_contiguous(memory_format=torch.channels_last)
-        assert not r.is_contiguous()
-        torch.testing.assert_close(o, r, rtol=0, atol=0)
-    with pytest.raises(ValueError, match='out_memory_format'):
-        TransCNN('small', out_memory_format='nhwc')
-
-
-@pytest.mark.parametrize('size,g', [((13, 17), 4), ((6, 6), 8), ((16, 8), 4),
-                                    ((1, 5), 2)])
-def test_pooled_merge_equals_masked_merge(size, g):
-    """The pooling fast path equals the general masked path."""
-    t = torch.randn(2, *size, 5, dtype=torch.float64)
-    fast, fast_valid = merge_tokens(t, None, g)
-    slow, slow_valid = merge_tokens(
-        t, torch.ones(2, *size, dtype=torch.bool), g)
-    assert fast_valid is None and bool(slow_valid.all())
-    torch.testing.assert_close(fast, slow, rtol=1e-12, atol=1e-12)
-
-
-def test_flop_count_does_not_depend_on_folding():
-    model = _tiny_transcnn()
-    folded = count_flops(model, (1, 3, 64, 64))
-    # counting leaves the folding switched on
-    assert model.stem.conv1.efficient_conv_bn_eval_forward is not None
-    _set_folding(model, False)
-    assert count_flops(model, (1, 3, 64, 64)) == folded
 
 
 # -- the measuring library --------------------------------------------------
@@ -406,22 +304,6 @@ def test_plot_scaling_extrapolation():
 
 
 # -- the ConvNeXt-T peer ------------------------------------------------------
-def test_convnext_peer_backbone_is_mmdets_setting():
-    from mmpretrain.models import ConvNeXt
-    model = speed.build_backbone('ConvNeXt-T')
-    assert isinstance(model, ConvNeXt)
-    assert list(model.out_indices) == [0, 1, 2, 3]
-    assert model.gap_before_final_norm is False
-    blocks = [b for stage in model.stages for b in stage]
-    assert len(blocks) == 18  # tiny: depths 3, 3, 9, 3
-    assert all(isinstance(b.drop_path, torch.nn.Identity) for b in blocks)
-    model.eval()
-    with torch.no_grad():
-        outs = model(torch.randn(1, 3, 64, 64))
-    assert [tuple(o.shape[1:]) for o in outs] == [
-        (96, 16, 16), (192, 8, 8), (384, 4, 4), (768, 2, 2)]
-
-
 def test_convnext_peer_backbone_step_in_process():
     row = speed.run_job(speed.Job('ConvNeXt-T', height=64, width=64,
                                   warmup=0, repeats=1, threads=1))
@@ -453,7 +335,7 @@ def test_every_peer_config_is_found():
             assert osp.isfile(speed.resolve_config(path)), name
 
 
-# -- which CPU and ISA ----------------------------------------------------------
+# -- which CPU and ISA --------------------------------------------------------
 XEON_CPUINFO = """processor\t: 0
 vendor_id\t: GenuineIntel
 cpu family\t: 6

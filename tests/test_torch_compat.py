@@ -1,5 +1,6 @@
-"""mmtranscnn.utils.torch_compat: one form of the autocast state and the
-gradient scaler on every supported torch (see setup.py)."""
+"""mmtranscnn.utils.torch_compat: one form of the autocast state, the
+gradient scaler and the "is dynamo tracing" check on every supported torch
+(see setup.py)."""
 import pytest
 import torch
 
@@ -38,6 +39,21 @@ def test_grad_scaler_for_cuda():
     if not torch.cuda.is_available():
         loss = torch.tensor(2.)
         assert scaler.scale(loss) is loss or float(scaler.scale(loss)) == 2.
+
+
+def test_is_compiling_sees_dynamo_tracing():
+    """True while torch.compile (dynamo, also behind torch.export) traces
+    the caller, False when it runs eagerly: H-MHSA builds its padding and
+    masks from tensor arithmetic under it, so that a compiled graph holds
+    at every input size."""
+    def f(x):
+        return x + 1 if torch_compat.is_compiling() else x - 1
+
+    x = torch.zeros(1)
+    assert not torch_compat.is_compiling()
+    assert f(x).item() == -1
+    compiled = torch.compile(f, backend='eager', fullgraph=True)
+    assert compiled(x).item() == 1
 
 
 @pytest.mark.skipif(torch_compat.DEVICE_AUTOCAST_API,

@@ -52,7 +52,7 @@ def main():
     setup_codebase(cfg)
     setup_cpu_distributed(cfg)  # no-op on GPUs or without a launcher
     keep_freed_memory_for_cpu_run()  # no-op with CUDA
-    runner = build_runner(cfg)
+    runner = build_runner(cfg, cpu_speedups=args.cpu_speedups)
     runner.train()
     teardown_distributed()
 

@@ -6,12 +6,8 @@ norms and upsampling counted; element-wise ops, pooling and softmax not).
 mmengine has no handle for ``aten::scaled_dot_product_attention``, so the
 attention matmuls would silently count zero: :func:`sdpa_flop_handle` adds
 them (Q K^T and attn V: ``B*heads*Lq*Lk*(d_qk + d_v)`` multiply-adds).
-A BN that mmcv's ``efficient_conv_bn_eval`` folds into its conv at run time
-is counted as the separate layer it is in the model (2 FLOPs per element),
-so the count does not depend on that speed-up.
 """
 from collections import Counter
-from contextlib import contextmanager
 from typing import Any, List, Sequence, Tuple, Union
 
 import torch
@@ -30,20 +26,6 @@ def sdpa_flop_handle(inputs: List[Any], outputs: List[Any]) -> Counter:
     for b in batch:
         n *= b
     return Counter({'scaled_dot_product_attention': n * lq * lk * (dq + dv)})
-
-
-@contextmanager
-def _unfolded_conv_bn(model: nn.Module):
-    """Turn off mmcv's eval-time conv+BN folding for the duration."""
-    folded = [m for m in model.modules()
-              if getattr(m, 'efficient_conv_bn_eval_forward', None)]
-    for m in folded:
-        m.turn_on_efficient_conv_bn_eval(False)
-    try:
-        yield
-    finally:
-        for m in folded:
-            m.turn_on_efficient_conv_bn_eval(True)
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
@@ -80,11 +62,10 @@ def count_flops(model: nn.Module,
     analyzer.unsupported_ops_warnings(False)
     analyzer.uncalled_modules_warnings(False)
     try:
-        with _unfolded_conv_bn(model):
-            if by_module:
-                return analyzer.by_module()
-            if by_operator:
-                return dict(analyzer.by_operator())
-            return analyzer.total()
+        if by_module:
+            return analyzer.by_module()
+        if by_operator:
+            return dict(analyzer.by_operator())
+        return analyzer.total()
     finally:
         model.train(was_training)

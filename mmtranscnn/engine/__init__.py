@@ -5,6 +5,8 @@
 - :mod:`.dist`: gloo start-up for distributed runs without an accelerator.
 - :mod:`.scope`: set up the codebase (mmdet/mmseg/mmpretrain) of a config.
 - :mod:`.cli`: the options of ``tools/train.py`` and ``tools/test.py``.
+- :mod:`.cpu_speedups`: CPU speed-ups applied to a built model (the tools'
+  runner and test hook).
 - :mod:`.cpu_memory`: freed memory kept for reuse in CPU runs (no page
   faults for recycled tensors).
 - :mod:`.weights_only`: checkpoints that ``torch.load(weights_only=True)``
@@ -16,14 +18,18 @@ from .cli import (add_run_options, build_runner, enable_test_visualization,
 from .dist import (LAUNCHERS, check_launcher, cpu_model_wrapper_cfg,
                    init_cpu_dist, setup_cpu_distributed, teardown_distributed)
 from .amp import CPUBF16AmpOptimWrapper
+from .cpu_speedups import (CPUInferenceHook, CPUTrainingRunner,
+                           speed_up_cpu_inference, speed_up_cpu_training)
 from .cpu_memory import keep_freed_memory, keep_freed_memory_for_cpu_run
 from .model_wrapper import CPUDistributedDataParallel
 from .scope import setup_codebase
 from .weights_only import WeightsOnlyCheckpointHook
 
 __all__ = [
-    'CPUBF16AmpOptimWrapper', 'CPUDistributedDataParallel', 'LAUNCHERS',
-    'WeightsOnlyCheckpointHook',
+    'CPUBF16AmpOptimWrapper', 'CPUDistributedDataParallel',
+    'CPUInferenceHook', 'CPUTrainingRunner', 'LAUNCHERS',
+    'WeightsOnlyCheckpointHook', 'speed_up_cpu_inference',
+    'speed_up_cpu_training',
     'add_run_options', 'build_runner',
     'check_launcher', 'cpu_model_wrapper_cfg', 'enable_test_visualization',
     'init_cpu_dist', 'keep_freed_memory', 'keep_freed_memory_for_cpu_run',

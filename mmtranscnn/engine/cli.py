@@ -10,6 +10,7 @@ import os
 import os.path as osp
 from typing import List, Optional
 
+import torch
 from mmengine.config import DictAction
 from mmengine.device import get_device
 from mmengine.registry import RUNNERS
@@ -18,14 +19,15 @@ from mmengine.runner import Runner
 from mmtranscnn.utils.checkpoint_safety import \
     enable_safe_checkpoint_loading
 
+from .cpu_speedups import CPUInferenceHook, CPUTrainingRunner
 from .dist import LAUNCHERS, check_launcher
 
 PICKLE_SUFFIXES = ('.pkl', '.pickle')
 
 
 def add_run_options(parser: argparse.ArgumentParser, example: str) -> None:
-    """The options both tools end with: ``--cfg-options``, ``--launcher``
-    and ``--local_rank``.
+    """The options both tools end with: ``--cfg-options``, ``--launcher``,
+    ``--no-cpu-speedups`` and ``--local_rank``.
 
     Args:
         parser: the tool's parser.
@@ -42,6 +44,13 @@ def add_run_options(parser: argparse.ArgumentParser, example: str) -> None:
         choices=LAUNCHERS,
         default='none',
         help='job launcher')
+    parser.add_argument(
+        '--no-cpu-speedups',
+        dest='cpu_speedups',
+        action='store_false',
+        help='without a GPU, run the plain model (by default the CPU '
+        'speed-ups of mmtranscnn.engine.cpu_speedups are applied; they '
+        'compute the same)')
     # torch.distributed.launch passes --local-rank (torch >= 2.0) or
     # --local_rank (older); torchrun sets LOCAL_RANK instead.
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
@@ -257,11 +266,14 @@ def prepare_prediction_dump(cfg, out: Optional[str]):
     return DumpResults(out_file_path=out)
 
 
-def build_runner(cfg):
+def build_runner(cfg, cpu_speedups: bool = False):
     """Build the config's runner: ``runner_type`` if given, else ``Runner``.
 
     Args:
         cfg (Config): The complete config.
+        cpu_speedups (bool): without CUDA, apply the CPU speed-ups of
+            :mod:`.cpu_speedups` (training ones to the built model,
+            inference ones before testing). Default: False.
 
     Returns:
         Runner: The runner.
@@ -271,4 +283,8 @@ def build_runner(cfg):
     enable_safe_checkpoint_loading()
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
-    return Runner.from_cfg(cfg)
+    if not cpu_speedups or torch.cuda.is_available():
+        return Runner.from_cfg(cfg)
+    runner = CPUTrainingRunner.from_cfg(cfg)
+    runner.register_hook(CPUInferenceHook(), 'LOWEST')
+    return runner

@@ -1,34 +1,20 @@
-"""Freed memory kept for reuse in CPU runs (glibc's malloc).
+"""Freed memory kept for reuse in CPU training (glibc's malloc).
 
 PyTorch's CPU tensors come straight from ``malloc``. glibc serves every
 block above its mmap threshold (at most 32 MB) with a fresh ``mmap`` and
 returns it to the kernel on ``free``, so the next tensor of that size is
 new memory again, and its first write takes one page fault per 4 KB.
-Training at detection size allocates and frees such maps all the time
-(a stage-1 map of 200x336x256 floats is 69 MB). Measured on a 2-core
-Intel Xeon VM (TransCNN-Base backbone train step at 800x1344, fp32): about
-0.4-1.0 million page faults and 1.8-4.1 s of kernel time per 8-10 s step;
-with freed memory kept, 20-60 thousand faults, 0.2-0.4 s and a 6.5-6.8 s
-step. The PyTorch CPU tuning guide gives the same advice (an allocator
-that keeps memory: jemalloc, tcmalloc); this does it with glibc's own
-``mallopt``, with nothing to install or preload.
+Training at detection size allocates and frees such maps at every step.
 
 :func:`keep_freed_memory` switches glibc to serve every block from its
 heap (``M_MMAP_MAX = 0``) and to keep freed heap memory
 (``M_TRIM_THRESHOLD`` at its maximum). What a process holds then stays
-at its peak instead of shrinking between steps; the peak itself is what
-the run needs anyway.
-It changes the whole process, so the model never calls it: the training
-entry point does (``tools/train.py`` through
-:func:`keep_freed_memory_for_cpu_run`, not with CUDA), and so do the
-benchmark tools for CPU train steps. The fast-path switch
-(``MMTRANSCNN_FAST_PATHS=0``, :func:`mmtranscnn.models.fastpath.set_enabled`)
-turns it off with every other CPU speed path.
-
-Inference is left alone: TransCNN-Base at 800x1344 allocates few fresh
-maps per step and gained nothing beyond noise (0.51 vs 0.52 img/s),
-while its peak memory grew from 279 to 481 MB (heap blocks of other sizes
-are not reused exactly).
+at its peak instead of shrinking between steps. It changes the whole
+process, so the model never calls it: the training entry point does
+(``tools/train.py`` through :func:`keep_freed_memory_for_cpu_run`, not
+with CUDA), and so do the benchmark tools for CPU train steps
+(``--system-malloc`` leaves malloc alone). docs/cpu_performance.md gives
+what it saves.
 """
 import ctypes
 import ctypes.util
@@ -36,7 +22,6 @@ import functools
 import gc
 from typing import Optional
 
-from mmtranscnn.models import fastpath
 
 __all__ = ['keep_freed_memory', 'keep_freed_memory_for_cpu_run',
            'trim_freed_memory']
@@ -74,15 +59,12 @@ def keep_freed_memory() -> Optional[str]:
     Process-wide and idempotent; call it before the large allocations.
 
     Returns:
-        None once applied (now or before), else why not (fast paths off,
-        not glibc, or ``mallopt`` refused).
+        None once applied (now or before), else why not (not glibc, or
+        ``mallopt`` refused).
     """
     global _memory_kept
     if _memory_kept:
         return None
-    if not fastpath.is_enabled():
-        return (f'fast paths are off ({fastpath.ENV_VAR}=0, '
-                'fastpath.set_enabled(False) or oneDNN off)')
     libc = glibc()
     if libc is None:
         return 'the C library is not glibc'

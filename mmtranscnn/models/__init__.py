@@ -1,19 +1,23 @@
-"""TransCNN models. Importing this package registers them (see downstream)."""
-from . import fastpath  # noqa: F401  (CPU fast paths and their switch)
+"""TransCNN models. Importing this package registers them (see downstream)
+and the authors' released classifiers (see pretrain_hub)."""
 from .blocks import (ConvStem, InvertedResidual, TransCNNBlock,
                      TwoBranchDownsample)
 from .downstream import register_in_downstream_scopes
 from .grids import grid_sizes_for_input
 from .hmhsa import HMHSA, merge_tokens, parse_grid_sizes
+from .pretrain_hub import register_released_classifiers
 from .pretrained import LoadReport, load_backbone_checkpoint
 from .released import RELEASED, convert_released
-from .transcnn import STYLES, TransCNN
+from .released_blocks import RELEASED_VARIANTS, ReleasedHMHSA
+from .transcnn import VARIANTS, TransCNN
 
 register_in_downstream_scopes()
+register_released_classifiers()
 
 __all__ = [
     'HMHSA', 'TransCNN', 'ConvStem', 'InvertedResidual',
     'TwoBranchDownsample', 'TransCNNBlock', 'merge_tokens',
     'parse_grid_sizes', 'load_backbone_checkpoint', 'LoadReport',
-    'grid_sizes_for_input', 'RELEASED', 'convert_released', 'STYLES'
+    'grid_sizes_for_input', 'RELEASED', 'convert_released', 'VARIANTS',
+    'RELEASED_VARIANTS', 'ReleasedHMHSA'
 ]

@@ -41,6 +41,10 @@ dsK.norm2                      stages.(K-1).0.pool_branch.bn          v1
 classifier.1                   head.fc (mmpretrain LinearClsHead)     both
 =============================  =====================================  ==========
 
+``HAT_Net.py`` builds a norm in every attention block that its forward never
+calls (``blocks.S.I.attn.proj_norm``); the converter drops those weights
+(:data:`UNUSED_RELEASED_KEYS`), as the network here does not build the layer.
+
 The attention's ``qkv``, ``q``, ``kv`` and ``proj`` are 1x1 convs in the
 released code and ``nn.Linear`` here: their weights lose the two trailing
 unit dimensions; the channel order (q|k|v, then heads, then head channels)
@@ -57,6 +61,13 @@ VERSIONS = ('transcnn-v1', 'hatnet')
 
 # Norm layer names inside our ConvModules (mmcv names them by type).
 _NORM = {'transcnn-v1': 'bn', 'hatnet': 'gn'}
+
+#: Keys of layers the released code builds but never calls, by version:
+#: dropped on conversion.
+UNUSED_RELEASED_KEYS = {
+    'transcnn-v1': None,
+    'hatnet': re.compile(r'blocks\.\d+\.\d+\.attn\.proj_norm\.'),
+}
 
 # Attention projections: 1x1 convs there, Linear layers here.
 _PROJECTIONS = ('qkv', 'q', 'kv', 'proj')
@@ -209,8 +220,11 @@ def convert_released(state_dict: dict,
         raise ValueError(f'version must be one of {VERSIONS}, got '
                          f'{version!r}')
     rules = [(re.compile(p), r) for p, r in _rules(version)]
+    unused = UNUSED_RELEASED_KEYS[version]
     backbone, head, unmapped = {}, {}, []
     for key, value in state_dict.items():
+        if unused is not None and unused.match(key):
+            continue
         if key in ('classifier.1.weight', 'classifier.1.bias'):
             head['fc.' + key.rsplit('.', 1)[1]] = value
             continue
@@ -231,5 +245,6 @@ def convert_released(state_dict: dict,
     return backbone, head, version
 
 
-__all__ = ['RELEASED', 'ReleasedModel', 'VERSIONS', 'convert_released',
+__all__ = ['RELEASED', 'ReleasedModel', 'UNUSED_RELEASED_KEYS', 'VERSIONS',
+           'convert_released',
            'detect_version', 'infer_arch', 'matching_presets']

@@ -18,59 +18,25 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmtranscnn.registry import MODELS
 
-from .blocks import ConvStem, TransCNNBlock, TwoBranchDownsample
-from .hmhsa import QUERY_FORMS, parse_grid_sizes
+from .blocks import (ConvStem, InvertedResidual, TransCNNBlock,
+                     TwoBranchDownsample)
+from .hmhsa import HMHSA, QUERY_FORMS, parse_grid_sizes
 from .presets import ARCH_SETTINGS
 from .pretrained import load_backbone_checkpoint
+from .released_blocks import RELEASED_VARIANTS
 
 ARCH_KEYS = ('channels', 'depths', 'kernel_sizes', 'expand_ratios')
 # Optional arch keys: the released presets carry their own defaults.
-ARCH_OPTIONAL_KEYS = ('stem_channels', 'style', 'head_dim', 'grid_sizes',
+ARCH_OPTIONAL_KEYS = ('stem_channels', 'variant', 'head_dim', 'grid_sizes',
                       'pool_ratios')
 
-# How the blocks are built. 'paper' is our reading of §3 (Table 1 'small' and
-# 'base'); the two others are the authors' released code, which the eight
-# published ImageNet checkpoints need exactly (docs/released_weights.md).
-# Every entry is a named option of one building block.
-GN = dict(type='GN', num_groups=1, eps=1e-6)
-#: Memory layouts the backbone can return its maps in.
-OUT_MEMORY_FORMATS = ('contiguous', 'channels_last')
-STYLES: Dict[str, dict] = {
-    'paper': dict(
-        norm_cfg=dict(type='BN'),
-        stem=dict(bias='auto', last_norm_act=True),
-        attn=dict(pool_mode='max+avg',      # Eq. 8
-                  level0_shortcut='normed',  # Eq. 7 on the map attended to
-                  grid_norm=False, ds_norm=False,
-                  output_sum='attention',    # Eq. 12 sums attn_0 .. attn_M
-                  unused_proj_norm=False),
-        irb_norm_layout='conv-norm',         # Fig. 1c
-        tdb=dict(pool='avg', act=False, bias='auto')),  # Fig. 1d
-    # TransCNN.py (first version, 256x256 weights).
-    'transcnn-v1': dict(
-        norm_cfg=dict(type='BN'),
-        # its stem: conv(bias)-BN-SiLU, then a bare conv(bias)
-        stem=dict(bias=True, last_norm_act=False),
-        attn=dict(pool_mode='avg',          # AvgPool2d(ds_ratio) only
-                  level0_shortcut='input',   # grid_norm(x + attn_0), raw x
-                  grid_norm=True, ds_norm=True,
-                  output_sum='level0_map',   # proj(attn_1 + grid_x)
-                  unused_proj_norm=False),
-        irb_norm_layout='conv-norm',         # conv-BN(-SiLU) x 3, as ours
-        # MaxPool2d branch, SiLU on the sum, biases before the BNs
-        tdb=dict(pool='max', act=True, bias=True)),
-    # HAT_Net.py (journal version, 224x224 weights).
-    'hatnet': dict(
-        norm_cfg=GN,                         # GroupNorm(1, C, eps=1e-6)
-        stem=dict(bias=True, last_norm_act=False),
-        attn=dict(pool_mode='avg', level0_shortcut='input',
-                  grid_norm=True, ds_norm=True, output_sum='level0_map',
-                  # attn.proj_norm: built, never called
-                  unused_proj_norm=True),
-        irb_norm_layout='pre-post',          # GN-conv-SiLU, dw-SiLU, conv-GN
-        # a single conv(bias) + GN, no pooled branch
-        tdb=dict(pool=None, act=False, bias=True)),
-}
+#: The paper's network (§3.3, Fig. 1): its norm and the classes of its stem,
+#: downsampling block, attention and IRB.
+PAPER = dict(norm_cfg=dict(type='BN'), stem=ConvStem,
+             downsample=TwoBranchDownsample, attn=HMHSA, irb=InvertedResidual)
+#: Every variant by name: the paper's, and the authors' released code's
+#: (:mod:`.released_blocks`), which their eight checkpoints need exactly.
+VARIANTS: Dict[str, dict] = {'paper': PAPER, **RELEASED_VARIANTS}
 
 
 @MODELS.register_module()
@@ -85,8 +51,8 @@ class TransCNN(BaseModule):
             from ``HAT_Net.py``; see :mod:`.released`), or a dict with the
             keys ``channels``, ``depths``, ``kernel_sizes`` and
             ``expand_ratios`` (one entry per stage) and optionally
-            ``stem_channels`` (default 16), ``style`` (a key of
-            :data:`STYLES`, default 'paper'), ``head_dim``, ``grid_sizes``
+            ``stem_channels`` (default 16), ``variant`` (a key of
+            :data:`VARIANTS`, default 'paper'), ``head_dim``, ``grid_sizes``
             and ``pool_ratios`` (defaults for the arguments of the same
             names). Default: 'base'.
         grid_sizes (Sequence, optional): one entry per stage: an int G0, a
@@ -95,11 +61,13 @@ class TransCNN(BaseModule):
             0) for Table 1's, the paper's ImageNet setting for 224x224
             inputs (§4.4 uses (16, 8, 4, 0) for COCO); the released presets'
             level-0 windows, (8, 8, 8, 0) or (8, 7, 7, 0). Default: None.
-        pool_ratios (Sequence, optional): one entry per stage, like
-            ``grid_sizes``: the pooling ratio of each level above 0 (see
-            :class:`HMHSA`), 0 for a plain stage. None takes the preset's
-            ((8, 4, 2, 0) for the released ones) or, for Table 1's, pools
-            each level by its grid (Eq. 8). Holds no weights. Default: None.
+        pool_ratios (Sequence, optional): released presets only (their
+            attention pools by a ratio of its own, see
+            :class:`~.released_blocks.ReleasedHMHSA`): one entry per stage,
+            like ``grid_sizes``, the pooling ratio of each level above 0, 0
+            for a plain stage. None takes the preset's ((8, 4, 2, 0)).
+            Table 1's networks pool each level by its grid (Eq. 8). Holds no
+            weights. Default: None.
         in_channels (int): input image channels. Default: 3.
         head_dim (int, optional): channels per attention head; None takes
             the preset's (48 for 'hatnet-tiny', else 64). Default: None.
@@ -118,21 +86,9 @@ class TransCNN(BaseModule):
         with_cp (bool): gradient checkpointing per block. Default: False.
         drop_path_rate (float): stochastic depth, increasing linearly over
             the blocks up to this value. Default: 0.
-        norm_cfg (dict, optional): norm config; None takes the style's:
+        norm_cfg (dict, optional): norm config; None takes the variant's:
             BN, or GroupNorm(1, C, eps=1e-6) for HAT-Net. Default: None.
         act_cfg (dict): activation config. Default: dict(type='SiLU').
-        out_memory_format (str): memory layout of the returned maps:
-            ``'contiguous'`` (NCHW, what OpenMMLab's necks and heads are
-            written for) or ``'channels_last'`` (the layout the blocks run
-            in, no copy). The stage outputs are small, so the copy is
-            cheap, but the layout carries on into the neck and head, whose
-            cost depends on it and on the CPU: a RetinaNet train step at
-            800x1344 on an AMD EPYC took 13.5 s with NCHW outputs and
-            18.7 s with channels-last ones, ATen, oneDNN and MKL limited
-            to AVX2 (oneDNN's AVX2 backward of the head's 3x3 convs is ~3x
-            slower on channels-last maps), and 13.7 s against 12.9 s at
-            AVX-512.
-            Default: 'contiguous'.
         init_cfg (dict, optional): initialisation; ``dict(type='Pretrained',
             checkpoint=PATH, prefix='backbone.')`` loads our classification
             (or backbone-only) checkpoint strictly and reports any key that
@@ -141,7 +97,8 @@ class TransCNN(BaseModule):
             (``checkpoint='HAT-Net_Small.pth'``; see :mod:`.released`).
 
     Attributes:
-        style (str): the key of :data:`STYLES` the blocks are built with.
+        variant (str): the key of :data:`VARIANTS` the blocks are built
+            with.
         released_version (str | None): the released layout a checkpoint of
             the authors must have ('transcnn-v1' or 'hatnet'), None for
             Table 1's presets.
@@ -164,30 +121,30 @@ class TransCNN(BaseModule):
                  norm_cfg: Optional[dict] = None,
                  act_cfg: dict = dict(type='SiLU'),
                  pool_ratios: Optional[Sequence] = None,
-                 out_memory_format: str = 'contiguous',
                  init_cfg: Optional[Union[dict, list]] = None):
         super().__init__(init_cfg=init_cfg)
-        if out_memory_format not in OUT_MEMORY_FORMATS:
-            raise ValueError(f'out_memory_format must be one of '
-                             f'{OUT_MEMORY_FORMATS}, got '
-                             f'{out_memory_format!r}')
-        self.out_memory_format = out_memory_format
         self.arch_settings = self._parse_arch(arch)
-        channels = self.arch_settings['channels']
-        num_stages = len(channels)
         settings = self.arch_settings
-        self.style = settings.get('style', 'paper')
-        style = copy.deepcopy(STYLES[self.style])
+        channels = settings['channels']
+        num_stages = len(channels)
+        self.variant = settings.get('variant', 'paper')
+        layers = VARIANTS[self.variant]
         # The released layout a checkpoint must have (models/released.py).
-        self.released_version = None if self.style == 'paper' else self.style
+        self.released_version = (None if self.variant == 'paper' else
+                                 self.variant)
         if grid_sizes is None:
             grid_sizes = settings.get('grid_sizes', (8, 4, 2, 0))
         if pool_ratios is None:
             pool_ratios = settings.get('pool_ratios')
+        elif self.variant == 'paper':
+            raise ValueError(
+                'pool_ratios applies to the released presets only; the '
+                "paper's attention pools each level by its grid (Eq. 8): "
+                'set grid_sizes instead')
         if head_dim is None:
             head_dim = settings.get('head_dim', 64)
         if norm_cfg is None:
-            norm_cfg = style['norm_cfg']
+            norm_cfg = layers['norm_cfg']
         if not isinstance(head_dim, int) or head_dim < 1:
             raise ValueError(f'head_dim must be a positive int, got '
                              f'{head_dim!r}')
@@ -214,49 +171,34 @@ class TransCNN(BaseModule):
         self.norm_eval = norm_eval
         self.num_features = list(channels)
 
-        self.stem = ConvStem(in_channels, self.arch_settings['stem_channels'],
-                             channels[0], norm_cfg=norm_cfg, act_cfg=act_cfg,
-                             **style['stem'])
-        tdb = style['tdb']
-        tdb_options = dict(pool=tdb['pool'], bias=tdb['bias'],
-                           act_cfg=act_cfg if tdb['act'] else None)
-        attn = style['attn']
-        attn_options = dict(
-            pool_mode=attn['pool_mode'],
-            level0_shortcut=attn['level0_shortcut'],
-            grid_norm_cfg=norm_cfg if attn['grid_norm'] else None,
-            ds_norm_cfg=norm_cfg if attn['ds_norm'] else None,
-            output_sum=attn['output_sum'],
-            unused_proj_norm_cfg=norm_cfg if attn['unused_proj_norm']
-            else None)
+        self.stem = layers['stem'](in_channels, settings['stem_channels'],
+                                   channels[0], norm_cfg=norm_cfg,
+                                   act_cfg=act_cfg)
         depths = self.arch_settings['depths']
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        rates = iter(torch.linspace(0, drop_path_rate, sum(depths)).tolist())
         self.stages = ModuleList()
-        block_idx = 0
         for i, (dims, depth) in enumerate(zip(channels, depths)):
-            layers = []
+            blocks = []
             if i > 0:
-                layers.append(TwoBranchDownsample(channels[i - 1], dims,
-                                                  norm_cfg=norm_cfg,
-                                                  **tdb_options))
+                blocks.append(layers['downsample'](
+                    channels[i - 1], dims, norm_cfg=norm_cfg,
+                    act_cfg=act_cfg))
             for _ in range(depth):
-                layers.append(
-                    TransCNNBlock(
-                        dims,
-                        grid_sizes=self.grid_sizes[i],
-                        kernel_size=self.arch_settings['kernel_sizes'][i],
-                        expand_ratio=self.arch_settings['expand_ratios'][i],
-                        head_dim=head_dim,
-                        query_from=query_from,
-                        norm_cfg=norm_cfg,
-                        act_cfg=act_cfg,
-                        drop_path_rate=rates[block_idx],
-                        with_cp=with_cp,
-                        attn_options=dict(attn_options,
-                                          pool_ratios=self.pool_ratios[i]),
-                        irb_norm_layout=style['irb_norm_layout']))
-                block_idx += 1
-            self.stages.append(Sequential(*layers))
+                rate = next(rates)
+                attn_cfg = dict(type=layers['attn'], embed_dims=dims,
+                                grid_sizes=self.grid_sizes[i],
+                                head_dim=head_dim, query_from=query_from,
+                                norm_cfg=norm_cfg, drop_path_rate=rate)
+                if self.pool_ratios[i] is not None:
+                    attn_cfg['pool_ratios'] = self.pool_ratios[i]
+                irb_cfg = dict(type=layers['irb'], channels=dims,
+                               expand_ratio=settings['expand_ratios'][i],
+                               kernel_size=settings['kernel_sizes'][i],
+                               norm_cfg=norm_cfg, act_cfg=act_cfg,
+                               drop_path_rate=rate)
+                blocks.append(TransCNNBlock(attn_cfg, irb_cfg,
+                                            with_cp=with_cp))
+            self.stages.append(Sequential(*blocks))
         self._freeze_stages()
 
     # -- argument parsing ---------------------------------------------------
@@ -265,9 +207,9 @@ class TransCNN(BaseModule):
         if isinstance(arch, str):
             if arch.lower() not in cls.arch_zoo:
                 table1 = sorted(k for k, v in cls.arch_zoo.items()
-                                if 'style' not in v)
+                                if 'variant' not in v)
                 released = [k for k, v in cls.arch_zoo.items()
-                            if 'style' in v]
+                            if 'variant' in v]
                 raise ValueError(f'arch must be one of {table1} (Table 1), '
                                  f'one of the released presets {released}, '
                                  f'or a dict with keys {ARCH_KEYS}, got '
@@ -282,9 +224,10 @@ class TransCNN(BaseModule):
                     f'arch dict needs the keys {ARCH_KEYS} (and optionally '
                     f'{ARCH_OPTIONAL_KEYS}); missing {missing}, unknown '
                     f'{unknown}')
-            if arch.get('style', 'paper') not in STYLES:
-                raise ValueError(f'arch style must be one of '
-                                 f'{sorted(STYLES)}, got {arch["style"]!r}')
+            if arch.get('variant', 'paper') not in VARIANTS:
+                raise ValueError(f'arch variant must be one of '
+                                 f'{sorted(VARIANTS)}, got '
+                                 f'{arch["variant"]!r}')
             settings = copy.deepcopy(dict(arch))
             lengths = {k: len(settings[k]) for k in ARCH_KEYS}
             if len(set(lengths.values())) != 1 or 0 in lengths.values():
@@ -420,6 +363,7 @@ class TransCNN(BaseModule):
         for i, stage in enumerate(self.stages[:max(self.out_indices) + 1]):
             x = stage(x)
             if i in self.out_indices:
-                outs.append(x.contiguous() if self.out_memory_format ==
-                            'contiguous' else x)
+                # NCHW-contiguous, the layout necks and heads are written
+                # for, also where the model was put in channels-last memory.
+                outs.append(x.contiguous())
         return tuple(outs)

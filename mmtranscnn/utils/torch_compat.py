@@ -11,6 +11,8 @@ autocast state and the gradient scaler moved to device-generic calls:
   and the argument-free forms meant CUDA.
 * ``torch.amp.GradScaler(device_type)`` exists from torch 2.3; before,
   ``torch.cuda.amp.GradScaler()`` (newer torch deprecates that one).
+* ``torch.compiler.is_compiling()`` exists from torch 2.3; before,
+  ``torch._dynamo.is_compiling()``.
 
 Which form this torch has is decided once, at import.
 """
@@ -66,6 +68,21 @@ def get_autocast_dtype(device_type: str) -> torch.dtype:
     return _old_pair(device_type)[2]()
 
 
+def _is_compiling_fn():
+    compiler = getattr(torch, 'compiler', None)
+    if compiler is not None and hasattr(compiler, 'is_compiling'):
+        return compiler.is_compiling
+    try:
+        from torch._dynamo import is_compiling
+    except ImportError:  # no dynamo: nothing is ever compiled
+        return lambda: False
+    return is_compiling
+
+
+#: Whether dynamo (torch.compile, torch.export) is tracing the caller.
+is_compiling = _is_compiling_fn()
+
+
 def grad_scaler(device_type: str = 'cuda'):
     """A dynamic loss scaler for fp16 training on ``device_type``."""
     amp = getattr(torch, 'amp', None)
@@ -78,4 +95,4 @@ def grad_scaler(device_type: str = 'cuda'):
 
 
 __all__ = ['DEVICE_AUTOCAST_API', 'get_autocast_dtype', 'grad_scaler',
-           'is_autocast_enabled', 'set_autocast_enabled']
+           'is_autocast_enabled', 'is_compiling', 'set_autocast_enabled']

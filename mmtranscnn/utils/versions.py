@@ -64,9 +64,8 @@ REQUIREMENTS = (
         'untested'),
     Requirement(
         'mmcv', '>=2.1.0,<2.2.0', None, 'mmcv',
-        "the conv blocks pass ConvModule's efficient_conv_bn_eval, new in "
-        'mmcv 2.1.0 (2.0.1 named it fast_conv_bn_eval); mmdet 3.3.0 and '
-        'mmsegmentation 1.2.2 refuse mmcv 2.2',
+        'mmdet 3.2.0 is the first mmdet to accept mmcv 2.1; mmdet 3.3.0 '
+        'and mmsegmentation 1.2.2 refuse mmcv 2.2; tested on 2.1.0',
         aliases=('mmcv-lite', )),
     Requirement(
         'mmengine', '>=0.10.3,<1.0.0', None, 'mmengine',

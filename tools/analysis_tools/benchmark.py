@@ -63,6 +63,7 @@ import sys
 import time
 
 from speed_harness import (BACKBONES, CASES, DETECTORS, DTYPES, Job,
+                           add_cpu_speedups_argument,
                            add_system_malloc_argument, machine_info,
                            run_in_subprocess)
 
@@ -147,6 +148,7 @@ def parse_args(argv=None):
     parser.add_argument('--channels-last', action='store_true',
                         help='run every model on channels-last tensors')
     add_system_malloc_argument(parser)
+    add_cpu_speedups_argument(parser)
     parser.add_argument('--no-flops', action='store_true',
                         help='skip FLOP counting of the backbones')
     parser.add_argument('--timeout', type=float, default=1800,
@@ -271,7 +273,12 @@ def markdown(results, args, info):
            ' (glibc malloc as the system sets it)'
            if getattr(args, 'system_malloc', False) else
            ' (in train steps freed memory is kept for reuse, as '
-           'tools/train.py does)') + ". "
+           'tools/train.py does)')
+        + ('' if args.device != 'cpu' else
+           '; the CPU speed-ups of mmtranscnn.engine.cpu_speedups applied '
+           'to every model, as the tools apply them'
+           if getattr(args, 'cpu_speedups', True) else
+           '; plain models (--no-cpu-speedups)') + ". "
         f"Load average (1 min) during the run: {info['load_min']:.2f} to "
         f"{info['load_max']:.2f}.", '', cpu_paragraph(info), ''
     ]
@@ -342,6 +349,7 @@ def main(argv=None):
                               repeats=args.repeats,
                               channels_last=args.channels_last,
                               keep_freed_memory=not args.system_malloc,
+                              cpu_speedups=args.cpu_speedups,
                               flops=(not args.no_flops and rnd == 0
                                      and kind == 'backbone'
                                      and dtype == args.dtypes[0]))

@@ -34,7 +34,7 @@ import platform
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 # -- what can be measured -------------------------------------------------
@@ -141,6 +141,12 @@ class Job:
             ``tools/train.py`` does, the same for every model; False
             measures with the system's malloc settings. Inference is always
             measured with the system's settings, as ``tools/test.py`` runs.
+        cpu_speedups: on the CPU, apply
+            ``mmtranscnn.engine.cpu_speedups`` to the built model as the
+            tools do, to every model alike (inference: channels-last
+            weights, BN folded into the convs; training: TransCNN's
+            depthwise-conv backward and small-grid attention); False
+            measures the plain models.
     """
     model: str
     kind: str = 'backbone'
@@ -157,6 +163,7 @@ class Job:
     channels_last: bool = False
     flops: bool = False
     keep_freed_memory: bool = True
+    cpu_speedups: bool = True
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> 'Job':
@@ -203,6 +210,33 @@ def reset_hwm() -> bool:
         return True
     except OSError:
         return False
+
+
+def add_cpu_speedups_argument(parser: argparse.ArgumentParser) -> None:
+    """``--no-cpu-speedups``, the tools' switch for
+    :attr:`Job.cpu_speedups`.
+
+    Args:
+        parser: the tool's argument parser.
+    """
+    parser.add_argument('--no-cpu-speedups', dest='cpu_speedups',
+                        action='store_false',
+                        help='CPU: measure the plain models (default: the '
+                        'speed-ups of mmtranscnn.engine.cpu_speedups are '
+                        'applied to every model, as tools/train.py and '
+                        'tools/test.py do)')
+
+
+def apply_cpu_speedups(job: 'Job', model) -> None:
+    """The CPU speed-ups the tools apply, where ``job`` asks for them."""
+    if job.device != 'cpu' or not job.cpu_speedups:
+        return
+    from mmtranscnn.engine.cpu_speedups import (speed_up_cpu_inference,
+                                                speed_up_cpu_training)
+    if job.mode == 'infer':
+        speed_up_cpu_inference(model)
+    else:
+        speed_up_cpu_training(model)
 
 
 def add_system_malloc_argument(parser: argparse.ArgumentParser) -> None:
@@ -423,6 +457,7 @@ def build_step(job: Job) -> Tuple[Any, Callable[[], None]]:
     else:
         model = build_detector(job.model, job.grid_sizes)
     model.to(device)
+    apply_cpu_speedups(job, model)
     x = torch.randn(job.batch, 3, job.height, job.width, device=device)
     if job.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -444,9 +479,11 @@ def run_job(job: Job) -> dict:
         raise RuntimeError('device=cuda but torch.cuda.is_available() is '
                            'False')
     memory_kept = keep_freed_memory_for(job)
-    model, step = build_step(job)
+    # The parameters of the model as built, before the speed-ups fold BNs.
+    model, step = build_step(replace(job, cpu_speedups=False))
     from mmtranscnn.analysis import count_params
     params = count_params(model)
+    apply_cpu_speedups(job, model)
 
     def sync():
         if device.type == 'cuda':
@@ -484,8 +521,9 @@ def run_job(job: Job) -> dict:
     gflops = None
     if job.flops and job.kind == 'backbone':
         from mmtranscnn.analysis import count_flops
-        model.float()
-        gflops = count_flops(model, (1, 3, job.height, job.width)) / 1e9
+        # On the model as built (the speed-ups fold BNs away).
+        plain = build_backbone(job.model, job.grid_sizes)
+        gflops = count_flops(plain, (1, 3, job.height, job.width)) / 1e9
     times_sorted = sorted(times)
     median = times_sorted[len(times) // 2] if len(times) % 2 else sum(
         times_sorted[len(times) // 2 - 1:len(times) // 2 + 1]) / 2

@@ -82,7 +82,7 @@ def compare(preset, module, batch=2):
                                         fc['fc.weight'], fc['fc.bias'])
     arch = TransCNN.arch_zoo[preset]
     ref_outs, ref_logits = Reference(
-        sd, arch['style'], arch['head_dim'],
+        sd, arch['variant'], arch['head_dim'],
         [g or 1 for g in arch['grid_sizes']], list(arch['pool_ratios']))(xb)
 
     def worst(a, a_logits, b, b_logits):

@@ -35,7 +35,7 @@ transcnn_v1_small = dict(
     init_cfg=dict(
         type='Pretrained',
         checkpoint='https://github.com/yun-liu/TransCNN/releases/download/'
-        'v1/TransCNN-Small.pth',
+        'v1.0/TransCNN-Small.pth',
         prefix=None))
 # Channels of the four stage outputs (strides 4/8/16/32).
 transcnn_v1_small_channels = [64, 128, 256, 512]

@@ -18,6 +18,6 @@ transcnn_v1_tiny = dict(
     init_cfg=dict(
         type='Pretrained',
         checkpoint='https://github.com/yun-liu/TransCNN/releases/download/'
-        'v1/TransCNN-Tiny.pth',
+        'v1.0/TransCNN-Tiny.pth',
         prefix=None))
 transcnn_v1_tiny_channels = [64, 128, 256, 512]
