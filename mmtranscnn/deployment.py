@@ -22,8 +22,8 @@ no longer gives it:
   padded tokens) it stops with "Boolean value of Tensor with more than one
   value is ambiguous", and it reads ``scale`` as a divisor where torch
   multiplies. The TorchScript exporter has its own translation of the
-  function from opset 14 on; :func:`torch_attention_for_onnxruntime` keeps
-  torch's function when the backend is ONNX Runtime.
+  function from opset 14 on; :func:`torch_attention` sets
+  mmdeploy's rewrite aside.
 * **RoIAlign.** mmdeploy writes mmcv's RoIAlign (Mask R-CNN, Faster
   R-CNN) as ONNX ``RoiAlign`` with a helper that torch no longer has
   (``torch.onnx.symbolic_opset9._cast_Long``: "cannot import name");
@@ -108,12 +108,27 @@ def safe_checkpoint_loading() -> Iterator[None]:
 SDPA = 'torch.nn.functional.scaled_dot_product_attention'
 
 
-def _torch_attention(*args, **kwargs):
-    """torch's own ``F.scaled_dot_product_attention``, in place of
-    mmdeploy's default rewrite (see :func:`torch_attention_for_onnxruntime`).
+@contextlib.contextmanager
+def torch_attention() -> Iterator[None]:
+    """While active, mmdeploy leaves ``F.scaled_dot_product_attention``
+    alone: its default rewrite (for every backend) is set aside, and the
+    TorchScript exporter writes torch's own translation (opset 14 on).
+
+    Setting the rewrite aside, rather than registering one that calls
+    torch's function, also keeps mmdeploy from replacing the function
+    where a class holds it as an attribute (H-MHSA's ``attention``): the
+    Python function it would put there binds as a method.
     """
     from mmdeploy.core import FUNCTION_REWRITER
-    return FUNCTION_REWRITER.get_context().origin_func(*args, **kwargs)
+    records = FUNCTION_REWRITER._registry._rewrite_records
+    saved = records.get(SDPA)
+    if saved is not None:
+        records[SDPA] = [r for r in saved if r['_checkers']]
+    try:
+        yield
+    finally:
+        if saved is not None:
+            records[SDPA] = saved
 
 
 @contextlib.contextmanager
@@ -131,17 +146,6 @@ def _scoped_rewriter(rewriter, name: str, backend: str,
         yield
     finally:
         records[name] = [r for r in records[name] if r is not ours]
-
-
-@contextlib.contextmanager
-def torch_attention_for_onnxruntime() -> Iterator[None]:
-    """While active, mmdeploy keeps torch's ``scaled_dot_product_attention``
-    when the backend is ONNX Runtime (the TorchScript exporter translates it
-    from opset 14 on); other backends keep mmdeploy's rewrites."""
-    from mmdeploy.core import FUNCTION_REWRITER
-    with _scoped_rewriter(FUNCTION_REWRITER, SDPA, 'onnxruntime',
-                          _torch_attention):
-        yield
 
 
 def _roi_align_symbolic(g, input, rois, output_size, spatial_scale,
@@ -193,7 +197,7 @@ def roi_align_for_onnxruntime() -> Iterator[None]:
 def export_environment() -> Iterator[None]:
     """All of the above: what mmdeploy 1.3.1 needs on today's stack."""
     with torchscript_onnx_export(), safe_checkpoint_loading(), \
-            torch_attention_for_onnxruntime(), roi_align_for_onnxruntime():
+            torch_attention(), roi_align_for_onnxruntime():
         yield
 
 
@@ -477,7 +481,7 @@ def compare_with_pytorch(deploy_cfg, model_cfg, checkpoint: Optional[str],
         name = image if isinstance(image, str) else f'array{index}'
         prepared.append((name, data, inputs, features))
     references = []
-    with torch_attention_for_onnxruntime(), RewriterContext(
+    with torch_attention(), RewriterContext(
             cfg=deploy_cfg, backend=backend.value, ir=IR.ONNX,
             opset=onnx_cfg.get('opset_version', 11)), torch.no_grad():
         for name, data, inputs, features in prepared:
