@@ -224,12 +224,31 @@ def mmseg_upsample_by_scale() -> Iterator[None]:
         yield
 
 
+def import_rewrite_targets() -> None:
+    """Import every module mmdeploy's function rewriters name, now.
+
+    mmdeploy's rewriter context imports them when it is entered; a module
+    that registers a function with ``torch.fx.wrap`` on import (torchvision
+    does) then grows torch's table of wrapped functions, which is a dict
+    in today's torch, and mmdeploy's exit, written for a list, fails with
+    ``KeyError: -1``. Imported before, they register nothing new inside.
+    """
+    from mmdeploy.core import FUNCTION_REWRITER
+    from mmdeploy.core.rewriters.rewriter_utils import import_function
+    for path in list(FUNCTION_REWRITER._registry._rewrite_records):
+        try:
+            import_function(path)
+        except Exception:  # a codebase that is not installed: never used
+            pass
+
+
 @contextlib.contextmanager
 def export_environment() -> Iterator[None]:
     """All of the above: what mmdeploy 1.3.1 needs on today's stack."""
     with torchscript_onnx_export(), safe_checkpoint_loading(), \
             torch_attention(), roi_align_for_onnxruntime(), \
             mmseg_upsample_by_scale():
+        import_rewrite_targets()  # ours included
         yield
 
 
@@ -513,6 +532,7 @@ def compare_with_pytorch(deploy_cfg, model_cfg, checkpoint: Optional[str],
         name = image if isinstance(image, str) else f'array{index}'
         prepared.append((name, data, inputs, features))
     references = []
+    import_rewrite_targets()
     # (mmseg's Upsample runs as written here: the graph's version of it is
     # compared with the original.)
     with torch_attention(), RewriterContext(
