@@ -418,3 +418,18 @@ def test_tool_names_a_missing_file(tmp_path):
          str(tmp_path / 'none.pth'), str(tmp_path / 'none.png')],
         capture_output=True, text=True, env=tool_env(), timeout=120)
     assert proc.returncode != 0 and 'none.png' in proc.stderr
+
+
+def test_rewriter_context_opens_and_closes_inside_the_environment():
+    """mmdeploy's context fails on exit (KeyError: -1) when a module that
+    torch.fx-wraps functions is first imported inside it; the environment
+    imports them all before."""
+    from mmdeploy.core import RewriterContext
+    from mmdeploy.utils import load_config
+    from torch.fx._symbolic_trace import _wrapped_fns_to_patch
+    (deploy_cfg, ) = load_config(SEGMENTATION_DEPLOY)
+    with deployment.export_environment():
+        wrapped = len(_wrapped_fns_to_patch)
+        with RewriterContext(cfg=deploy_cfg, backend='onnxruntime',
+                             opset=17):
+            assert len(_wrapped_fns_to_patch) == wrapped
