@@ -107,13 +107,16 @@ setup(
     install_requires=VERSIONS.requirement_strings() +
     read_requirements('runtime'),
     # `pip install mmtranscnn[mmdet]` (or mmseg, mmpretrain) adds the
-    # codebase in its range; [optional] all three; [all] the tests too.
+    # codebase in its range; [optional] all three; [deploy] mmdeploy, onnx
+    # and onnxruntime; [all] all of these and the tests.
     extras_require=dict(
         {extra: VERSIONS.requirement_strings(extra)
          for extra in VERSIONS.codebase_extras()},
         optional=VERSIONS.requirement_strings('optional'),
+        deploy=VERSIONS.requirement_strings('deploy'),
         tests=read_requirements('tests'),
         all=VERSIONS.requirement_strings('optional') +
+        VERSIONS.requirement_strings('deploy') +
         read_requirements('tests')),
     classifiers=[
         'Programming Language :: Python :: 3',

@@ -23,6 +23,12 @@ _base_ = [
     './_base_/models/transcnn-v1-small.py',
 ]
 custom_imports = dict(imports=['mmtranscnn'], allow_failed_imports=False)
+# Checkpoints that torch.load(weights_only=True) reads as they are, so that
+# mmdet's/mmseg's/mmpretrain's own tools, their inferencers and mmdeploy
+# load them on torch >= 2.6 (see mmtranscnn/engine/weights_only.py).
+default_hooks = dict(
+    weights_only_checkpoint=dict(
+        type='mmtranscnn.WeightsOnlyCheckpointHook'))
 
 model = dict(
     backbone=dict(

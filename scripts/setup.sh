@@ -9,7 +9,8 @@
 # mmcv 2.1.0 with compiled ops (built from the PyPI sdist when no cached wheel
 # exists, cached under ${XDG_CACHE_HOME:-~/.cache}/mmtranscnn keyed by the mmcv,
 # torch and Python versions and CPU/CUDA); this package (editable) with the
-# OpenMMLab stack it declares, held to the exact releases of
+# OpenMMLab stack it declares and its deploy extra (mmdeploy, onnx,
+# onnxruntime), held to the exact releases of
 # requirements/pinned.txt; a check that `mmcv.ops` imports. A second run finds
 # the stamp of the first and installs nothing.
 set -euo pipefail
@@ -143,7 +144,7 @@ EOF
   # this package and everything it declares: the stack in the ranges of
   # mmtranscnn/utils/versions.py, held to CI's exact releases by the
   # constraints in requirements/pinned.txt (a pin outside a range fails here).
-  STEP="install mmtranscnn (editable) and the OpenMMLab stack (mmcv, mmengine, mmdet, mmpretrain, mmseg)"
+  STEP="install mmtranscnn (editable), the OpenMMLab stack (mmcv, mmengine, mmdet, mmpretrain, mmseg) and mmdeploy with ONNX Runtime"
   say "$STEP"
   "${PIP[@]}" install -q --no-build-isolation -c requirements/pinned.txt \
     "${MMCV_WHEEL[@]}" -e ".[all]"
@@ -153,9 +154,9 @@ EOF
   "${PIP[@]}" install -q -r requirements/mim.txt
   "${PIP[@]}" install -q --no-deps -r requirements/openmim.txt
 
-  STEP="verify imports (mmcv.ops, mmdet, mmpretrain, mmseg, mmtranscnn)"
+  STEP="verify imports (mmcv.ops, mmdet, mmpretrain, mmseg, mmdeploy, onnxruntime, mmtranscnn)"
   say "$STEP"
-  "$PY" -c "import mmcv.ops, mmdet.models, mmpretrain.models, mmseg.models, mmtranscnn; print('mmcv', mmcv.__version__, '| mmtranscnn', mmtranscnn.__version__)"
+  "$PY" -c "import mmcv.ops, mmdet.models, mmpretrain.models, mmseg.models, mmdeploy.apis, onnxruntime, mmtranscnn; print('mmcv', mmcv.__version__, '| mmdeploy', mmdeploy.__version__, '| onnxruntime', onnxruntime.__version__, '| mmtranscnn', mmtranscnn.__version__)"
   echo "$WANT" > "$STAMP"
 fi
 

@@ -19,7 +19,8 @@ import pytest
 from packaging.requirements import Requirement
 
 import mmtranscnn
-from mmtranscnn.utils.versions import REQUIREMENTS, requirement_strings
+from mmtranscnn.utils.versions import (DEPLOY_REQUIREMENTS, REQUIREMENTS,
+                                       requirement_strings)
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 MIM_FILES = ('configs/retinanet_transcnn_base.py',
@@ -77,6 +78,10 @@ def test_wheel_requires_the_ranges_of_the_version_table(built_dists):
             assert Requirement(str(req)).specifier == \
                 Requirement(f'{req.name}{optional[req.name]}').specifier
     assert {'ftfy', 'regex'} <= set(optional)
+    deploy = {r.name: r.specifier for r in requires
+              if r.marker and r.marker.evaluate({'extra': 'deploy'})}
+    assert deploy == {req.name: Requirement(str(req)).specifier
+                      for req in DEPLOY_REQUIREMENTS}
     # Ranges only: no exact pin reaches a user's environment.
     assert not any(spec.operator == '==' for r in requires
                    for spec in r.specifier), requires

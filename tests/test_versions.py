@@ -213,3 +213,68 @@ def test_no_requirement_file_repeats_a_range():
                     assert PipRequirement(line).name not in ranged, (
                         f'requirements/{name}: {line} (the range belongs in '
                         'mmtranscnn/utils/versions.py)')
+
+
+# -- the deploy extra ---------------------------------------------------------
+DEPLOY_BY_NAME = {req.name: req for req in versions.DEPLOY_REQUIREMENTS}
+# Inside the deploy ranges, none of them setup.sh's pins.
+DEPLOY_IN_RANGE = {'mmdeploy': '1.3.2', 'onnx': '1.17.1',
+                   'onnxruntime': '1.20.1'}
+
+
+def test_deploy_extra_ranges():
+    assert set(DEPLOY_BY_NAME) == {'mmdeploy', 'onnx', 'onnxruntime'}
+    for req in versions.DEPLOY_REQUIREMENTS:
+        ops = {spec.operator for spec in SpecifierSet(req.specifier)}
+        assert ops == {'>=', '<'} and req.why and req.extra == 'deploy', req
+    assert versions.requirement_strings('deploy') == [
+        str(req) for req in versions.DEPLOY_REQUIREMENTS]
+
+
+def test_setup_sh_pins_the_deploy_extra_inside_its_ranges():
+    pins = read_pins('pinned.txt')
+    for req in versions.DEPLOY_REQUIREMENTS:
+        assert pins[req.name] in SpecifierSet(req.specifier), req
+
+
+def test_installed_deploy_packages_agree_with_each_other():
+    """What mmdeploy, onnx and onnxruntime declare (mmdeploy 1.3.1:
+    protobuf<=3.20.2) is what is installed: the ranges resolve."""
+    from packaging.version import Version
+    unmet = []
+    for name in DEPLOY_BY_NAME:
+        for line in metadata.requires(name) or []:
+            req = PipRequirement(line)
+            if req.marker is not None and not req.marker.evaluate(
+                    {'extra': ''}):
+                continue
+            installed = metadata.version(req.name)
+            if not req.specifier.contains(Version(installed),
+                                          prereleases=True):
+                unmet.append(f'{name} needs {req}, {installed} installed')
+    assert not unmet, unmet
+
+
+def test_deploy_check_names_missing_and_out_of_range_packages(monkeypatch):
+    fake_metadata(monkeypatch, dict(IN_RANGE, **DEPLOY_IN_RANGE))
+    versions.check_deploy_versions()
+    installed = dict(IN_RANGE, **dict(DEPLOY_IN_RANGE, onnx='1.18.0'))
+    del installed['mmdeploy']
+    fake_metadata(monkeypatch, installed)
+    monkeypatch.setattr(versions, '_importable', lambda module: False)
+    message = str(pytest.raises(IncompatibleVersionError,
+                                versions.check_deploy_versions).value)
+    assert message.startswith('export to ONNX Runtime')
+    assert ('mmdeploy is not installed; mmtranscnn needs '
+            f"{DEPLOY_BY_NAME['mmdeploy']} (pip install "
+            "'mmtranscnn[deploy]')") in message
+    assert f"onnx 1.18.0 is installed; mmtranscnn needs " \
+        f"{DEPLOY_BY_NAME['onnx']}" in message
+
+
+def test_import_check_ignores_the_deploy_packages(monkeypatch):
+    """import mmtranscnn imports none of them, so their versions do not
+    stop it."""
+    fake_metadata(monkeypatch, dict(IN_RANGE, onnx='1.18.0'))
+    monkeypatch.setattr(versions, '_importable', lambda module: False)
+    assert version_problems() == []

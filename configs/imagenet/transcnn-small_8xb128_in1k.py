@@ -121,7 +121,12 @@ default_hooks = dict(
     # and the best one.
     checkpoint=dict(
         type='CheckpointHook', interval=1, max_keep_ckpts=3,
-        save_best='auto'))
+        save_best='auto'),
+    # Checkpoints that torch.load(weights_only=True) reads as they are, so
+    # that mmpretrain's own tools, its inferencers and mmdeploy load them
+    # on torch >= 2.6 (see mmtranscnn/engine/weights_only.py).
+    weights_only_checkpoint=dict(
+        type='mmtranscnn.WeightsOnlyCheckpointHook'))
 # Paper silent: no EMA of the weights. DeiT keeps an EMA copy but reports
 # the raw weights, and mmpretrain's DeiT configs drop it too. To keep one:
 # custom_hooks = [dict(type='EMAHook', momentum=4e-5, priority='ABOVE_NORMAL')]

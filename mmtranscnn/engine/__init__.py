@@ -9,6 +9,8 @@
   runner and test hook).
 - :mod:`.cpu_memory`: freed memory kept for reuse in CPU runs (no page
   faults for recycled tensors).
+- :mod:`.weights_only`: checkpoints that ``torch.load(weights_only=True)``
+  reads as they are (the shipped configs' ``WeightsOnlyCheckpointHook``).
 """
 from .cli import (add_run_options, build_runner, enable_test_visualization,
                   merge_test_args, merge_train_args, parse_run_args,
@@ -21,11 +23,13 @@ from .cpu_speedups import (CPUInferenceHook, CPUTrainingRunner,
 from .cpu_memory import keep_freed_memory, keep_freed_memory_for_cpu_run
 from .model_wrapper import CPUDistributedDataParallel
 from .scope import setup_codebase
+from .weights_only import WeightsOnlyCheckpointHook
 
 __all__ = [
     'CPUBF16AmpOptimWrapper', 'CPUDistributedDataParallel',
     'CPUInferenceHook', 'CPUTrainingRunner', 'LAUNCHERS',
-    'speed_up_cpu_inference', 'speed_up_cpu_training',
+    'WeightsOnlyCheckpointHook', 'speed_up_cpu_inference',
+    'speed_up_cpu_training',
     'add_run_options', 'build_runner',
     'check_launcher', 'cpu_model_wrapper_cfg', 'enable_test_visualization',
     'init_cpu_dist', 'keep_freed_memory', 'keep_freed_memory_for_cpu_run',

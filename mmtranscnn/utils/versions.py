@@ -22,7 +22,7 @@ import importlib.util
 import os
 import warnings
 from importlib import metadata
-from typing import List, NamedTuple, Optional, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 #: Set to 1 to turn the error on a version outside a range into a warning
 #: (trying a release of the stack that is newer than the tested ones).
@@ -91,6 +91,27 @@ REQUIREMENTS = (
 )
 
 
+#: What ``pip install 'mmtranscnn[deploy]'`` adds for export to ONNX Runtime
+#: (tools/deployment/deploy.py, docs/deployment.md). ``import mmtranscnn``
+#: does not check these (it imports none of them); the deploy tool does,
+#: with :func:`check_deploy_versions`.
+DEPLOY_REQUIREMENTS = (
+    Requirement(
+        'mmdeploy', '>=1.3.1,<1.4.0', 'deploy', 'mmdeploy',
+        '1.3.1 is the first release for mmdet 3.3 / mmseg 1.2 and the '
+        'last one; it declares protobuf<=3.20.2, which decides the '
+        'versions of onnx and onnxruntime below'),
+    Requirement(
+        'onnx', '>=1.17.0,<1.18.0', 'deploy', 'onnx',
+        '1.17 is the first built for numpy 2; 1.18 needs protobuf>=4.25.1, '
+        'which mmdeploy 1.3.1 refuses'),
+    Requirement(
+        'onnxruntime', '>=1.19.0,<1.27.0', 'deploy', 'onnxruntime',
+        '1.19 is the first built for numpy 2; 1.27 needs protobuf>=4.25.8, '
+        'which mmdeploy 1.3.1 refuses; tested on 1.26.0'),
+)
+
+
 class IncompatibleVersionError(ImportError):
     """An installed package's version lies outside mmtranscnn's range."""
 
@@ -105,12 +126,15 @@ def requirement_strings(extra: Optional[str] = None) -> List[str]:
 
     Args:
         extra: None for ``install_requires``; a name from
-            :func:`codebase_extras`; or ``'optional'`` for all codebases.
+            :func:`codebase_extras`; ``'optional'`` for all codebases; or
+            ``'deploy'`` for :data:`DEPLOY_REQUIREMENTS`.
     """
+    if extra == 'deploy':
+        return [str(req) for req in DEPLOY_REQUIREMENTS]
     if extra is not None and extra != 'optional' and \
             extra not in codebase_extras():
-        raise ValueError(f'extra must be None, \'optional\' or one of '
-                         f'{codebase_extras()}, got {extra!r}')
+        raise ValueError(f'extra must be None, \'optional\', \'deploy\' '
+                         f'or one of {codebase_extras()}, got {extra!r}')
     lines = []
     for req in REQUIREMENTS:
         if req.extra == extra or (extra == 'optional' and req.extra):
@@ -133,21 +157,32 @@ def _importable(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def version_problems() -> List[Tuple[Requirement, str]]:
+def version_problems(
+        requirements: Sequence[Requirement] = REQUIREMENTS
+) -> List[Tuple[Requirement, str]]:
     """``(requirement, message)`` for each installed package outside its
-    range and each needed package that is missing; empty when all fit."""
+    range and each needed package that is missing; empty when all fit.
+
+    Args:
+        requirements: what to check. Default: :data:`REQUIREMENTS`, where
+            the codebases (``extra`` set) may be absent; of
+            :data:`DEPLOY_REQUIREMENTS` every one is needed.
+    """
     from packaging.specifiers import SpecifierSet
     from packaging.version import InvalidVersion, Version
 
     problems = []
-    for req in REQUIREMENTS:
+    for req in requirements:
         version = installed_version(req)
         if version is None:
             # A module that imports without metadata (a source checkout on
             # PYTHONPATH) has no version to compare: let it be.
-            if req.extra is None and not _importable(req.module):
+            needed = req.extra is None or req.extra == 'deploy'
+            if needed and not _importable(req.module):
+                how = (f" (pip install 'mmtranscnn[{req.extra}]')"
+                       if req.extra else '')
                 problems.append((req, f'{req.name} is not installed; '
-                                 f'mmtranscnn needs {req}'))
+                                 f'mmtranscnn needs {req}{how}'))
             continue
         try:
             parsed = Version(version)
@@ -170,17 +205,23 @@ def _skip_requested() -> bool:
     raise ValueError(f'{SKIP_CHECK_ENV} must be 1 or 0, got {value!r}')
 
 
-def check_installed_versions() -> None:
+def check_installed_versions(
+        requirements: Sequence[Requirement] = REQUIREMENTS,
+        what: str = 'mmtranscnn') -> None:
     """Raise :class:`IncompatibleVersionError` naming every installed
     package outside its range, with the installed version and the range.
 
     With ``MMTRANSCNN_SKIP_VERSION_CHECK=1`` the same message is a warning.
+
+    Args:
+        requirements: what to check (see :func:`version_problems`).
+        what: what cannot run, for the message. Default: 'mmtranscnn'.
     """
-    problems = version_problems()
+    problems = version_problems(requirements)
     if not problems:
         return
     ranges = ' '.join(f"'{req}'" for req, _ in problems)
-    message = ('mmtranscnn cannot run with the installed versions:\n'
+    message = (f'{what} cannot run with the installed versions:\n'
                + ''.join(f'  - {text}\n' for _, text in problems)
                + f'Install versions in range, e.g. pip install {ranges}; or '
                f'set {SKIP_CHECK_ENV}=1 to try these versions anyway.')
@@ -188,3 +229,10 @@ def check_installed_versions() -> None:
         warnings.warn(message, stacklevel=2)
         return
     raise IncompatibleVersionError(message)
+
+
+def check_deploy_versions() -> None:
+    """:func:`check_installed_versions` for :data:`DEPLOY_REQUIREMENTS`:
+    mmdeploy, onnx and onnxruntime must be installed, in their ranges."""
+    check_installed_versions(DEPLOY_REQUIREMENTS,
+                             'export to ONNX Runtime (mmtranscnn[deploy])')

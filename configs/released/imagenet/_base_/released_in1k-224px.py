@@ -17,6 +17,12 @@ _base_ = [
 
 # Registers type='TransCNN' in mmpretrain's registry.
 custom_imports = dict(imports=['mmtranscnn'], allow_failed_imports=False)
+# Checkpoints that torch.load(weights_only=True) reads as they are, so that
+# mmdet's/mmseg's/mmpretrain's own tools, their inferencers and mmdeploy
+# load them on torch >= 2.6 (see mmtranscnn/engine/weights_only.py).
+default_hooks = dict(
+    weights_only_checkpoint=dict(
+        type='mmtranscnn.WeightsOnlyCheckpointHook'))
 default_scope = 'mmpretrain'
 
 img_size = 224
