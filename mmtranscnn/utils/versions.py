@@ -112,7 +112,7 @@ DEPLOY_REQUIREMENTS = (
     Requirement(
         'onnxscript', '>=0.7.2,<1.0.0', 'deploy', 'onnxscript',
         'torch.onnx.export(dynamo=True) needs it; 0.7.2 accepts '
-        'onnx 1.17 and leave protobuf alone; tested on 0.7.2'),
+        'onnx 1.17 and leaves protobuf alone; tested on 0.7.2'),
 )
 
 
