@@ -108,7 +108,7 @@ setup(
     read_requirements('runtime'),
     # `pip install mmtranscnn[mmdet]` (or mmseg, mmpretrain) adds the
     # codebase in its range; [optional] all three; [deploy] mmdeploy, onnx
-    # and onnxruntime; [all] all of these and the tests.
+    # and onnxruntime (and onnxscript); [all] all of these and the tests.
     extras_require=dict(
         {extra: VERSIONS.requirement_strings(extra)
          for extra in VERSIONS.codebase_extras()},

@@ -223,7 +223,8 @@ DEPLOY_IN_RANGE = {'mmdeploy': '1.3.2', 'onnx': '1.17.1',
 
 
 def test_deploy_extra_ranges():
-    assert set(DEPLOY_BY_NAME) == {'mmdeploy', 'onnx', 'onnxruntime'}
+    assert set(DEPLOY_BY_NAME) == {'mmdeploy', 'onnx', 'onnxruntime',
+                                   'onnxscript'}
     for req in versions.DEPLOY_REQUIREMENTS:
         ops = {spec.operator for spec in SpecifierSet(req.specifier)}
         assert ops == {'>=', '<'} and req.why and req.extra == 'deploy', req

@@ -183,10 +183,11 @@ class HMHSA(BaseModule):
     """
 
     #: The attention function of Eq. 1, ``softmax(q k^T / sqrt(d)) v``,
-    #: with SDPA's signature. A speed-up applied to a built model may set
-    #: another one that computes the same (``mmtranscnn.engine``'s
-    #: ``cpu_speedups``).
-    attention = F.scaled_dot_product_attention
+    #: with SDPA's signature (a static method: whatever function is set, it
+    #: is never bound to the module). A speed-up applied to a built model
+    #: may set another one that computes the same on an instance
+    #: (``mmtranscnn.engine``'s ``cpu_speedups``).
+    attention = staticmethod(F.scaled_dot_product_attention)
 
     def __init__(self,
                  embed_dims: int,

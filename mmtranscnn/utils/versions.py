@@ -109,6 +109,10 @@ DEPLOY_REQUIREMENTS = (
         'onnxruntime', '>=1.19.0,<1.27.0', 'deploy', 'onnxruntime',
         '1.19 is the first built for numpy 2; 1.27 needs protobuf>=4.25.8, '
         'which mmdeploy 1.3.1 refuses; tested on 1.26.0'),
+    Requirement(
+        'onnxscript', '>=0.7.2,<1.0.0', 'deploy', 'onnxscript',
+        'torch.onnx.export(dynamo=True) needs it; 0.7.2 accepts '
+        'onnx 1.17 and leaves protobuf alone; tested on 0.7.2'),
 )
 
 

@@ -6,6 +6,7 @@ builder function; :func:`load_module` imports such a file from a checkout
 """
 import importlib.util
 import os.path as osp
+import sys
 
 # our preset -> (the authors' file, its builder function)
 BUILDERS = {
@@ -29,5 +30,7 @@ def load_module(path):
     spec = importlib.util.spec_from_file_location(
         osp.splitext(osp.basename(path))[0], path)
     module = importlib.util.module_from_spec(spec)
+    # timm's register_model looks the defining module up in sys.modules.
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
