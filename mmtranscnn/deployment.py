@@ -102,13 +102,17 @@ def safe_checkpoint_loading() -> Iterator[None]:
 
     from mmtranscnn.utils.checkpoint_safety import \
         enable_safe_checkpoint_loading
-    schemes = dict(CheckpointLoader._schemes)
+    # mmengine replaces the table by a sorted copy on every registration:
+    # the table object itself is put back, with its entries.
+    table = CheckpointLoader._schemes
+    entries = list(table.items())
     enable_safe_checkpoint_loading()
     try:
         yield
     finally:
-        CheckpointLoader._schemes.clear()
-        CheckpointLoader._schemes.update(schemes)
+        table.clear()
+        table.update(entries)
+        CheckpointLoader._schemes = table
 
 
 SDPA = 'torch.nn.functional.scaled_dot_product_attention'

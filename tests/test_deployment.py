@@ -393,7 +393,8 @@ def test_export_environment_is_undone(monkeypatch):
                 for name, records in
                 rewriter._registry._rewrite_records.items()}
 
-    export, schemes = torch.onnx.export, dict(CheckpointLoader._schemes)
+    export, table = torch.onnx.export, CheckpointLoader._schemes
+    schemes = dict(table)
     before = rewrites()
     with deployment.export_environment():
         assert torch.onnx.export is not export
@@ -407,7 +408,7 @@ def test_export_environment_is_undone(monkeypatch):
                      'mmseg.models.utils.Upsample.forward'):
             assert len(during[name]) == len(before.get(name, [])) + 1
     assert torch.onnx.export is export
-    assert CheckpointLoader._schemes == schemes
+    assert CheckpointLoader._schemes is table and table == schemes
     assert CheckpointLoader._schemes[''] is load_from_local
     assert rewrites() == before
 
