@@ -110,8 +110,7 @@ def test_training_speedups_give_the_plain_outputs_and_gradients(arch):
     # The 5x5 depthwise convs of stages 2 and 4, one per block; every
     # block's attention.
     assert speed_up_cpu_training(fast) == dict(
-        channels_last_backbones=1, depthwise_convs=depths[0] + depths[2],
-        attention=sum(depths))
+        depthwise_convs=depths[0] + depths[2], attention=sum(depths))
     assert fast.stem.conv1.conv.weight.is_contiguous(
         memory_format=torch.channels_last)
     assert fast.state_dict().keys() == plain.state_dict().keys()

@@ -165,40 +165,47 @@ def test_detection_samples_hold_boxes_inside_the_image():
 
 
 # -- the tools ----------------------------------------------------------------
-def _row(model, img_s, mem, case='backbone-224'):
+def _row(model, img_s, mem, case='backbone-224', saved=None):
     return dict(job=dict(model=model, batch=8), img_per_s=img_s,
                 median_s=8 / img_s, min_s=8 / img_s, max_s=8 / img_s,
-                peak_mem_mb=mem, params_m=1., gflops=1.)
+                peak_mem_mb=mem, params_m=1., gflops=1., saved_mb=saved)
 
 
 def test_benchmark_targets_met_and_missed():
     bench = _tool('benchmark')
     args = bench.parse_args(['--cases', 'backbone-224', 'backbone-det',
-                             '--models', 'TransCNN-Base', 'Swin-T',
-                             'PVT-Small'])
+                             'backbone-train', '--models', 'TransCNN-Base',
+                             'Swin-T'])
     results = {
-        ('backbone-224', 'TransCNN-Base', 'fp32'): _row('TransCNN-Base', 30,
+        ('backbone-224', 'TransCNN-Base', 'fp32'): _row('TransCNN-Base', 21,
                                                         100),
         ('backbone-224', 'Swin-T', 'fp32'): _row('Swin-T', 20, 100),
-        ('backbone-224', 'PVT-Small', 'fp32'): _row('PVT-Small', 26, 100),
-        ('backbone-det', 'TransCNN-Base', 'fp32'): _row('TransCNN-Base', 1,
+        ('backbone-det', 'TransCNN-Base', 'fp32'): _row('TransCNN-Base', .8,
                                                         900),
         ('backbone-det', 'Swin-T', 'fp32'): _row('Swin-T', 1, 1000),
-        ('backbone-det', 'PVT-Small', 'fp32'): dict(
-            job=dict(model='PVT-Small'), error='boom'),
+        ('backbone-train', 'TransCNN-Base', 'fp32'): _row(
+            'TransCNN-Base', .5, 1400, saved=2500),
+        ('backbone-train', 'Swin-T', 'fp32'): _row('Swin-T', 1, 1000,
+                                                   saved=2000),
     }
     lines = bench.target_lines(results, args)
-    assert 'img/s 1.50x Swin-T (target >= 1.2x): met' in lines[0]
-    assert lines[1].endswith('met') and '1.00x' in lines[1]  # memory
-    assert 'img/s 1.15x PVT-Small (target >= 1.2x): MISSED' in lines[2]
-    assert 'MISSED' in lines[3]  # 1.0x Swin-T at 800x1344
-    assert 'not measured' in lines[4]
-    assert '0.90x' in lines[5] and lines[5].endswith('met')
+    assert 'img/s 1.05x Swin-T (target >= 1.05x): met' in lines[0]
+    assert 'img/s 0.80x Swin-T (target >= 0.90x): MISSED' in lines[1]
+    assert 'img/s 0.50x Swin-T (target >= 0.67x): MISSED' in lines[2]
+    assert "saved for backward 2500 MB = 1.25x Swin-T's (target <= 1.25x)" \
+        ': met' in lines[3]
+    assert '1.40x' in lines[4] and lines[4].endswith('MISSED')
+    results[('backbone-det', 'Swin-T', 'fp32')] = dict(
+        job=dict(model='Swin-T'), error='boom')
+    assert 'not measured' in bench.target_lines(results, args)[1]
     info = dict(date='d', cpu='c', logical_cpus=2, mem_gb=24., torch='t',
                 load_min=.5, load_max=1.)
-    text = bench.markdown(results, args, info)
-    assert '| Swin-T | 1.0 | 1.00 | 20.00 |' in text
-    assert 'failed: boom' in text
+    tools = {('backbone-224', 'Swin-T', 'fp32'): _row('Swin-T', 25, 90)}
+    text = bench.markdown(results, args, info, tools)
+    assert '| Swin-T | 1.0 | 1.00 | 20.00 | 20.00-20.00 | 25.00 |' in text
+    assert '| TransCNN-Base | 1.0 | 1.00 | 21.00 | 21.00-21.00 | - |' in text
+    assert '| 1000 | 2000 | 0.50x / 1.40x / 1.25x |' in text
+    assert 'failed: boom' in text and 'flush-to-zero on' in text
 
 
 def test_benchmark_batch_overrides_and_titles(capsys):
@@ -416,9 +423,11 @@ def test_benchmark_json_and_markdown_name_the_cpu(tmp_path, monkeypatch):
     bench.main(['--cases', 'backbone-224', 'retinanet-infer', '--models',
                 'TransCNN-Base', 'ConvNeXt-T', '--repeats', '1',
                 '--json', str(out_json), '--md', str(out_md)])
-    assert [(j.kind, j.model) for j in jobs] == [
-        ('backbone', 'TransCNN-Base'), ('backbone', 'ConvNeXt-T'),
-        ('detector', 'TransCNN-Base'), ('detector', 'ConvNeXt-T')]
+    # Each model as built, then with the tools' speed-ups, interleaved.
+    assert [(j.kind, j.model, j.cpu_speedups) for j in jobs] == [
+        (kind, model, speedups) for kind in ('backbone', 'detector')
+        for model in ('TransCNN-Base', 'ConvNeXt-T')
+        for speedups in (False, True)]
     saved = json.loads(out_json.read_text())
     machine = saved['machine']
     for key in ('cpu', 'cpu_vendor', 'cpu_signature', 'aten_cpu_capability',

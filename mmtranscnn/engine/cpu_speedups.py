@@ -10,9 +10,6 @@ each one saves.
 * :func:`speed_up_cpu_training` (``tools/train.py`` applies it to CPU runs,
   through :class:`CPUTrainingRunner`):
 
-  - TransCNN backbones keep their weights, and so their maps, in
-    channels-last memory (they still return NCHW maps to necks and heads);
-
   - stride-1 depthwise convs with a kernel larger than 3 get a backward
     made of oneDNN's fast kernels (:class:`DepthwiseConv2d`);
   - H-MHSA attends over grids of at most :data:`MATMUL_MAX_KEYS` keys with
@@ -22,8 +19,7 @@ each one saves.
 
 * :func:`speed_up_cpu_inference` (``tools/test.py`` applies it to CPU runs
   through :class:`CPUInferenceHook`, the benchmark to every model it
-  compares): TransCNN backbones in channels-last memory as above, and
-  every eval-mode BN folded into the conv before it (mmcv's
+  compares): every eval-mode BN folded into the conv before it (mmcv's
   ``fuse_conv_bn``). Apply it after the weights are loaded; the model is
   then for inference only.
 
@@ -39,7 +35,6 @@ from mmengine.runner import Runner
 from torch import Tensor, nn
 
 from mmtranscnn.models.hmhsa import HMHSA
-from mmtranscnn.models.transcnn import TransCNN
 from mmtranscnn.utils.torch_compat import (get_autocast_dtype,
                                            is_autocast_enabled)
 
@@ -198,17 +193,6 @@ class DepthwiseConv2d(nn.Conv2d):
             return _DepthwiseConvFn.apply(x, weight, bias, self.padding)
 
 
-def _backbones_channels_last(model: nn.Module) -> int:
-    """Put the weights of every TransCNN in ``model`` in channels-last
-    memory: oneDNN's convolutions run faster on NHWC maps, and the
-    (B, C, H, W) <-> (B, H, W, C) permutes around H-MHSA become free views.
-    Returns how many backbones were converted."""
-    backbones = [m for m in model.modules() if isinstance(m, TransCNN)]
-    for backbone in backbones:
-        backbone.to(memory_format=torch.channels_last)
-    return len(backbones)
-
-
 def speed_up_cpu_training(model: nn.Module) -> Dict[str, int]:
     """Apply the training speed-ups to ``model`` in place (see the module
     docstring); parameters, state dict and results stay as they are.
@@ -218,11 +202,9 @@ def speed_up_cpu_training(model: nn.Module) -> Dict[str, int]:
             segmentor or classifier that holds one).
 
     Returns:
-        How many backbones, depthwise convs and H-MHSA modules were
-        changed.
+        How many depthwise convs and H-MHSA modules were changed.
     """
-    counts = dict(channels_last_backbones=_backbones_channels_last(model),
-                  depthwise_convs=0, attention=0)
+    counts = dict(depthwise_convs=0, attention=0)
     for module in model.modules():
         if DepthwiseConv2d.qualifies(module):
             module.__class__ = DepthwiseConv2d
@@ -234,9 +216,8 @@ def speed_up_cpu_training(model: nn.Module) -> Dict[str, int]:
 
 
 def speed_up_cpu_inference(model: nn.Module) -> nn.Module:
-    """Apply the inference speed-ups to ``model`` in place: TransCNN
-    backbones in channels-last memory, eval-mode BNs folded into their
-    convs.
+    """Apply the inference speed-up to ``model`` in place: eval-mode BNs
+    folded into their convs.
 
     Call it on a model in eval mode with its weights loaded: the folded
     BNs are gone (the model no longer trains, nor loads a checkpoint with
@@ -249,7 +230,6 @@ def speed_up_cpu_inference(model: nn.Module) -> nn.Module:
         The same model.
     """
     model.eval()
-    _backbones_channels_last(model)
     return fuse_conv_bn(model)
 
 

@@ -2,7 +2,9 @@
 
 Every conv comes with its norm and activation as one mmcv ``ConvModule``;
 ``norm_cfg`` / ``act_cfg`` follow mmcv's conventions, so a config can swap
-BN for SyncBN or SiLU for another activation. The authors' released
+BN for SyncBN or SiLU for another activation. Chains of them run through
+:func:`~.memory.conv_chain`, which keeps only each conv's output for
+backward. The authors' released
 networks build some of these differently; their versions live in
 :mod:`.released_blocks`.
 """
@@ -15,6 +17,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from mmtranscnn.registry import MODELS
+
+from .memory import conv_chain
 
 
 class ConvStem(BaseModule):
@@ -43,7 +47,7 @@ class ConvStem(BaseModule):
                                 padding=1, norm_cfg=norm_cfg, act_cfg=act_cfg)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv2(self.conv1(x))
+        return conv_chain(x, self.conv1, self.conv2)
 
 
 @MODELS.register_module()
@@ -87,7 +91,7 @@ class InvertedResidual(BaseModule):
                           if drop_path_rate > 0 else nn.Identity())
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.project(self.depthwise(self.expand(x)))
+        y = conv_chain(x, self.expand, self.depthwise, self.project)
         return x + self.drop_path(y)
 
 
@@ -124,7 +128,8 @@ class TwoBranchDownsample(BaseModule):
                                       norm_cfg=norm_cfg, act_cfg=None)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv_branch(x) + self.pool_branch(self.pool(x))
+        return (conv_chain(x, self.conv_branch) +
+                conv_chain(self.pool(x), self.pool_branch))
 
 
 class TransCNNBlock(BaseModule):

@@ -45,6 +45,7 @@ from mmtranscnn.registry import MODELS
 
 from .blocks import InvertedResidual
 from .hmhsa import HMHSA, parse_grid_sizes
+from .memory import conv_chain
 
 #: HAT-Net's norm: GroupNorm with one group.
 HATNET_NORM = dict(type='GN', num_groups=1, eps=1e-6)
@@ -150,7 +151,7 @@ class ReleasedStem(BaseModule):
                                 act_cfg=None)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv2(self.conv1(x))
+        return conv_chain(x, self.conv1, self.conv2)
 
 
 class TransCNNv1Downsample(BaseModule):
@@ -180,7 +181,9 @@ class TransCNNv1Downsample(BaseModule):
         self.act = build_activation_layer(act_cfg)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.act(self.conv_branch(x) + self.pool_branch(self.pool(x)))
+        return self.act(
+            conv_chain(x, self.conv_branch) +
+            conv_chain(self.pool(x), self.pool_branch))
 
 
 class HATNetDownsample(BaseModule):
@@ -248,7 +251,7 @@ class HATNetInvertedResidual(BaseModule):
                           if drop_path_rate > 0 else nn.Identity())
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.project(self.depthwise(self.expand(x)))
+        y = conv_chain(x, self.expand, self.depthwise, self.project)
         return x + self.drop_path(y)
 
 

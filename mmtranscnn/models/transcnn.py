@@ -21,6 +21,7 @@ from mmtranscnn.registry import MODELS
 from .blocks import (ConvStem, InvertedResidual, TransCNNBlock,
                      TwoBranchDownsample)
 from .hmhsa import HMHSA, QUERY_FORMS, parse_grid_sizes
+from .memory import to_map_layout, use_map_layout
 from .presets import ARCH_SETTINGS
 from .pretrained import load_backbone_checkpoint
 from .released_blocks import RELEASED_VARIANTS
@@ -199,6 +200,8 @@ class TransCNN(BaseModule):
                 blocks.append(TransCNNBlock(attn_cfg, irb_cfg,
                                             with_cp=with_cp))
             self.stages.append(Sequential(*blocks))
+        # Maps and conv weights channels-last from the stem on (.memory).
+        use_map_layout(self)
         self._freeze_stages()
 
     # -- argument parsing ---------------------------------------------------
@@ -358,12 +361,12 @@ class TransCNN(BaseModule):
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f'TransCNN expects a (B, {self.in_channels}, H, '
                              f'W) image tensor, got shape {tuple(x.shape)}')
-        x = self.stem(x)
+        x = self.stem(to_map_layout(x))
         outs = []
         for i, stage in enumerate(self.stages[:max(self.out_indices) + 1]):
             x = stage(x)
             if i in self.out_indices:
                 # NCHW-contiguous, the layout necks and heads are written
-                # for, also where the model was put in channels-last memory.
+                # for.
                 outs.append(x.contiguous())
         return tuple(outs)

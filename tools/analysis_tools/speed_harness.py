@@ -27,6 +27,7 @@ Comparisons mean something only between rows of one run on one machine:
 every job of a run uses the same input, thread count and repeat policy.
 """
 import argparse
+import contextlib
 import json
 import os
 import os.path as osp
@@ -143,10 +144,9 @@ class Job:
             measured with the system's settings, as ``tools/test.py`` runs.
         cpu_speedups: on the CPU, apply
             ``mmtranscnn.engine.cpu_speedups`` to the built model as the
-            tools do, to every model alike (inference: channels-last
-            weights, BN folded into the convs; training: TransCNN's
-            depthwise-conv backward and small-grid attention); False
-            measures the plain models.
+            tools do, to every model alike (inference: BN folded into the
+            convs; training: TransCNN's depthwise-conv backward and
+            small-grid attention); False measures the models as built.
     """
     model: str
     kind: str = 'backbone'
@@ -300,6 +300,35 @@ def measure_peak_memory(step: Callable[[], None],
     else:
         peak = hwm_bytes() - rss_before
     return peak, rss_before, hwm_was_reset
+
+
+class SavedForBackward:
+    """Counts the bytes of the distinct tensor storages autograd saves for
+    backward while it is entered (a saved-tensors hook that keeps each
+    tensor as it is)."""
+
+    def __init__(self):
+        self._storages = {}
+        self._hooks = None
+
+    @property
+    def nbytes(self) -> int:
+        return sum(self._storages.values())
+
+    def _pack(self, tensor):
+        storage = tensor.untyped_storage()
+        self._storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    def __enter__(self):
+        import torch
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(
+            self._pack, lambda tensor: tensor)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._hooks.__exit__(*exc)
 
 
 # -- building ---------------------------------------------------------------
@@ -478,6 +507,10 @@ def run_job(job: Job) -> dict:
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise RuntimeError('device=cuda but torch.cuda.is_available() is '
                            'False')
+    # Flush-to-zero for every model: without it, denormal floats (Swin-T's
+    # masked softmax makes them) run far slower on x86 CPUs, which says
+    # little about the model. Set here, in the process that measures only.
+    torch.set_flush_denormal(True)
     memory_kept = keep_freed_memory_for(job)
     # The parameters of the model as built, before the speed-ups fold BNs.
     model, step = build_step(replace(job, cpu_speedups=False))
@@ -501,9 +534,14 @@ def run_job(job: Job) -> dict:
         sync()
         first_step_s = time.perf_counter() - t0
 
-    # 1-2: the memory step, with the freed memory handed back first.
+    # 1-2: the memory step, with the freed memory handed back first. A
+    # train step also counts the bytes autograd saves for backward: what a
+    # GPU would hold, whatever the CPU allocator does.
+    saved = SavedForBackward() if job.mode == 'train' else None
     t0 = time.perf_counter()
-    peak, rss_before, hwm_was_reset = measure_peak_memory(step, device.type)
+    with saved if saved is not None else contextlib.nullcontext():
+        peak, rss_before, hwm_was_reset = measure_peak_memory(
+            step, device.type)
     first_step_s = first_step_s or time.perf_counter() - t0
 
     # 3: warm-up and timing.
@@ -530,6 +568,8 @@ def run_job(job: Job) -> dict:
     return dict(
         job=asdict(job), params_m=params / 1e6, gflops=gflops,
         peak_mem_mb=peak / 2**20, rss_before_mb=rss_before / 2**20,
+        saved_mb=None if saved is None else saved.nbytes / 2**20,
+        flush_denormal=True,
         hwm_reset=hwm_was_reset, first_step_s=first_step_s, times_s=times,
         median_s=median, min_s=times_sorted[0], max_s=times_sorted[-1],
         img_per_s=job.batch / median, torch=torch.__version__,

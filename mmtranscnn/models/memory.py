@@ -1,0 +1,340 @@
+"""How the backbone's maps live in memory: their layout, and what backward
+keeps of them. Neither changes what the model computes.
+
+* **Layout** (:data:`MAP_LAYOUT`). H-MHSA works on (B, H, W, C) tokens, so
+  the backbone keeps its maps, and its conv weights, channels-last from
+  the stem on: the (B, C, H, W) <-> (B, H, W, C) permutes around the
+  attention are free views, and convolutions run on NHWC maps, which the
+  CPU (oneDNN) and GPU (cuDNN) kernels prefer. The backbone hands NCHW
+  maps to necks and heads.
+
+* **Memory** (:func:`conv_chain`). A conv-norm-activation chain (the IRB,
+  the stem) run by autograd keeps three maps per conv: the conv's input,
+  the norm's input and the activation's input. In training,
+  :func:`conv_chain` keeps one: each conv's output. The norm and
+  activation after it are recomputed from that output in backward, where
+  they also give the next conv its input; the norm's batch statistics are
+  recomputed from the same map, and running statistics are updated once,
+  in forward, by the norm module itself.
+
+* **Passes** (:func:`conv_chain` without gradients). A BN that normalises
+  by its running statistics is an affine map per channel, so a conv
+  followed by one runs as a single conv with the BN folded into its
+  weights and bias, computed on the fly (the modules and their state dict
+  stay as they are): one pass over the map instead of two. The result
+  equals conv then BN up to rounding.
+"""
+from typing import List, NamedTuple, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from mmcv.cnn import ConvModule
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from mmtranscnn.utils.torch_compat import (DEVICE_AUTOCAST_API,
+                                           get_autocast_dtype,
+                                           is_autocast_enabled)
+
+#: The memory format of the backbone's maps and conv weights.
+MAP_LAYOUT = torch.channels_last
+
+#: Activations that draw random numbers in training: recomputing them would
+#: not give the same map, so a chain holding one runs as plain modules.
+RANDOM_LAYERS = (nn.RReLU, nn.Dropout, nn.Dropout2d, nn.AlphaDropout)
+
+
+def to_map_layout(x: Tensor) -> Tensor:
+    """``x`` (B, C, H, W) in :data:`MAP_LAYOUT` (a no-op when it is)."""
+    return x.contiguous(memory_format=MAP_LAYOUT)
+
+
+def use_map_layout(module: nn.Module) -> nn.Module:
+    """Put the conv weights of ``module`` in :data:`MAP_LAYOUT`, so that
+    convs keep maps in it. Loading a state dict later keeps the layout
+    (parameters are copied into)."""
+    return module.to(memory_format=MAP_LAYOUT)
+
+
+# -- conv chains ----------------------------------------------------------
+def _layers(module: ConvModule) -> Optional[List[nn.Module]]:
+    """The conv, norm and activation of a ``ConvModule`` in the order it
+    applies them, or None where it does more than that."""
+    if type(module) is not ConvModule or module.with_explicit_padding:
+        return None
+    layers = []
+    for name in module.order:
+        if name == 'conv':
+            layers.append(module.conv)
+        elif name == 'norm' and module.with_norm:
+            layers.append(module.norm)
+        elif name == 'act' and module.with_activation:
+            layers.append(module.activate)
+    return layers
+
+
+def _syncs_statistics(norm: nn.Module) -> bool:
+    """Whether a SyncBN computes its statistics across processes now."""
+    return (isinstance(norm, nn.SyncBatchNorm) and norm.training
+            and torch.distributed.is_available()
+            and torch.distributed.is_initialized())
+
+
+def _recomputable(layer: nn.Module) -> bool:
+    """Whether a norm or activation can be run again in backward and give
+    the same map: BN (with statistics of this process), GroupNorm, and any
+    activation that draws no random numbers and keeps no state."""
+    if isinstance(layer, _BatchNorm):
+        return not _syncs_statistics(layer)
+    if isinstance(layer, nn.GroupNorm):
+        return True
+    return (not isinstance(layer, RANDOM_LAYERS)
+            and next(layer.buffers(), None) is None)
+
+
+class _Segment(NamedTuple):
+    """Norms and activations, then a conv (or none): one step of a chain
+    whose input is the only map kept for backward."""
+    pointwise: Sequence[nn.Module]
+    conv: Optional[nn.Conv2d]
+    params: Sequence[Tensor]
+
+
+def _batch_statistics(norm: nn.Module) -> bool:
+    """Whether a BN normalises by the batch's statistics (as its forward
+    decides), rather than by its running ones."""
+    return norm.training or (norm.running_mean is None
+                             and norm.running_var is None)
+
+
+def _norm_again(norm: nn.Module, x: Tensor, batch_stats: bool) -> Tensor:
+    """What ``norm(x)`` computed in forward, as a differentiable function
+    of ``x`` and the norm's weights that leaves the running statistics
+    alone."""
+    if isinstance(norm, _BatchNorm):
+        mean, var = ((None, None) if batch_stats else
+                     (norm.running_mean, norm.running_var))
+        return F.batch_norm(x, mean, var, norm.weight, norm.bias,
+                            batch_stats, 0., norm.eps)
+    return F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+
+
+def _autocast_state(device_type: str):
+    """(enabled, dtype) of autocast on ``device_type`` now."""
+    if not DEVICE_AUTOCAST_API and device_type not in ('cpu', 'cuda'):
+        return False, None
+    if not is_autocast_enabled(device_type):
+        return False, None
+    return True, get_autocast_dtype(device_type)
+
+
+def _applies_inplace(layer: nn.Module) -> bool:
+    return bool(getattr(layer, 'inplace', False))
+
+
+class _RecomputedSegment(torch.autograd.Function):
+    """A :class:`_Segment` that saves its input alone for backward.
+
+    Forward runs the modules themselves (so a BN updates its running
+    statistics once, as it would). Backward runs the norms and activations
+    again on the saved input, under the autocast state of the forward, and
+    takes the conv's gradients from its saved weights and that recomputed
+    input, without running the conv again.
+    """
+
+    @staticmethod
+    def forward(ctx, segment: _Segment, x: Tensor, *params: Tensor):
+        ctx.segment = segment
+        ctx.batch_stats = [
+            _batch_statistics(m) if isinstance(m, _BatchNorm) else None
+            for m in segment.pointwise
+        ]
+        ctx.autocast = _autocast_state(x.device.type)
+        t = x
+        if segment.pointwise and _applies_inplace(segment.pointwise[0]):
+            t = x.clone()  # the input is kept: no layer may write into it
+        for layer in segment.pointwise:
+            t = layer(t)
+        out = t if segment.conv is None else segment.conv(t)
+        ctx.save_for_backward(x)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        segment = ctx.segment
+        (x, ) = ctx.saved_tensors
+        wanted = [p for p, need in zip(segment.params,
+                                       ctx.needs_input_grad[2:]) if need]
+        enabled, dtype = ctx.autocast
+        with torch.enable_grad(), torch.autocast(
+                x.device.type, dtype=dtype, enabled=enabled):
+            x_in = x.detach().requires_grad_(ctx.needs_input_grad[1])
+            t = x_in
+            if segment.pointwise and _applies_inplace(segment.pointwise[0]):
+                t = x_in.clone()
+            for layer, batch_stats in zip(segment.pointwise, ctx.batch_stats):
+                if isinstance(layer, (_BatchNorm, nn.GroupNorm)):
+                    t = _norm_again(layer, t, batch_stats)
+                else:
+                    t = layer(t)
+            outputs, grads = _conv_backward(segment.conv, t, grad_out)
+        inputs = ([x_in] if ctx.needs_input_grad[1] else []) + wanted
+        if not inputs:
+            return (None, ) * len(ctx.needs_input_grad)
+        found = iter(torch.autograd.grad(outputs, inputs, grads,
+                                         allow_unused=True))
+        grad_x = next(found) if ctx.needs_input_grad[1] else None
+        grad_params = [next(found) if need else None
+                       for need in ctx.needs_input_grad[2:]]
+        return (None, grad_x, *grad_params)
+
+
+def _direct_conv(conv: nn.Module) -> bool:
+    """Whether the conv's gradients can be taken from its weights and input
+    by ATen's convolution backward: a plain zero-padded ``nn.Conv2d``.
+    (Other convs, such as a subclass with a backward of its own, run their
+    forward again in backward.)"""
+    return (type(conv) is nn.Conv2d and conv.padding_mode == 'zeros'
+            and not isinstance(conv.padding, str))
+
+
+def _conv_backward(conv: Optional[nn.Module], t: Tensor, grad_out: Tensor):
+    """The tensors to differentiate and their gradients, given the conv's
+    recomputed input ``t`` (inside an ``enable_grad`` region)."""
+    if conv is None:
+        return [t], [grad_out]
+    if not _direct_conv(conv):
+        return [conv(t)], [grad_out]
+    # The dtype the forward conv ran in (autocast's, where it was on).
+    dtype = grad_out.dtype
+    t_c, w_c = t.to(dtype), conv.weight.to(dtype)
+    has_bias = conv.bias is not None
+    mask = [t_c.requires_grad, w_c.requires_grad,
+            has_bias and conv.bias.requires_grad]
+    grad_t, grad_w, grad_b = torch.ops.aten.convolution_backward(
+        grad_out, t_c.detach(), w_c.detach(),
+        [conv.out_channels] if has_bias else None, conv.stride,
+        conv.padding, conv.dilation, False, [0, 0], conv.groups, mask)
+    outputs, grads = [], []
+    for tensor, grad, needed in ((t_c, grad_t, mask[0]),
+                                 (w_c, grad_w, mask[1])):
+        if needed:
+            outputs.append(tensor)
+            grads.append(grad)
+    if mask[2]:
+        outputs.append(conv.bias)
+        grads.append(grad_b.to(conv.bias.dtype))
+    return outputs, grads
+
+
+def _segments(layers: List[nn.Module]) -> List[tuple]:
+    """Cut a flat list of convs, norms and activations into runs that end
+    with a conv: ('plain', layer) for a layer autograd runs as it is,
+    ('segment', pointwise, conv) for a recomputed one."""
+    cut, pending = [], []
+    for layer in layers:
+        if isinstance(layer, nn.Conv2d):
+            if pending:
+                cut.append(('segment', pending, layer))
+            else:
+                cut.append(('plain', layer))
+            pending = []
+        else:
+            pending.append(layer)
+    if len(pending) == 1 and not _applies_inplace(pending[0]) and \
+            isinstance(pending[0], (_BatchNorm, nn.GroupNorm)):
+        # A lone norm keeps its input, which is all a segment would keep.
+        cut.append(('plain', pending[0]))
+    elif pending:
+        cut.append(('segment', pending, None))
+    return cut
+
+
+def _folds_into_conv(module: nn.Module) -> bool:
+    """Whether ``module`` is a plain conv followed directly by a BN that
+    normalises by its running statistics."""
+    if type(module) is not ConvModule or module.with_explicit_padding \
+            or not module.with_norm or not _direct_conv(module.conv):
+        return False
+    order = module.order
+    norm = module.norm
+    return (order.index('norm') == order.index('conv') + 1
+            and isinstance(norm, _BatchNorm)
+            and not _batch_statistics(norm))
+
+
+def _run_folded(module: ConvModule, x: Tensor) -> Tensor:
+    """``module(x)`` with its BN folded into the conv (see the module
+    docstring)."""
+    conv, norm = module.conv, module.norm
+    scale = torch.rsqrt(norm.running_var + norm.eps)
+    if norm.weight is not None:
+        scale = scale * norm.weight
+    shift = -norm.running_mean * scale
+    if conv.bias is not None:
+        shift = shift + conv.bias * scale
+    if norm.bias is not None:
+        shift = shift + norm.bias
+    weight = conv.weight * scale.reshape(-1, 1, 1, 1)
+    for name in module.order:
+        if name == 'conv':
+            x = F.conv2d(x, weight, shift, conv.stride, conv.padding,
+                         conv.dilation, conv.groups)
+        elif name == 'act' and module.with_activation:
+            x = module.activate(x)
+    return x
+
+
+def conv_chain(x: Tensor, *modules: ConvModule) -> Tensor:
+    """``modules[-1](... modules[0](x))`` for mmcv ``ConvModule`` s, keeping
+    only each conv's output for backward, and without gradients running
+    each conv and the BN after it as one conv (see the module docstring).
+
+    Chains that hold something this cannot recompute exactly (a SyncBN
+    that syncs across processes, a random activation, explicit padding)
+    run as the modules are when gradients are wanted.
+
+    Args:
+        x (Tensor): (B, C, H, W) input of the first module.
+        *modules (ConvModule): the chain, in order.
+
+    Returns:
+        Tensor: the last module's output.
+    """
+    layers = []
+    for module in modules:
+        own = _layers(module)
+        if own is None or not all(
+                _recomputable(m) for m in own
+                if not isinstance(m, nn.Conv2d)):
+            layers = None
+            break
+        layers.extend(own)
+    wants_grad = torch.is_grad_enabled() and (x.requires_grad or any(
+        p.requires_grad for m in modules for p in m.parameters()))
+    if not wants_grad:
+        for module in modules:
+            x = _run_folded(module, x) if _folds_into_conv(module) \
+                else module(x)
+        return x
+    if layers is None:
+        for module in modules:
+            x = module(x)
+        return x
+    for step in _segments(layers):
+        if step[0] == 'plain':
+            x = step[1](x)
+            continue
+        pointwise, conv = step[1], step[2]
+        params = [p for m in pointwise for p in m.parameters()]
+        if conv is not None:
+            params += list(conv.parameters())
+        x = _RecomputedSegment.apply(_Segment(pointwise, conv, params), x,
+                                     *params)
+    return x
+
+
+__all__ = ['MAP_LAYOUT', 'RANDOM_LAYERS', 'conv_chain', 'to_map_layout',
+           'use_map_layout']
