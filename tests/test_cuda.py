@@ -19,6 +19,9 @@ show:
   with SDPA restricted to the flash kernel (which takes no mask) while a
   padded input under the same restriction fails;
 - ``with_cp=True`` gives the same outputs and gradients;
+- the conv chains that keep only conv outputs for backward
+  (``mmtranscnn/models/memory.py``) give what the modules run one by one
+  give (tests/frozen_blocks.py);
 - SyncBN: two processes (gloo, which SyncBatchNorm supports for CUDA
   tensors) each with half the batch give the outputs and summed gradients
   of one BN model on the whole batch; and mmengine's
@@ -419,6 +422,34 @@ def test_cpu_with_cp_same_gradients():
 @needs_cuda
 def test_cuda_with_cp_same_gradients():
     check_with_cp_same_gradients('cuda')
+
+
+# -- conv chains that keep only conv outputs for backward ----------------------
+def check_conv_chains_equal_modules(device):
+    """The model as built (models/memory.py: norms and activations
+    recomputed in backward) against the same weights run module by module
+    (tests/frozen_blocks.py), on one device: outputs, gradients and running
+    statistics."""
+    import types
+
+    import frozen_blocks
+    model = make_backbone('small')
+    modules = copy.deepcopy(model)
+    modules.forward = types.MethodType(frozen_blocks.backbone, modules)
+    x = make_input(padded_shape(device))
+    with exact_fp32():
+        got = backbone_step(model, x, device)
+        want = backbone_step(modules, x, device)
+    assert_results_close(got, want, out_rtol=1e-5, grad_rtol=1e-4)
+
+
+def test_cpu_conv_chains_equal_modules():
+    check_conv_chains_equal_modules('cpu')
+
+
+@needs_cuda
+def test_cuda_conv_chains_equal_modules():
+    check_conv_chains_equal_modules('cuda')
 
 
 # -- SyncBN --------------------------------------------------------------------

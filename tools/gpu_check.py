@@ -10,7 +10,9 @@ and runs nothing):
 2. ``tests``: ``pytest tests/test_cuda.py tests/test_no_sync.py``: fp32
    CUDA against the CPU (backbone, RetinaNet, Mask R-CNN; forward and
    backward), fp16/bf16 autocast, no host-device sync in the backbone's
-   forward, fused SDPA, ``with_cp``, SyncBN. Their counts and every
+   forward, fused SDPA, ``with_cp``, the conv chains that recompute norms
+   and activations in backward against the modules run one by one,
+   SyncBN. Their counts and every
    failure go into the report; a CUDA test that is skipped on a machine
    with a GPU counts as a failure of the step.
 3. ``train``: RetinaNet + TransCNN-Small with ``tools/train.py --amp``

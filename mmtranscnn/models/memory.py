@@ -294,7 +294,8 @@ def conv_chain(x: Tensor, *modules: ConvModule) -> Tensor:
 
     Chains that hold something this cannot recompute exactly (a SyncBN
     that syncs across processes, a random activation, explicit padding)
-    run as the modules are when gradients are wanted.
+    run as the modules are when gradients are wanted; so does every chain
+    while the model is traced (FLOP counting, ONNX export).
 
     Args:
         x (Tensor): (B, C, H, W) input of the first module.
@@ -303,6 +304,12 @@ def conv_chain(x: Tensor, *modules: ConvModule) -> Tensor:
     Returns:
         Tensor: the last module's output.
     """
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        # A trace (FLOP counting, TorchScript and ONNX export) records the
+        # modules as they are: a traced graph holds no autograd Function.
+        for module in modules:
+            x = module(x)
+        return x
     layers = []
     for module in modules:
         own = _layers(module)
