@@ -149,10 +149,11 @@ def grid_partition(t: Tensor, g: int) -> Tuple[Tensor, Optional[Tensor]]:
     nh, nw = _cells(h, g), _cells(w, g)
     if not (_tracing() or h % g or w % g):
         return _to_grids(t, g), None
-    rows = torch.arange(nh * g, device=t.device) < h
-    cols = torch.arange(nw * g, device=t.device) < w
-    real = (rows[:, None] & cols[None, :]).reshape(nh, g, nw, g)
-    real = real.transpose(1, 2).reshape(1, nh * nw, g * g)
+    # Built in grid order, (nh, nw, g, g), so that no reshape needs a copy
+    # (an exported graph would otherwise guard on the map's size).
+    rows = (torch.arange(nh * g, device=t.device) < h).reshape(nh, 1, g, 1)
+    cols = (torch.arange(nw * g, device=t.device) < w).reshape(1, nw, 1, g)
+    real = (rows & cols).reshape(1, nh * nw, g * g)
     real = real.expand(b, -1, -1).reshape(-1, 1, 1, g * g)
     return _to_grids(_pad(t, nh * g, nw * g), g), real
 

@@ -35,7 +35,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmtranscnn.utils.torch_compat import (DEVICE_AUTOCAST_API,
                                            get_autocast_dtype,
-                                           is_autocast_enabled)
+                                           is_autocast_enabled, is_compiling)
 
 #: The memory format of the backbone's maps and conv weights.
 MAP_LAYOUT = torch.channels_last
@@ -287,6 +287,28 @@ def _run_folded(module: ConvModule, x: Tensor) -> Tensor:
     return x
 
 
+def _traced() -> bool:
+    """Whether the model is traced, exported or compiled. A traced graph
+    (FLOP counting, TorchScript, ONNX, torch.export) holds no autograd
+    Function, and torch.compile chooses what to recompute itself."""
+    return (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+            or is_compiling())
+
+
+def _chain_layers(modules) -> Optional[List[nn.Module]]:
+    """The convs, norms and activations of ``modules`` in order, or None
+    where one of them cannot be recomputed exactly."""
+    layers = []
+    for module in modules:
+        own = _layers(module)
+        if own is None or not all(
+                _recomputable(m) for m in own
+                if not isinstance(m, nn.Conv2d)):
+            return None
+        layers.extend(own)
+    return layers
+
+
 def conv_chain(x: Tensor, *modules: ConvModule) -> Tensor:
     """``modules[-1](... modules[0](x))`` for mmcv ``ConvModule`` s, keeping
     only each conv's output for backward, and without gradients running
@@ -295,7 +317,8 @@ def conv_chain(x: Tensor, *modules: ConvModule) -> Tensor:
     Chains that hold something this cannot recompute exactly (a SyncBN
     that syncs across processes, a random activation, explicit padding)
     run as the modules are when gradients are wanted; so does every chain
-    while the model is traced (FLOP counting, ONNX export).
+    while the model is traced with gradients (FLOP counting) or compiled
+    (torch.compile makes its own choice of what to recompute).
 
     Args:
         x (Tensor): (B, C, H, W) input of the first module.
@@ -304,21 +327,6 @@ def conv_chain(x: Tensor, *modules: ConvModule) -> Tensor:
     Returns:
         Tensor: the last module's output.
     """
-    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-        # A trace (FLOP counting, TorchScript and ONNX export) records the
-        # modules as they are: a traced graph holds no autograd Function.
-        for module in modules:
-            x = module(x)
-        return x
-    layers = []
-    for module in modules:
-        own = _layers(module)
-        if own is None or not all(
-                _recomputable(m) for m in own
-                if not isinstance(m, nn.Conv2d)):
-            layers = None
-            break
-        layers.extend(own)
     wants_grad = torch.is_grad_enabled() and (x.requires_grad or any(
         p.requires_grad for m in modules for p in m.parameters()))
     if not wants_grad:
@@ -326,6 +334,7 @@ def conv_chain(x: Tensor, *modules: ConvModule) -> Tensor:
             x = _run_folded(module, x) if _folds_into_conv(module) \
                 else module(x)
         return x
+    layers = None if _traced() else _chain_layers(modules)
     if layers is None:
         for module in modules:
             x = module(x)
