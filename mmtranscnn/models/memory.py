@@ -11,11 +11,15 @@ keeps of them. Neither changes what the model computes.
 * **Memory** (:func:`conv_chain`). A conv-norm-activation chain (the IRB,
   the stem) run by autograd keeps three maps per conv: the conv's input,
   the norm's input and the activation's input. In training,
-  :func:`conv_chain` keeps one: each conv's output. The norm and
-  activation after it are recomputed from that output in backward, where
-  they also give the next conv its input; the norm's batch statistics are
-  recomputed from the same map, and running statistics are updated once,
-  in forward, by the norm module itself.
+  :func:`conv_chain` keeps one per dense conv: its output. The norms,
+  activations and depthwise convs after it are run again from that
+  output in backward, where they also give the next dense conv its input
+  (a depthwise conv costs k*k multiply-adds per output, a dense 1x1 conv
+  C, so recomputing it is cheap and its map is not kept). The norms'
+  batch statistics are recomputed from the same maps; running statistics
+  are updated once, in forward, by the norm modules themselves. An IRB
+  thus keeps its input, its expansion's output and its projection's
+  output, where autograd keeps six expanded maps.
 
 * **Passes** (:func:`conv_chain` without gradients). A BN that normalises
   by its running statistics is an affine map per channel, so a conv
@@ -94,8 +98,8 @@ def _recomputable(layer: nn.Module) -> bool:
 
 
 class _Segment(NamedTuple):
-    """Norms and activations, then a conv (or none): one step of a chain
-    whose input is the only map kept for backward."""
+    """Norms, activations and depthwise convs, then a conv (or none): one
+    step of a chain whose input is the only map kept for backward."""
     pointwise: Sequence[nn.Module]
     conv: Optional[nn.Conv2d]
     params: Sequence[Tensor]
@@ -137,10 +141,10 @@ class _RecomputedSegment(torch.autograd.Function):
     """A :class:`_Segment` that saves its input alone for backward.
 
     Forward runs the modules themselves (so a BN updates its running
-    statistics once, as it would). Backward runs the norms and activations
-    again on the saved input, under the autocast state of the forward, and
-    takes the conv's gradients from its saved weights and that recomputed
-    input, without running the conv again.
+    statistics once, as it would). Backward runs the norms, activations
+    and depthwise convs again on the saved input, under the autocast state
+    of the forward, and takes the last conv's gradients from its weights
+    and that recomputed input, without running it again.
     """
 
     @staticmethod
@@ -229,13 +233,23 @@ def _conv_backward(conv: Optional[nn.Module], t: Tensor, grad_out: Tensor):
     return outputs, grads
 
 
+def _depthwise(conv: nn.Module) -> bool:
+    """Whether ``conv`` is depthwise: cheap to run again (k*k multiply-adds
+    per output, against C for a dense 1x1 conv)."""
+    return conv.groups == conv.in_channels == conv.out_channels
+
+
 def _segments(layers: List[nn.Module]) -> List[tuple]:
     """Cut a flat list of convs, norms and activations into runs that end
     with a conv: ('plain', layer) for a layer autograd runs as it is,
-    ('segment', pointwise, conv) for a recomputed one."""
+    ('segment', steps, conv) for a recomputed one. A depthwise conv after
+    a norm or activation joins the run it is in (it is run again in
+    backward rather than its output kept)."""
     cut, pending = [], []
     for layer in layers:
-        if isinstance(layer, nn.Conv2d):
+        if isinstance(layer, nn.Conv2d) and pending and _depthwise(layer):
+            pending.append(layer)
+        elif isinstance(layer, nn.Conv2d):
             if pending:
                 cut.append(('segment', pending, layer))
             else:
