@@ -305,7 +305,8 @@ def measure_peak_memory(step: Callable[[], None],
 class SavedForBackward:
     """Counts the bytes of the distinct tensor storages autograd saves for
     backward while it is entered (a saved-tensors hook that keeps each
-    tensor as it is)."""
+    tensor as it is). Entered around a forward pass: what that pass keeps
+    until backward, not what backward itself holds for a moment."""
 
     def __init__(self):
         self._storages = {}
@@ -452,7 +453,9 @@ def _step_fn(job: Job, model, x, samples) -> Callable[[], None]:
     scaler = grad_scaler(device_type) if job.dtype == 'fp16' else None
 
     def train_step():
-        with autocast():
+        # (train_step.forward_context: what run_job wraps the forward in to
+        # count the bytes it saves for backward)
+        with autocast(), train_step.forward_context():
             if job.kind == 'backbone':
                 loss = sum(out.float().mean() for out in model(x))
             else:
@@ -465,6 +468,7 @@ def _step_fn(job: Job, model, x, samples) -> Callable[[], None]:
         else:
             loss.backward()
             optim.step()
+    train_step.forward_context = contextlib.nullcontext
     return train_step
 
 
@@ -537,11 +541,14 @@ def run_job(job: Job) -> dict:
     # 1-2: the memory step, with the freed memory handed back first. A
     # train step also counts the bytes autograd saves for backward: what a
     # GPU would hold, whatever the CPU allocator does.
-    saved = SavedForBackward() if job.mode == 'train' else None
+    saved = None
+    if job.mode == 'train':
+        saved = SavedForBackward()
+        step.forward_context = lambda: saved
     t0 = time.perf_counter()
-    with saved if saved is not None else contextlib.nullcontext():
-        peak, rss_before, hwm_was_reset = measure_peak_memory(
-            step, device.type)
+    peak, rss_before, hwm_was_reset = measure_peak_memory(step, device.type)
+    if saved is not None:
+        step.forward_context = contextlib.nullcontext
     first_step_s = first_step_s or time.perf_counter() - t0
 
     # 3: warm-up and timing.
