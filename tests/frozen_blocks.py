@@ -38,9 +38,9 @@ def block(module, x):
     return inner(x)
 
 
-def backbone(model, x):
+def backbone(model, x, to_output=lambda t: t.contiguous()):
     """TransCNN.forward as it was: NCHW input, the stage outputs of
-    ``out_indices`` NCHW-contiguous."""
+    ``out_indices`` NCHW-contiguous (``to_output``)."""
     assert isinstance(model.stem, (ConvStem, ReleasedStem))
     x = stem(model.stem, x)
     outs = []
@@ -53,7 +53,7 @@ def backbone(model, x):
             else:  # a downsampling block: unchanged
                 x = layer(x)
         if i in model.out_indices:
-            outs.append(x.contiguous())
+            outs.append(to_output(x))
     return tuple(outs)
 
 

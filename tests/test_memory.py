@@ -26,7 +26,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 import mmtranscnn  # noqa: F401  (registers the models)
 from mmtranscnn.models import TransCNN
 from mmtranscnn.models.blocks import InvertedResidual
-from mmtranscnn.models.memory import MAP_LAYOUT, conv_chain
+from mmtranscnn.models.memory import MAP_LAYOUT, conv_chain, to_nchw
 from mmtranscnn.models.released import RELEASED
 
 import frozen_blocks
@@ -185,9 +185,15 @@ def test_maps_channels_last_inside_nchw_outside():
     seen = []
     model.stages[1][1].irb.register_forward_hook(
         lambda m, args, out: seen.append(out))
+    grads = []
+    model.stages[1][1].irb.register_full_backward_hook(
+        lambda m, grad_in, grad_out: grads.append(grad_out[0]))
     outs = model(torch.randn(1, 3, 64, 64))
     assert seen[0].is_contiguous(memory_format=MAP_LAYOUT)
     assert all(o.is_contiguous() for o in outs)
+    # An NCHW gradient from the neck comes back channels-last.
+    sum((o * torch.randn(o.shape)).sum() for o in outs).backward()
+    assert grads[0].is_contiguous(memory_format=MAP_LAYOUT)
     # Loading an NCHW state dict keeps the layout.
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     model.load_state_dict(state)
@@ -299,8 +305,9 @@ def test_bf16_autocast_equals_frozen_forward():
     model = TransCNN(arch='small', out_indices=(3, ))
     model.init_weights()
     randomise_norms(model)
-    # The twin keeps the channels-last layout: bf16 kernels round
-    # differently in another layout, which is not what this tests.
+    # The twin keeps the channels-last layout, its maps' and their
+    # gradients': bf16 kernels round differently in another layout, which
+    # is not what this tests.
     twin = frozen_blocks.copy.deepcopy(model)
     x = torch.randn(2, 3, 64, 64)
 
@@ -311,7 +318,9 @@ def test_bf16_autocast_equals_frozen_forward():
         return run_it
 
     got = run(model, under_autocast(backbone), x, True)
-    want = run(twin, under_autocast(frozen_blocks.backbone), x, True)
+    want = run(twin, under_autocast(
+        lambda m, t: frozen_blocks.backbone(m, t, to_output=to_nchw)), x,
+               True)
     assert got[0][0].dtype == torch.bfloat16
     # (bit for bit on the CPUs tried; the bound leaves room for kernels
     # that round differently)

@@ -285,7 +285,7 @@ def test_get_flops_by_operator_adds_up(capsys):
 def test_plot_scaling_writes_a_png(tmp_path):
     tool = _tool('plot_scaling')
     rows = [dict(model=m, size=s, median_s=s / 100 * k, min_s=s / 110 * k,
-                 max_s=s / 90 * k, peak_mem_mb=s * k)
+                 max_s=s / 90 * k, peak_mem_mb=s * k, saved_mb=3 * s * k)
             for m, k in (('TransCNN-Base', 1), ('Swin-T', 2))
             for s in (256, 512)]
     rows.append(dict(model='Plain-Attention', size=2048, skipped='too big'))
@@ -423,11 +423,17 @@ def test_benchmark_json_and_markdown_name_the_cpu(tmp_path, monkeypatch):
     bench.main(['--cases', 'backbone-224', 'retinanet-infer', '--models',
                 'TransCNN-Base', 'ConvNeXt-T', '--repeats', '1',
                 '--json', str(out_json), '--md', str(out_md)])
-    # Each model as built, then with the tools' speed-ups, interleaved.
+    # Inference: each model as built (the tools apply nothing to it).
     assert [(j.kind, j.model, j.cpu_speedups) for j in jobs] == [
-        (kind, model, speedups) for kind in ('backbone', 'detector')
-        for model in ('TransCNN-Base', 'ConvNeXt-T')
-        for speedups in (False, True)]
+        (kind, model, False) for kind in ('backbone', 'detector')
+        for model in ('TransCNN-Base', 'ConvNeXt-T')]
+    jobs.clear()
+    bench.main(['--cases', 'backbone-train', '--models', 'TransCNN-Base',
+                'Swin-T', '--repeats', '1'])
+    # Train steps: as built, then with the tools' speed-ups, interleaved.
+    assert [(j.model, j.cpu_speedups) for j in jobs] == [
+        ('TransCNN-Base', False), ('TransCNN-Base', True),
+        ('Swin-T', False), ('Swin-T', True)]
     saved = json.loads(out_json.read_text())
     machine = saved['machine']
     for key in ('cpu', 'cpu_vendor', 'cpu_signature', 'aten_cpu_capability',

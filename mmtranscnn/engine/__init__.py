@@ -18,8 +18,7 @@ from .cli import (add_run_options, build_runner, enable_test_visualization,
 from .dist import (LAUNCHERS, check_launcher, cpu_model_wrapper_cfg,
                    init_cpu_dist, setup_cpu_distributed, teardown_distributed)
 from .amp import CPUBF16AmpOptimWrapper
-from .cpu_speedups import (CPUInferenceHook, CPUTrainingRunner,
-                           speed_up_cpu_inference, speed_up_cpu_training)
+from .cpu_speedups import CPUTrainingRunner, speed_up_cpu_training
 from .cpu_memory import keep_freed_memory, keep_freed_memory_for_cpu_run
 from .model_wrapper import CPUDistributedDataParallel
 from .scope import setup_codebase
@@ -27,8 +26,7 @@ from .weights_only import WeightsOnlyCheckpointHook
 
 __all__ = [
     'CPUBF16AmpOptimWrapper', 'CPUDistributedDataParallel',
-    'CPUInferenceHook', 'CPUTrainingRunner', 'LAUNCHERS',
-    'WeightsOnlyCheckpointHook', 'speed_up_cpu_inference',
+    'CPUTrainingRunner', 'LAUNCHERS', 'WeightsOnlyCheckpointHook',
     'speed_up_cpu_training',
     'add_run_options', 'build_runner',
     'check_launcher', 'cpu_model_wrapper_cfg', 'enable_test_visualization',

@@ -19,7 +19,7 @@ from mmengine.runner import Runner
 from mmtranscnn.utils.checkpoint_safety import \
     enable_safe_checkpoint_loading
 
-from .cpu_speedups import CPUInferenceHook, CPUTrainingRunner
+from .cpu_speedups import CPUTrainingRunner
 from .dist import LAUNCHERS, check_launcher
 
 PICKLE_SUFFIXES = ('.pkl', '.pickle')
@@ -271,9 +271,9 @@ def build_runner(cfg, cpu_speedups: bool = False):
 
     Args:
         cfg (Config): The complete config.
-        cpu_speedups (bool): without CUDA, apply the CPU speed-ups of
-            :mod:`.cpu_speedups` (training ones to the built model,
-            inference ones before testing). Default: False.
+        cpu_speedups (bool): without CUDA, apply the CPU training
+            speed-ups of :mod:`.cpu_speedups` to the built model.
+            Default: False.
 
     Returns:
         Runner: The runner.
@@ -285,6 +285,4 @@ def build_runner(cfg, cpu_speedups: bool = False):
         return RUNNERS.build(cfg)
     if not cpu_speedups or torch.cuda.is_available():
         return Runner.from_cfg(cfg)
-    runner = CPUTrainingRunner.from_cfg(cfg)
-    runner.register_hook(CPUInferenceHook(), 'LOWEST')
-    return runner
+    return CPUTrainingRunner.from_cfg(cfg)

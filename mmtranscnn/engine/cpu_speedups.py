@@ -1,10 +1,11 @@
 """CPU speed-ups, applied to a built model from outside the model files.
 
 The model (``mmtranscnn/models``) is plain PyTorch and mmcv. Where a CPU
-runs a layer of it slowly, the functions here change how that layer is
-computed, never what: each is applied once to a built model, as mmcv's
+trains a layer of it slowly, the function here changes how that layer is
+computed, never what: it is applied once to a built model, as mmcv's
 ``fuse_conv_bn(model)`` is, and ``tests/test_cpu_speedups.py`` proves the
-result equal to the plain model's. ``docs/cpu_performance.md`` gives what
+result equal to the plain model's. (Inference needs none: the model folds
+each eval-mode BN into its conv itself, ``mmtranscnn/models/memory.py``.) ``docs/cpu_performance.md`` gives what
 each one saves.
 
 * :func:`speed_up_cpu_training` (``tools/train.py`` applies it to CPU runs,
@@ -17,20 +18,12 @@ each one saves.
     fused kernel (:func:`small_grid_attention`); a fixed rule by shape, the
     same in every process, thread and rank.
 
-* :func:`speed_up_cpu_inference` (``tools/test.py`` applies it to CPU runs
-  through :class:`CPUInferenceHook`, the benchmark to every model it
-  compares): every eval-mode BN folded into the conv before it (mmcv's
-  ``fuse_conv_bn``). Apply it after the weights are loaded; the model is
-  then for inference only.
-
 ``--no-cpu-speedups`` runs the tools on the plain model.
 """
 from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from mmcv.cnn import fuse_conv_bn
-from mmengine.hooks import Hook
 from mmengine.runner import Runner
 from torch import Tensor, nn
 
@@ -215,32 +208,6 @@ def speed_up_cpu_training(model: nn.Module) -> Dict[str, int]:
     return counts
 
 
-def speed_up_cpu_inference(model: nn.Module) -> nn.Module:
-    """Apply the inference speed-up to ``model`` in place: eval-mode BNs
-    folded into their convs.
-
-    Call it on a model in eval mode with its weights loaded: the folded
-    BNs are gone (the model no longer trains, nor loads a checkpoint with
-    BN keys).
-
-    Args:
-        model: a built model.
-
-    Returns:
-        The same model.
-    """
-    model.eval()
-    return fuse_conv_bn(model)
-
-
-class CPUInferenceHook(Hook):
-    """Applies :func:`speed_up_cpu_inference` to the runner's model once
-    its weights are loaded, before a test run (``tools/test.py``)."""
-
-    def before_test(self, runner) -> None:
-        speed_up_cpu_inference(runner.model)
-
-
 class CPUTrainingRunner(Runner):
     """mmengine's ``Runner`` that applies :func:`speed_up_cpu_training` to
     the model it builds, before it is wrapped for distributed training.
@@ -252,7 +219,6 @@ class CPUTrainingRunner(Runner):
         return model
 
 
-__all__ = ['CPUInferenceHook', 'CPUTrainingRunner', 'DepthwiseConv2d',
+__all__ = ['CPUTrainingRunner', 'DepthwiseConv2d',
            'MATMUL_MAX_KEYS', 'depthwise_weight_grad', 'matmul_attention',
-           'small_grid_attention', 'speed_up_cpu_inference',
-           'speed_up_cpu_training']
+           'small_grid_attention', 'speed_up_cpu_training']

@@ -6,7 +6,8 @@ keeps of them. Neither changes what the model computes.
   the stem on: the (B, C, H, W) <-> (B, H, W, C) permutes around the
   attention are free views, and convolutions run on NHWC maps, which the
   CPU (oneDNN) and GPU (cuDNN) kernels prefer. The backbone hands NCHW
-  maps to necks and heads.
+  maps to necks and heads (:func:`to_nchw`), and takes their gradients
+  back channels-last.
 
 * **Memory** (:func:`conv_chain`). A conv-norm-activation chain (the IRB,
   the stem) run by autograd keeps three maps per conv: the conv's input,
@@ -28,7 +29,8 @@ keeps of them. Neither changes what the model computes.
   stay as they are): one pass over the map instead of two. The result
   equals conv then BN up to rounding.
 """
-from typing import List, NamedTuple, Optional, Sequence
+from functools import partial
+from typing import Callable, List, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +54,29 @@ RANDOM_LAYERS = (nn.RReLU, nn.Dropout, nn.Dropout2d, nn.AlphaDropout)
 def to_map_layout(x: Tensor) -> Tensor:
     """``x`` (B, C, H, W) in :data:`MAP_LAYOUT` (a no-op when it is)."""
     return x.contiguous(memory_format=MAP_LAYOUT)
+
+
+class _ToNCHW(torch.autograd.Function):
+    """NCHW-contiguous copy whose gradient goes back in :data:`MAP_LAYOUT`:
+    a neck's NCHW gradient would otherwise run through the whole backbone
+    backward in the other layout than its maps, on slower mixed-layout
+    kernels."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return x.contiguous()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return grad.contiguous(memory_format=MAP_LAYOUT)
+
+
+def to_nchw(x: Tensor) -> Tensor:
+    """A backbone map as necks and heads expect it: NCHW-contiguous; in
+    training its gradient comes back channels-last."""
+    if torch.is_grad_enabled() and x.requires_grad and not _traced():
+        return _ToNCHW.apply(x)
+    return x.contiguous()
 
 
 def use_map_layout(module: nn.Module) -> nn.Module:
@@ -137,6 +162,34 @@ def _applies_inplace(layer: nn.Module) -> bool:
     return bool(getattr(layer, 'inplace', False))
 
 
+#: Activations that mmcv builds in place, as functions that write a new
+#: tensor (``inplace=False``), with their settings.
+_OUT_OF_PLACE = {
+    nn.SiLU: lambda m: F.silu,
+    nn.ReLU: lambda m: F.relu,
+    nn.ReLU6: lambda m: F.relu6,
+    nn.Hardswish: lambda m: F.hardswish,
+    nn.Hardsigmoid: lambda m: F.hardsigmoid,
+    nn.Mish: lambda m: F.mish,
+    nn.LeakyReLU: lambda m: partial(F.leaky_relu,
+                                    negative_slope=m.negative_slope),
+    nn.ELU: lambda m: partial(F.elu, alpha=m.alpha),
+}
+
+
+def _new_tensor_fn(layer: nn.Module) -> Callable[[Tensor], Tensor]:
+    """``layer`` as a function that never writes into its input: in
+    backward, autograd would copy the input of an in-place activation to
+    keep it; in forward, the segment's input must stay as it is. An
+    in-place layer of another kind gets a copy of its input."""
+    if not _applies_inplace(layer):
+        return layer
+    make = _OUT_OF_PLACE.get(type(layer))
+    if make is not None:
+        return make(layer)
+    return lambda t: layer(t.clone())
+
+
 class _RecomputedSegment(torch.autograd.Function):
     """A :class:`_Segment` that saves its input alone for backward.
 
@@ -156,10 +209,9 @@ class _RecomputedSegment(torch.autograd.Function):
         ]
         ctx.autocast = _autocast_state(x.device.type)
         t = x
-        if segment.pointwise and _applies_inplace(segment.pointwise[0]):
-            t = x.clone()  # the input is kept: no layer may write into it
-        for layer in segment.pointwise:
-            t = layer(t)
+        for i, layer in enumerate(segment.pointwise):
+            # (the input is kept: the first layer may not write into it)
+            t = _new_tensor_fn(layer)(t) if i == 0 else layer(t)
         out = t if segment.conv is None else segment.conv(t)
         ctx.save_for_backward(x)
         return out
@@ -176,13 +228,11 @@ class _RecomputedSegment(torch.autograd.Function):
                 x.device.type, dtype=dtype, enabled=enabled):
             x_in = x.detach().requires_grad_(ctx.needs_input_grad[1])
             t = x_in
-            if segment.pointwise and _applies_inplace(segment.pointwise[0]):
-                t = x_in.clone()
             for layer, batch_stats in zip(segment.pointwise, ctx.batch_stats):
                 if isinstance(layer, (_BatchNorm, nn.GroupNorm)):
                     t = _norm_again(layer, t, batch_stats)
                 else:
-                    t = layer(t)
+                    t = _new_tensor_fn(layer)(t)
             outputs, grads = _conv_backward(segment.conv, t, grad_out)
         inputs = ([x_in] if ctx.needs_input_grad[1] else []) + wanted
         if not inputs:
@@ -367,4 +417,4 @@ def conv_chain(x: Tensor, *modules: ConvModule) -> Tensor:
 
 
 __all__ = ['MAP_LAYOUT', 'RANDOM_LAYERS', 'conv_chain', 'to_map_layout',
-           'use_map_layout']
+           'to_nchw', 'use_map_layout']

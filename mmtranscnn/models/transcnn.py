@@ -21,7 +21,7 @@ from mmtranscnn.registry import MODELS
 from .blocks import (ConvStem, InvertedResidual, TransCNNBlock,
                      TwoBranchDownsample)
 from .hmhsa import HMHSA, QUERY_FORMS, parse_grid_sizes
-from .memory import to_map_layout, use_map_layout
+from .memory import to_map_layout, to_nchw, use_map_layout
 from .presets import ARCH_SETTINGS
 from .pretrained import load_backbone_checkpoint
 from .released_blocks import RELEASED_VARIANTS
@@ -368,5 +368,5 @@ class TransCNN(BaseModule):
             if i in self.out_indices:
                 # NCHW-contiguous, the layout necks and heads are written
                 # for.
-                outs.append(x.contiguous())
+                outs.append(to_nchw(x))
         return tuple(outs)

@@ -23,9 +23,9 @@ Every model is built as its registry builds it, with its own
 ``init_weights()``, and measured with flush-to-zero on
 (``torch.set_flush_denormal(True)``): denormal floats, which Swin-T's masked
 softmax makes, otherwise slow a model by up to 2x on x86 CPUs. On the CPU
-each model runs as built and again with the speed-ups that our tools apply
-(``mmtranscnn.engine.cpu_speedups``; ``--no-cpu-speedups`` skips that
-column). A train step reports, beside the growth of the resident set, the
+each train step runs as built and again with the speed-ups that our
+tools apply to training (``mmtranscnn.engine.cpu_speedups``;
+``--no-cpu-speedups`` skips that column). A train step reports, beside the growth of the resident set, the
 bytes of the tensors autograd saves for backward: what a GPU would hold,
 whatever the CPU allocator does.
 
@@ -301,8 +301,8 @@ def markdown(results, args, info, tools_results=None):
         + '; every model as its registry builds it, with its own '
         'init_weights() and flush-to-zero on (torch.set_flush_denormal)'
         + ('' if args.device != 'cpu' else
-           ', and again with the CPU speed-ups that tools/train.py and '
-           'tools/test.py apply (mmtranscnn.engine.cpu_speedups)'
+           ', train steps again with the CPU speed-ups that tools/train.py '
+           'applies (mmtranscnn.engine.cpu_speedups)'
            if getattr(args, 'cpu_speedups', True) else
            ' (--no-cpu-speedups)') + ". "
         f"Load average (1 min) during the run: {info['load_min']:.2f} to "
@@ -378,14 +378,15 @@ def main(argv=None):
                                sys.argv)
     loads = [os.getloadavg()[0]]
     raw, raw_tools = {}, {}
-    # On the CPU each model runs as built and, unless --no-cpu-speedups,
-    # again with the tools' speed-ups; interleaved.
-    variants = ([False, True] if args.device == 'cpu' and args.cpu_speedups
-                else [False])
     for rnd in range(args.rounds):
         for case in args.cases:
             kind, mode, batch, h, w, grids = CASES[case]
             batch = args.batches.get(case, batch)
+            # On the CPU a train step runs as built and, unless
+            # --no-cpu-speedups, again with the tools' speed-ups
+            # (interleaved); inference has none.
+            variants = ([False, True] if args.device == 'cpu' and
+                        args.cpu_speedups and mode == 'train' else [False])
             for dtype in args.dtypes:
                 for model, speedups in ((m, v) for m in args.models
                                         for v in variants):

@@ -4,21 +4,19 @@ Each backbone (TransCNN-Base and Swin-T by default, as built by
 ``speed_harness.py``) is exported the way ``tools/deployment/deploy.py``
 exports a model: mmdeploy's ``export`` with the TorchScript exporter and
 the ONNX settings of ``configs/deploy/`` (opset 17, dynamic batch, height
-and width). Three routes then run the same input in interleaved rounds
+and width). Two routes then run the same input in interleaved rounds
 (each round times every route in turn, so drift of a shared machine falls
 on all of them alike), each with ``--threads`` threads (2 by default),
 fp32:
 
-* ``pytorch``: the plain model, ``torch.inference_mode()`` (what mmdet's
-  and mmseg's own tools run);
-* ``pytorch+speedups``: the same after ``speed_up_cpu_inference`` (what
-  our tools run on a CPU; ``mmtranscnn/engine/cpu_speedups.py``);
+* ``pytorch``: the model as built, ``torch.inference_mode()`` (what
+  mmdet's and mmseg's own tools, and ours, run);
 * ``onnxruntime``: an ONNX Runtime session of the exported graph (CPU
   execution provider, all graph optimisations).
 
 Printed and written (``--json``, ``--md``): the median seconds per batch
-and images per second of each route, ONNX Runtime's speed-up over each
-PyTorch route, and the relative error of ONNX Runtime's output (largest
+and images per second of each route, ONNX Runtime's speed-up over
+PyTorch, and the relative error of ONNX Runtime's output (largest
 difference over largest magnitude), with the CPU and the versions. Each
 (model, case) runs in its own interpreter.
 
@@ -44,7 +42,7 @@ DEPLOY_CFG = osp.join(ROOT, 'configs', 'deploy',
                       'detection_onnxruntime_dynamic.py')
 DEFAULT_MODELS = ('TransCNN-Base', 'Swin-T')
 DEFAULT_CASES = ('backbone-224', 'backbone-det')
-ROUTES = ('pytorch', 'pytorch+speedups', 'onnxruntime')
+ROUTES = ('pytorch', 'onnxruntime')
 RESULT_PREFIX = 'ORT_BENCHMARK '
 
 
@@ -113,13 +111,10 @@ def export_backbone(model, x, path: str) -> list:
 
 def run_job(job: dict) -> dict:
     """Export, then time the routes in interleaved rounds."""
-    import copy
-
     import numpy as np
     import onnxruntime as ort
     import torch
 
-    from mmtranscnn.engine.cpu_speedups import speed_up_cpu_inference
     torch.set_num_threads(job['threads'])
     _, _, batch, height, width, grids = speed_harness.CASES[job['case']]
     torch.manual_seed(0)
@@ -139,7 +134,6 @@ def run_job(job: dict) -> dict:
         session = ort.InferenceSession(path, options,
                                        providers=['CPUExecutionProvider'])
     feed = {'input': x.numpy()}
-    fast = speed_up_cpu_inference(copy.deepcopy(model))
 
     def eager(module):
         def run():
@@ -147,7 +141,7 @@ def run_job(job: dict) -> dict:
                 return [o.contiguous().numpy() for o in module(x)]
         return run
 
-    routes = {'pytorch': eager(model), 'pytorch+speedups': eager(fast),
+    routes = {'pytorch': eager(model),
               'onnxruntime': lambda: session.run(names, feed)}
     outputs = {name: run() for name, run in routes.items()}
     rel = {name: max(
@@ -187,12 +181,12 @@ def run_in_subprocess(job: dict, timeout: float) -> dict:
 # -- the table ---------------------------------------------------------------
 def rows(results):
     """(model, input, then for each route: s/batch, img/s; ORT's speed-up
-    over each PyTorch route; ORT's relative error) per result."""
+    over PyTorch; ORT's relative error) per result."""
     for r in results:
         med = r['median_s']
         yield (r['model'], f"{r['batch']}x{r['height']}x{r['width']}",
                [(med[k], r['batch'] / med[k]) for k in ROUTES],
-               [med[k] / med['onnxruntime'] for k in ROUTES[:2]],
+               med['pytorch'] / med['onnxruntime'],
                r['rel_error']['onnxruntime'])
 
 
@@ -204,15 +198,14 @@ def markdown(results, info, args) -> str:
         f"{results[0]['ort'] if results else '?'}; {args.threads} threads, "
         f'fp32; median of {args.rounds} interleaved rounds x '
         f'{args.repeats} runs.', '',
-        '| backbone | input (batch x H x W) | PyTorch | PyTorch + our CPU '
-        'speed-ups | ONNX Runtime | ORT against PyTorch | ORT against '
-        'PyTorch + speed-ups | ORT rel. error |',
-        '|---|---|---|---|---|---|---|---|']
-    for model, shape, routes, ups, err in rows(results):
+        '| backbone | input (batch x H x W) | PyTorch | ONNX Runtime | '
+        'ORT against PyTorch | ORT rel. error |',
+        '|---|---|---|---|---|---|']
+    for model, shape, routes, up, err in rows(results):
         cells = ' | '.join(f'{s:.3f} s ({ips:.2f} img/s)'
                            for s, ips in routes)
-        lines.append(f'| {model} | {shape} | {cells} | {ups[0]:.2f}x | '
-                     f'{ups[1]:.2f}x | {err:.1e} |')
+        lines.append(f'| {model} | {shape} | {cells} | {up:.2f}x | '
+                     f'{err:.1e} |')
     return '\n'.join(lines) + '\n'
 
 
@@ -232,11 +225,11 @@ def main(argv=None):
                        warmup=args.warmup)
             result = run_in_subprocess(job, args.timeout)
             results.append(result)
-            (model_name, shape, routes, ups, err), = rows([result])
+            (model_name, shape, routes, up, err), = rows([result])
             timings = '  '.join(f'{k} {s:.3f} s ({ips:.2f} img/s)'
                                 for k, (s, ips) in zip(ROUTES, routes))
             print(f'{model_name:14} {shape:11} {timings}  ORT speed-up '
-                  f'{ups[0]:.2f}x / {ups[1]:.2f}x  rel. error {err:.1e}',
+                  f'{up:.2f}x  rel. error {err:.1e}',
                   flush=True)
     table = markdown(results, info, args)
     print('\n' + table)

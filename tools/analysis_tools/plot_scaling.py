@@ -1,6 +1,8 @@
-"""Latency and peak memory versus input side, as a PNG (and JSON).
+"""Latency and memory versus input side, as a PNG (and JSON).
 
-Backbone inference at batch 1 on square inputs from 256 to 2048 for
+Three panels, log-log: latency and peak memory of backbone inference, and
+the bytes one train-mode forward saves for backward (what a GPU holds for
+training). Backbone inference at batch 1 on square inputs from 256 to 2048 for
 TransCNN-Base (grid sizes per input from
 :func:`mmtranscnn.models.grid_sizes_for_input`: the COCO grids (16, 8, 4)
 with more levels of the same grid for large maps, stage 5 plain), mmdet's
@@ -98,7 +100,8 @@ def measure(args):
             job = Job(model=model, batch=1, height=size, width=size,
                       grid_sizes=grids_for(model, size),
                       threads=args.threads, warmup=args.warmup,
-                      repeats=args.repeats)
+                      repeats=args.repeats, cpu_speedups=False,
+                      extra=dict(saved_for_backward=True))
             row = run_in_subprocess(job, timeout=args.max_seconds * 2)
             if 'error' in row:
                 rows.append(dict(model=model, size=size,
@@ -109,6 +112,7 @@ def measure(args):
                                  median_s=row['median_s'],
                                  min_s=row['min_s'], max_s=row['max_s'],
                                  peak_mem_mb=row['peak_mem_mb'],
+                                 saved_mb=row.get('saved_mb'),
                                  loadavg=[row['loadavg_before'][0],
                                           row['loadavg_after'][0]]))
                 points.append((size, row['median_s'], row['peak_mem_mb']))
@@ -122,7 +126,7 @@ def plot(rows, info, out):
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     models = list(dict.fromkeys(r['model'] for r in rows))
     for model in models:
         pts = [r for r in rows if r['model'] == model and 'median_s' in r]
@@ -135,9 +139,14 @@ def plot(rows, info, out):
                              [r['max_s'] for r in pts],
                              color=kw.get('color'), alpha=.15)
         axes[1].plot(xs, [r['peak_mem_mb'] / 1024 for r in pts], **kw)
+        saved = [r for r in pts if r.get('saved_mb')]
+        if saved:
+            axes[2].plot([r['size'] for r in saved],
+                         [r['saved_mb'] / 1024 for r in saved], **kw)
     sizes = sorted({r['size'] for r in rows})
     for ax, ylabel in zip(axes, ['latency per image (s)',
-                                 'peak memory growth (GB)']):
+                                 'peak memory growth (GB)',
+                                 'saved for backward (GB)']):
         ax.set_xscale('log', base=2)
         ax.set_yscale('log')
         ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5)))
@@ -154,14 +163,17 @@ def plot(rows, info, out):
            'median_s' in r]
     if ref:
         s0 = ref[0]['size']
-        for ax, y0 in zip(axes, [ref[0]['median_s'],
-                                 ref[0]['peak_mem_mb'] / 1024]):
-            ax.plot(sizes, [y0 * (s / s0)**2 for s in sizes], ':',
-                    color='black', alpha=.5, label='∝ pixels')
+        firsts = [ref[0]['median_s'], ref[0]['peak_mem_mb'] / 1024,
+                  (ref[0].get('saved_mb') or 0) / 1024]
+        for ax, y0 in zip(axes, firsts):
+            if y0:
+                ax.plot(sizes, [y0 * (s / s0)**2 for s in sizes], ':',
+                        color='black', alpha=.5, label='∝ pixels')
     for ax in axes:
         ax.legend(loc='upper left', fontsize=8)
-    axes[0].set_title('Backbone forward, batch 1')
-    axes[1].set_title('Peak RSS growth during the forward')
+    axes[0].set_title('Backbone inference, batch 1')
+    axes[1].set_title('Peak RSS growth during inference')
+    axes[2].set_title('Bytes a train-mode forward keeps for backward')
     fig.suptitle(
         f"{info['cpu']}, {info['threads']} threads, torch {info['torch']}, "
         f"{info['date']} (load avg {info['load_min']:.1f}-"
@@ -203,7 +215,9 @@ def main(argv=None):
                       and r['size'] == s), None)
             cells.append('-' if r is None or 'median_s' not in r else
                          f"{r['median_s']:.2f} s / "
-                         f"{r['peak_mem_mb']:.0f} MB")
+                         f"{r['peak_mem_mb']:.0f} MB" + (
+                             f" / {r['saved_mb']:.0f} MB saved"
+                             if r.get('saved_mb') else ''))
         print(f'| {model} | ' + ' | '.join(cells) + ' |')
 
 

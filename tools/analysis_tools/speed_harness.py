@@ -76,6 +76,10 @@ BACKBONES: Dict[str, Tuple[str, str, dict]] = {
                           dict(arch='transcnn-v1-small', norm_eval=True)),
     'HAT-Net-Small': ('mmtranscnn.models', 'TransCNN',
                       dict(arch='hatnet-small', norm_eval=True)),
+    # TransCNN-Base recomputing each block in backward (with_cp=True): the
+    # setting for the least training memory.
+    'TransCNN-Base-cp': ('mmtranscnn.models', 'TransCNN',
+                         dict(arch='base', norm_eval=True, with_cp=True)),
     # TransCNN-Base with plain (global) attention in every stage: the
     # quadratic cost that H-MHSA exists to avoid.
     'Plain-Attention': ('mmtranscnn.models', 'TransCNN',
@@ -144,9 +148,9 @@ class Job:
             measured with the system's settings, as ``tools/test.py`` runs.
         cpu_speedups: on the CPU, apply
             ``mmtranscnn.engine.cpu_speedups`` to the built model as the
-            tools do, to every model alike (inference: BN folded into the
-            convs; training: TransCNN's depthwise-conv backward and
-            small-grid attention); False measures the models as built.
+            tools do to training runs, to every model alike (TransCNN's
+            depthwise-conv backward and small-grid attention; inference
+            has none); False measures the models as built.
     """
     model: str
     kind: str = 'backbone'
@@ -228,15 +232,12 @@ def add_cpu_speedups_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def apply_cpu_speedups(job: 'Job', model) -> None:
-    """The CPU speed-ups the tools apply, where ``job`` asks for them."""
-    if job.device != 'cpu' or not job.cpu_speedups:
+    """The CPU speed-ups the tools apply to training, where ``job`` asks
+    for them (inference has none)."""
+    if job.device != 'cpu' or not job.cpu_speedups or job.mode != 'train':
         return
-    from mmtranscnn.engine.cpu_speedups import (speed_up_cpu_inference,
-                                                speed_up_cpu_training)
-    if job.mode == 'infer':
-        speed_up_cpu_inference(model)
-    else:
-        speed_up_cpu_training(model)
+    from mmtranscnn.engine.cpu_speedups import speed_up_cpu_training
+    speed_up_cpu_training(model)
 
 
 def add_system_malloc_argument(parser: argparse.ArgumentParser) -> None:
@@ -502,6 +503,21 @@ def build_step(job: Job) -> Tuple[Any, Callable[[], None]]:
     return model, _step_fn(job, model, x, samples)
 
 
+def saved_for_backward_mb(job: Job, model) -> float:
+    """Bytes that one train-mode forward of the backbone ``model`` on an
+    input of ``job``'s shape saves for backward (no backward is run)."""
+    import torch
+    x = torch.randn(job.batch, 3, job.height, job.width,
+                    device=torch.device(job.device))
+    model.train()
+    saved = SavedForBackward()
+    with saved:
+        outs = model(x)
+    del outs
+    model.eval()
+    return saved.nbytes / 2**20
+
+
 def run_job(job: Job) -> dict:
     """Measure ``job`` in this process (see the module docstring)."""
     job.validate()
@@ -562,6 +578,13 @@ def run_job(job: Job) -> dict:
         sync()
         times.append(time.perf_counter() - t0)
 
+    # 3b (extra 'saved_for_backward', inference jobs of backbones): the
+    # bytes one train-mode forward of the same size saves for backward.
+    saved_infer = None
+    if job.extra.get('saved_for_backward') and job.mode == 'infer' \
+            and job.kind == 'backbone':
+        saved_infer = saved_for_backward_mb(job, model)
+
     # 4: FLOPs last (tracing allocates).
     gflops = None
     if job.flops and job.kind == 'backbone':
@@ -575,7 +598,8 @@ def run_job(job: Job) -> dict:
     return dict(
         job=asdict(job), params_m=params / 1e6, gflops=gflops,
         peak_mem_mb=peak / 2**20, rss_before_mb=rss_before / 2**20,
-        saved_mb=None if saved is None else saved.nbytes / 2**20,
+        saved_mb=(saved_infer if saved is None else
+                  saved.nbytes / 2**20),
         flush_denormal=True,
         hwm_reset=hwm_was_reset, first_step_s=first_step_s, times_s=times,
         median_s=median, min_s=times_sorted[0], max_s=times_sorted[-1],
