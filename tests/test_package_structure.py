@@ -219,7 +219,7 @@ def test_the_model_makes_no_process_wide_malloc_setting():
 #: The files that define the network, and what of the package they may
 #: use besides each other: the registry, torch_compat, the weight loader.
 MODEL_FILES = ('hmhsa', 'blocks', 'transcnn', 'released_blocks', 'presets',
-               'grids')
+               'grids', 'memory')
 MODEL_MAY_USE = ('mmtranscnn.registry', 'mmtranscnn.utils',
                  'mmtranscnn.utils.torch_compat',
                  'mmtranscnn.models.pretrained')

@@ -55,17 +55,22 @@ def count_flops(model: nn.Module,
         device = next(model.parameters()).device
     except StopIteration:
         device = torch.device('cpu')
-    inputs = (torch.zeros(tuple(input_shape), device=device), )
+    # With gradients on, the backbone runs its modules as they are (without
+    # them it folds each eval-mode BN into its conv, models/memory.py), so
+    # the count is the network's own, in any grad mode of the caller.
+    inputs = (torch.zeros(tuple(input_shape), device=device,
+                          requires_grad=True), )
     analyzer = FlopAnalyzer(model, inputs)
     analyzer.set_op_handle('aten::scaled_dot_product_attention',
                            sdpa_flop_handle)
     analyzer.unsupported_ops_warnings(False)
     analyzer.uncalled_modules_warnings(False)
     try:
-        if by_module:
-            return analyzer.by_module()
-        if by_operator:
-            return dict(analyzer.by_operator())
-        return analyzer.total()
+        with torch.enable_grad():
+            if by_module:
+                return analyzer.by_module()
+            if by_operator:
+                return dict(analyzer.by_operator())
+            return analyzer.total()
     finally:
         model.train(was_training)

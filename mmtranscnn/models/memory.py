@@ -30,6 +30,7 @@ None of it changes what the model computes (a folded BN up to rounding).
   stay as they are): one pass over the map instead of two. The result
   equals conv then BN up to rounding.
 """
+import contextlib
 from functools import partial
 from typing import Callable, List, NamedTuple, Optional, Sequence
 
@@ -154,7 +155,10 @@ def _autocast_state(device_type: str):
     """(enabled, dtype) of autocast on ``device_type`` now."""
     if not DEVICE_AUTOCAST_API and device_type not in ('cpu', 'cuda'):
         return False, None
-    if not is_autocast_enabled(device_type):
+    try:
+        if not is_autocast_enabled(device_type):
+            return False, None
+    except RuntimeError:  # a device autocast does not know ('meta')
         return False, None
     return True, get_autocast_dtype(device_type)
 
@@ -225,8 +229,10 @@ class _RecomputedSegment(torch.autograd.Function):
         wanted = [p for p, need in zip(segment.params,
                                        ctx.needs_input_grad[2:]) if need]
         enabled, dtype = ctx.autocast
-        with torch.enable_grad(), torch.autocast(
-                x.device.type, dtype=dtype, enabled=enabled):
+        # Backward runs outside the forward's autocast region: replay it.
+        replay = (torch.autocast(x.device.type, dtype=dtype)
+                  if enabled else contextlib.nullcontext())
+        with torch.enable_grad(), replay:
             x_in = x.detach().requires_grad_(ctx.needs_input_grad[1])
             t = x_in
             for layer, batch_stats in zip(segment.pointwise, ctx.batch_stats):
@@ -268,19 +274,19 @@ def _conv_backward(conv: Optional[nn.Module], t: Tensor, grad_out: Tensor):
     has_bias = conv.bias is not None
     mask = [t_c.requires_grad, w_c.requires_grad,
             has_bias and conv.bias.requires_grad]
-    grad_t, grad_w, grad_b = torch.ops.aten.convolution_backward(
-        grad_out, t_c.detach(), w_c.detach(),
-        [conv.out_channels] if has_bias else None, conv.stride,
-        conv.padding, conv.dilation, False, [0, 0], conv.groups, mask)
+    args = (conv.stride, conv.padding, conv.dilation, conv.groups)
     outputs, grads = [], []
-    for tensor, grad, needed in ((t_c, grad_t, mask[0]),
-                                 (w_c, grad_w, mask[1])):
-        if needed:
-            outputs.append(tensor)
-            grads.append(grad)
+    if mask[0]:
+        outputs.append(t_c)
+        grads.append(torch.nn.grad.conv2d_input(t_c.shape, w_c.detach(),
+                                                grad_out, *args))
+    if mask[1]:
+        outputs.append(w_c)
+        grads.append(torch.nn.grad.conv2d_weight(t_c.detach(), w_c.shape,
+                                                 grad_out, *args))
     if mask[2]:
         outputs.append(conv.bias)
-        grads.append(grad_b.to(conv.bias.dtype))
+        grads.append(grad_out.sum((0, 2, 3)).to(conv.bias.dtype))
     return outputs, grads
 
 
