@@ -1,17 +1,16 @@
-"""Opt-in module: importing it makes mmengine load checkpoints safely.
+"""Opt-in module: importing it lets mmengine read mmengine checkpoints.
 
-For runs that do not go through our tools (which switch this on
-themselves), e.g. mmdet's own ``tools/train.py`` with a resumed run::
+For runs outside our tools (which do this themselves), e.g. mmdet's own
+``tools/train.py`` resuming a run::
 
     custom_imports = dict(
         imports=['mmtranscnn', 'mmtranscnn.safe_checkpoints'],
         allow_failed_imports=False)
 
-What it changes is described in :mod:`mmtranscnn.utils.checkpoint_safety`:
-mmengine's ``CheckpointLoader`` reads files with ``weights_only=True`` plus an
-allow-list of what mmengine and numpy write, instead of failing on them (torch
->= 2.6); ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` keeps its documented meaning.
+It adds the globals mmengine and numpy write into checkpoints to torch's
+``weights_only`` allow-list for the process (see
+:mod:`mmtranscnn.utils.safe_loading`); nothing else is unpickled.
 """
-from mmtranscnn.utils.checkpoint_safety import enable_safe_checkpoint_loading
+from mmtranscnn.utils.safe_loading import allow_checkpoint_globals
 
-enable_safe_checkpoint_loading()
+allow_checkpoint_globals()

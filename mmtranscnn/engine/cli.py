@@ -16,8 +16,7 @@ from mmengine.device import get_device
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from mmtranscnn.utils.checkpoint_safety import \
-    enable_safe_checkpoint_loading
+from mmtranscnn.utils.safe_loading import allow_checkpoint_globals
 
 from .cpu_speedups import CPUTrainingRunner
 from .dist import LAUNCHERS, check_launcher
@@ -278,9 +277,9 @@ def build_runner(cfg, cpu_speedups: bool = False):
     Returns:
         Runner: The runner.
     """
-    # Our tools read mmengine checkpoints (resume, load_from) safely on
-    # torch >= 2.6; see mmtranscnn.utils.checkpoint_safety.
-    enable_safe_checkpoint_loading()
+    # mmengine's loaders (resume, load_from) read mmengine checkpoints with
+    # torch's weights_only allow-list; see mmtranscnn.utils.safe_loading.
+    allow_checkpoint_globals()
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
     if not cpu_speedups or torch.cuda.is_available():

@@ -73,7 +73,7 @@ ARCH_SETTINGS: Dict[str, dict] = {
 class ReleasedModel(NamedTuple):
     """Facts about one released checkpoint (as published by the authors).
 
-    ``urls`` are tried in order (:mod:`.checkpoint_cache`); a later one
+    ``urls`` are tried in order (:mod:`.pretrained`); a later one
     only when the ones before it answer 404. All of them end in ``file``,
     the name the file is cached under, so a copy from any of them is
     reused.

@@ -1,36 +1,50 @@
-"""Loading our checkpoints into a backbone, loudly.
+"""Loading ImageNet weights into the backbone, loudly.
 
 mmengine's ``Pretrained`` initialiser loads with ``strict=False`` and only
-logs the keys it skipped, so a wrong file can leave a detector with a
-half-random backbone. :func:`load_backbone_checkpoint` accepts the layouts our
-tools produce (a full mmpretrain/mmdet checkpoint, its ``state_dict`` with a
-``backbone.`` prefix, a DDP ``module.`` prefix, or a backbone-only file) and
-the authors' released ImageNet files as downloaded (a raw state dict or
-``{'model': ...}``, possibly with the training script's
-``argparse.Namespace`` beside it; see :mod:`.released`), and fails, naming
-the keys, when the file does not fit the model. An http(s) URL is downloaded
-once into torch.hub's cache and read from there (:mod:`.checkpoint_cache`).
-"""
-import argparse
-import os.path as osp
-from typing import ContextManager, List, NamedTuple, Optional
+logs what it skipped, so a wrong file can leave a detector with a
+half-random backbone. :func:`load_backbone_checkpoint` (TransCNN's
+``init_cfg=dict(type='Pretrained', ...)``) reads a checkpoint of ours (a
+whole mmpretrain/mmdet checkpoint, ``backbone.``/``module.`` prefixes, or a
+backbone-only file) or an authors' released file, renames a released file's
+keys at load time (as mmdet's Swin converts foreign keys), and refuses a
+file that does not fit, naming the keys or the preset that it fits.
 
+Files are read with ``weights_only`` and the allow-list of
+:mod:`mmtranscnn.utils.safe_loading`. An http(s) URL is downloaded once into
+torch.hub's cache (``$TORCH_HOME/hub/checkpoints``); a released file's other
+links are tried, in order, while the ones before answer 404.
+"""
+import os.path as osp
+from typing import List, NamedTuple, Optional
+from urllib.error import HTTPError, URLError
+from urllib.parse import urlparse
+
+import torch
+from mmengine.dist import get_dist_info
 from mmengine.runner.checkpoint import CheckpointLoader
 from torch import nn
 
-from mmtranscnn.utils.checkpoint_safety import (SharedSafeGlobals,
-                                                mmengine_safe_globals,
-                                                safe_torch_load)
+from mmtranscnn.utils.safe_loading import (checkpoint_globals_allowed,
+                                           safe_load)
 
-from .checkpoint_cache import (CONFIG_KEY, fetch_checkpoint, is_url,
-                               wrong_file_error)
-from .released import RELEASED, convert_released, detect_version
+from .presets import ARCH_SETTINGS, RELEASED
+from .released import convert_released, detect_version, matching_presets
 
-GET_A_CHECKPOINT = (
-    'Produce one with our ImageNet configs (configs/imagenet/, then '
-    'tools/train.py), use a released preset with the URL of the authors\' '
-    'file (mmtranscnn.models.RELEASED; downloaded and cached on first use), '
-    'or set the backbone\'s init_cfg=None to train from scratch on purpose.')
+#: The config key that names the backbone's checkpoint.
+CONFIG_KEY = 'model.backbone.init_cfg.checkpoint'
+
+
+class CheckpointDownloadError(RuntimeError):
+    """No link of a checkpoint URL delivered the file.
+
+    Attributes:
+        url (str): the URL asked for; tried (list[str]): every link tried.
+    """
+
+    def __init__(self, message: str, url: str, tried: List[str]):
+        super().__init__(message)
+        self.url = url
+        self.tried = tried
 
 
 class LoadReport(NamedTuple):
@@ -41,112 +55,146 @@ class LoadReport(NamedTuple):
     mismatched: List[str]
 
 
-def _read(checkpoint: str, map_location: str):
-    """The file's content, read safely whether or not mmengine's loaders
-    were switched to safe loading (see mmtranscnn.utils.checkpoint_safety).
-    An http(s) URL is read from its cached download, not through mmengine's
-    ``load_from_http`` (which unpickles with torch.load's defaults)."""
-    if is_url(checkpoint):
-        checkpoint = fetch_checkpoint(checkpoint)
-    if '://' not in checkpoint:
-        return safe_torch_load(checkpoint, map_location)
-    with mmengine_safe_globals():
-        return CheckpointLoader.load_checkpoint(checkpoint,
-                                                map_location=map_location)
+def released_preset(url: str) -> Optional[str]:
+    """The released preset one of whose links ``url`` is, or None."""
+    return next((p for p, info in RELEASED.items() if url in info.urls), None)
 
 
-def _unwrap(checkpoint) -> dict:
+def _links(url: str) -> List[str]:
+    preset = released_preset(url)
+    others = [] if preset is None else RELEASED[preset].urls
+    return [url] + [u for u in others if u != url]
+
+
+def _download_failed(url: str, failures: list) -> CheckpointDownloadError:
+    """The error naming every link tried and why, the authors' Google Drive
+    copy of a released file, and how to use a local copy instead."""
+    lines = [f'    {link}\n        ({type(e).__name__}: {e})'
+             for link, e in failures]
+    name = osp.basename(url)
+    message = ('could not download the backbone checkpoint; links tried in '
+               'order:\n' + '\n'.join(lines) + '\n')
+    preset = released_preset(url)
+    if preset is not None:
+        info = RELEASED[preset]
+        message += (f'The authors also publish {info.name} ({info.file}) on '
+                    f'Google Drive:\n    {info.drive_url}\n')
+    message += ('Put a copy at\n    ' + osp.join(torch.hub.get_dir(),
+                                                 'checkpoints', name) +
+                f'\n(used without a download), or set {CONFIG_KEY} to a '
+                f'local file: --cfg-options {CONFIG_KEY}=/path/to/{name}')
+    return CheckpointDownloadError(message, url, [link for link, _ in failures])
+
+
+def _fetch_url(url: str, map_location) -> dict:
+    """Read ``url`` through torch.hub's cache, trying a released file's
+    other links after a 404 (any other failure would repeat on the same
+    host). All links of a file share its name, so one cached copy serves."""
+    failures = []
+    name = osp.basename(urlparse(url).path)
+    for link in _links(url):
+        try:
+            with checkpoint_globals_allowed():
+                return torch.hub.load_state_dict_from_url(
+                    link, map_location=map_location, weights_only=True,
+                    file_name=name, progress=False)
+        except URLError as error:  # HTTPError too: nothing was cached
+            failures.append((link, error))
+            if not (isinstance(error, HTTPError) and error.code == 404):
+                break
+        except Exception as error:  # the cached file does not load
+            path = osp.join(torch.hub.get_dir(), 'checkpoints', name)
+            raise RuntimeError(
+                f'the cached download of {url}\n    {path}\ndoes not load '
+                f'({type(error).__name__}: {str(error).splitlines()[0]}). '
+                'If it is damaged or another file, delete it to download it '
+                'again.') from error
+    raise _download_failed(url, failures) from failures[-1][1]
+
+
+def read_checkpoint(checkpoint: str, map_location='cpu') -> dict:
+    """A checkpoint's content: a local file, an http(s) URL (cached, see
+    above) or another URI mmengine's ``CheckpointLoader`` knows, always
+    read with the allow-list of :mod:`mmtranscnn.utils.safe_loading`.
+
+    Under distributed training rank 0 downloads first, the others then
+    read the cached file (or download their own, without a shared disk).
+
+    Args:
+        checkpoint: path, URL or URI.
+        map_location: as for :func:`torch.load`.
+    """
+    if not checkpoint.startswith(('http://', 'https://')):
+        if '://' not in checkpoint:
+            if not osp.isfile(checkpoint):
+                raise FileNotFoundError(
+                    f'{CONFIG_KEY}: no file {checkpoint!r}. Train one with '
+                    'configs/imagenet/, name a released file\'s URL '
+                    '(mmtranscnn.models.RELEASED), or set init_cfg=None to '
+                    'train from scratch on purpose.')
+            return safe_load(checkpoint, map_location)
+        with checkpoint_globals_allowed():
+            return CheckpointLoader.load_checkpoint(checkpoint, map_location)
+    rank, world_size = get_dist_info()
+    result = error = None
+    if rank == 0:
+        try:
+            result = _fetch_url(checkpoint, map_location)
+        except CheckpointDownloadError as failed:
+            error = failed  # raised after the barrier: no rank waits forever
+    if world_size > 1:
+        torch.distributed.barrier()
+        if rank > 0:
+            result = _fetch_url(checkpoint, map_location)
+    if error is not None:
+        raise error
+    return result
+
+
+def state_dict_of(checkpoint) -> dict:
+    """The tensors inside a loaded checkpoint, whatever its wrapping:
+    ``state_dict`` (mmengine), ``model`` (DeiT-style scripts) or raw, with
+    DDP's ``module.`` prefix dropped."""
     if not isinstance(checkpoint, dict):
         raise TypeError(f'a checkpoint must hold a dict, got '
                         f'{type(checkpoint).__name__}')
     for key in ('state_dict', 'model', 'module'):
-        if key in checkpoint and isinstance(checkpoint[key], dict):
-            return checkpoint[key]
-    return checkpoint
+        if isinstance(checkpoint.get(key), dict):
+            checkpoint = checkpoint[key]
+            break
+    return {k[7:] if k.startswith('module.') else k: v
+            for k, v in checkpoint.items()}
 
 
-def _strip_module(state_dict: dict) -> dict:
-    """Drop the ``module.`` prefix DDP/DataParallel put on every key."""
-    return {(k[7:] if k.startswith('module.') else k): v
-            for k, v in state_dict.items()}
-
-
-def _training_script_globals() -> tuple:
-    return (argparse.Namespace, )
-
-
-_TRAINING_SCRIPT_ARGS = SharedSafeGlobals(_training_script_globals)
-
-
-def training_script_args_allowed() -> ContextManager[None]:
-    """Let ``torch.load(weights_only=True)`` rebuild an ``argparse.Namespace``.
-
-    Training scripts of the DeiT/PVT family (the authors' TransCNN/HAT-Net
-    among them) save their command-line arguments beside the weights.
-    Rebuilding a Namespace creates the object and fills its ``__dict__``;
-    nothing of it runs, and the values inside pass the same allow-list as
-    everything else. Only the loads of :func:`read_state_dict` (backbone
-    ``init_cfg`` and the converters) accept it; other mmengine loads keep the
-    allow-list of :mod:`mmtranscnn.utils.checkpoint_safety` as it is. It is
-    torch's scoped ``safe_globals`` context, shared by nested and concurrent
-    loads (:class:`~mmtranscnn.utils.checkpoint_safety.SharedSafeGlobals`):
-    afterwards torch's allow-list is exactly as before, an entry the user
-    added included.
-    """
-    return _TRAINING_SCRIPT_ARGS.scope()
-
-
-def read_state_dict(checkpoint: str, map_location: str = 'cpu') -> dict:
-    """The state dict inside a checkpoint file, whatever its wrapping.
-
-    Accepts a raw state dict, ``{'state_dict': ...}`` (mmengine),
-    ``{'model': ...}`` (DeiT/PVT-style training scripts, which also store
-    their ``argparse.Namespace`` under ``'args'``) and ``module.``
-    prefixes. The file is read with ``torch.load(weights_only=True)`` and
-    the allow-list of :mod:`mmtranscnn.utils.checkpoint_safety`, plus
-    ``argparse.Namespace`` (:func:`training_script_args_allowed`): no
-    arbitrary pickle runs.
-
-    Args:
-        checkpoint: a local path, an http(s) URL (downloaded once into
-            torch.hub's cache, see :mod:`.checkpoint_cache`) or any other
-            URI mmengine's CheckpointLoader understands.
-        map_location: where tensors are loaded.
-    """
-    with training_script_args_allowed():
-        loaded = _read(checkpoint, map_location)
-    return _strip_module(_unwrap(loaded))
+def _preset_of(model: nn.Module) -> Optional[str]:
+    settings = getattr(model, 'arch_settings', None)
+    return next((n for n, s in ARCH_SETTINGS.items() if s == settings), None)
 
 
 def _released_to_backbone(model: nn.Module, state_dict: dict,
-                          checkpoint: str) -> dict:
-    """Our backbone keys for a released file, checking it fits ``model``."""
-    version = detect_version(state_dict)
-    wanted = getattr(model, 'released_version', None)
-    if wanted != version:
-        presets = sorted(k for k, v in RELEASED.items()
-                         if v.version == version)
-        built = (f"a {wanted} preset" if wanted else
-                 "a preset without released weights")
-        raise RuntimeError(
-            f'checkpoint {checkpoint!r} is a released {version} file '
-            f'({"TransCNN.py" if version == "transcnn-v1" else "HAT_Net.py"})'
-            f', but the model is {built}; build it with arch set to one of '
-            f'{presets}.')
-    backbone, _head, _ = convert_released(state_dict, version)
-    return backbone
+                          source: str) -> dict:
+    """Our backbone keys for a released file that fits ``model``; else an
+    error naming the preset the file fits."""
+    fits = matching_presets(state_dict)
+    built = _preset_of(model)
+    if built not in fits:
+        fit = (' or '.join(f"arch='{p}'" for p in fits) if fits else
+               'no released preset (its layout is none of RELEASED)')
+        raise ValueError(
+            f'{source} is a released {detect_version(state_dict)} file that '
+            f'fits {fit}, but the backbone is built with '
+            f"arch={built or 'a custom dict'!r}; set "
+            f'model.backbone.arch to the preset the file fits.')
+    return convert_released(state_dict)[0]
 
 
 def _select(state_dict: dict, prefix: Optional[str]) -> dict:
-    """Keep the backbone's tensors and strip their prefix."""
-    state_dict = _strip_module(state_dict)
+    """Keep the keys under ``prefix`` (default: ``backbone.`` when there)."""
     if prefix is None:
         prefix = 'backbone.' if any(
             k.startswith('backbone.') for k in state_dict) else ''
     if prefix and not prefix.endswith('.'):
         prefix += '.'
-    if not prefix:
-        return state_dict
     selected = {k[len(prefix):]: v for k, v in state_dict.items()
                 if k.startswith(prefix)}
     if not selected:
@@ -156,103 +204,77 @@ def _select(state_dict: dict, prefix: Optional[str]) -> dict:
     return selected
 
 
-def _preview(names: List[str], limit: int = 12) -> str:
-    shown = ', '.join(names[:limit])
-    return shown + (f', ... ({len(names)} in all)' if len(names) > limit
-                    else '')
+def _preview(names: List[str], limit: int = 8) -> str:
+    more = f', ... ({len(names)} in all)' if len(names) > limit else ''
+    return ', '.join(names[:limit]) + more
+
+
+def _fit_hint(model: nn.Module) -> str:
+    preset = _preset_of(model)
+    if preset is None:
+        return 'Check arch and grid_sizes'
+    defaults = ARCH_SETTINGS[preset]
+    return (f"The file may be of another preset or grids: arch='{preset}' "
+            f"has grid_sizes={defaults.get('grid_sizes', (8, 4, 2, 0))} and "
+            f"pool_ratios={defaults.get('pool_ratios')} by default, and a "
+            'stage with grid size 0 has no higher-level weights')
 
 
 def load_backbone_checkpoint(model: nn.Module,
                              checkpoint: str,
                              prefix: Optional[str] = None,
                              strict: bool = True,
-                             map_location: str = 'cpu',
+                             map_location='cpu',
                              logger=None) -> LoadReport:
-    """Load a checkpoint of ours, or a released file of the authors, into
-    ``model`` and report what happened.
+    """Load a checkpoint of ours or an authors' released file into
+    ``model``; with ``strict`` nothing is loaded unless every tensor fits.
 
     Args:
         model: the backbone to fill.
-        checkpoint: a local path, an http(s) URL or any other URI mmengine's
-            CheckpointLoader understands. A URL is downloaded once into
-            torch.hub's cache (``$TORCH_HOME/hub/checkpoints/<file name>``)
-            and read from there afterwards.
-        prefix: the key prefix of the backbone inside the file, e.g.
-            ``'backbone.'``; None picks ``'backbone.'`` when present and the
-            keys as they are otherwise.
-        strict: raise when a backbone tensor is missing, has another shape,
-            or the file holds backbone tensors the model lacks.
+        checkpoint: path, http(s) URL or mmengine URI (see
+            :func:`read_checkpoint`).
+        prefix: the backbone's key prefix in the file; None takes
+            ``'backbone.'`` when present, else the keys as they are.
+        strict: refuse missing, unexpected or misshapen backbone tensors.
         map_location: where tensors are loaded.
-        logger: where the summary goes (an mmengine logger), or None.
-
-    Returns:
-        A :class:`LoadReport`.
-
-    Raises:
-        CheckpointDownloadError: a URL could not be downloaded.
-        CheckpointFileError: a URL's cached file does not load or fit.
-        FileNotFoundError: a local file does not exist.
+        logger: an mmengine logger for the summary, or None.
     """
-    if is_url(checkpoint):
-        path = fetch_checkpoint(checkpoint)
-        try:
-            report = _load_file(model, path, prefix, strict, map_location)
-        except Exception as error:  # unreadable, truncated or another model
-            raise wrong_file_error(checkpoint, path, error) from error
-        source = f'{path} ({checkpoint})'
-    else:
-        if '://' not in checkpoint and not osp.isfile(checkpoint):
-            raise FileNotFoundError(
-                f'pretrained checkpoint not found: {checkpoint!r} '
-                f'({CONFIG_KEY}). {GET_A_CHECKPOINT}')
-        report = _load_file(model, checkpoint, prefix, strict, map_location)
-        source = checkpoint
-    if logger is not None:
-        logger.info(f'loaded {len(report.loaded)}/{len(model.state_dict())} '
-                    f'backbone tensors from {source}')
-        for label, names in (('missing', report.missing),
-                             ('unexpected', report.unexpected),
-                             ('shape mismatch', report.mismatched)):
-            if names:
-                logger.warning(f'{label} keys: {_preview(names)}')
-    return report
-
-
-def _load_file(model: nn.Module, checkpoint: str, prefix: Optional[str],
-               strict: bool, map_location: str) -> LoadReport:
-    """:func:`load_backbone_checkpoint` for a local file (or a URI other
-    than http(s)); nothing is loaded when a strict check fails."""
-    state_dict = read_state_dict(checkpoint, map_location)
+    state_dict = state_dict_of(read_checkpoint(checkpoint, map_location))
     if detect_version(state_dict) is not None:
-        # The authors' file as downloaded (its keys carry no prefix, so
-        # ``prefix`` does not apply): rename to our layout; its classifier
-        # is not part of the backbone.
+        # The authors' file as downloaded: renamed to our layout, head left.
         state_dict = _released_to_backbone(model, state_dict, checkpoint)
     else:
         state_dict = _select(state_dict, prefix)
     own = model.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
-    mismatched = sorted(
-        k for k in set(own) & set(state_dict)
-        if tuple(own[k].shape) != tuple(state_dict[k].shape))
+    mismatched = sorted(k for k in set(own) & set(state_dict)
+                        if own[k].shape != state_dict[k].shape)
     if strict and (missing or unexpected or mismatched):
-        problems = []
-        if missing:
-            problems.append(f'missing in the file: {_preview(missing)}')
-        if unexpected:
-            problems.append(f'not in the model: {_preview(unexpected)}')
-        if mismatched:
-            problems.append('shape differs: ' + _preview(
-                [f'{k} {tuple(state_dict[k].shape)} vs '
-                 f'{tuple(own[k].shape)}' for k in mismatched]))
+        problems = [f'{label}: {_preview(names)}' for label, names in (
+            ('missing in the file', missing),
+            ('not in the model', unexpected),
+            ('shape differs', [f'{k} {tuple(state_dict[k].shape)} vs '
+                               f'{tuple(own[k].shape)}' for k in mismatched]))
+            if names]
         raise RuntimeError(
-            f'checkpoint {checkpoint!r} (prefix {prefix!r}) does not fit '
-            f'{type(model).__name__}: ' + '; '.join(problems) +
-            '. Check arch/grid_sizes (a stage with grid size 0 has no '
-            'higher-level weights), or pass strict=False in init_cfg to load '
+            f'{CONFIG_KEY} {checkpoint!r} (prefix {prefix!r}) does not fit '
+            f'{type(model).__name__}: ' + '; '.join(problems) + '. ' +
+            _fit_hint(model) + '; or set strict=False in init_cfg to load '
             'the matching part on purpose.')
     loadable = {k: v for k, v in state_dict.items()
                 if k in own and k not in mismatched}
     model.load_state_dict(loadable, strict=False)
+    if logger is not None:
+        logger.info(f'loaded {len(loadable)}/{len(own)} backbone tensors '
+                    f'from {checkpoint}')
+        for label, names in (('missing', missing), ('unexpected', unexpected),
+                             ('shape mismatch', mismatched)):
+            if names:
+                logger.warning(f'{label} keys: {_preview(names)}')
     return LoadReport(sorted(loadable), missing, unexpected, mismatched)
+
+
+__all__ = ['CONFIG_KEY', 'CheckpointDownloadError', 'LoadReport',
+           'load_backbone_checkpoint', 'read_checkpoint', 'released_preset',
+           'state_dict_of']

@@ -195,7 +195,7 @@ def convert_released(state_dict: dict,
     Args:
         state_dict: the released model's state dict (already unwrapped from
             ``{'model': ...}`` and stripped of ``module.``; see
-            :func:`mmtranscnn.models.pretrained.read_state_dict`).
+            :func:`mmtranscnn.models.pretrained.state_dict_of`).
         version: ``'transcnn-v1'`` or ``'hatnet'``; None detects it from
             the keys.
 

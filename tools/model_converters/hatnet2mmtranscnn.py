@@ -33,7 +33,7 @@ import torch
 
 import mmtranscnn  # noqa: F401  (registers the models)
 from mmtranscnn.models import TransCNN
-from mmtranscnn.models.pretrained import read_state_dict
+from mmtranscnn.models.pretrained import read_checkpoint, state_dict_of
 from mmtranscnn.models.released import (RELEASED, convert_released,
                                         matching_presets)
 
@@ -41,20 +41,17 @@ from mmtranscnn.models.released import (RELEASED, convert_released,
 def convert(src: str, dst: str, backbone_only: bool = False,
             arch: str = None) -> dict:
     """Convert ``src`` to ``dst``; returns the written checkpoint."""
-    state_dict = read_state_dict(src)
+    state_dict = state_dict_of(read_checkpoint(src))
     backbone, head, version = convert_released(state_dict)
-    presets = sorted(k for k, v in RELEASED.items() if v.version == version)
-    if arch is None:
-        fits = matching_presets(state_dict)
-        if len(fits) != 1:
-            raise ValueError(
-                f'{src}: a {version} checkpoint whose layout fits '
-                f'{fits or "no released preset"}; pass --arch with one of '
-                f'{presets}')
+    fits = matching_presets(state_dict)
+    if arch is None and len(fits) == 1:
         arch = fits[0]
-    if arch not in presets:
-        raise ValueError(f'--arch must be a released {version} preset '
-                         f'({presets}), got {arch!r}')
+    if arch not in fits:
+        raise ValueError(
+            f'{src} is a released {version} file whose layout fits '
+            f'{fits or "no released preset"}' +
+            (f'; --arch {arch!r} is not one of them' if arch else
+             '; pass --arch with the one it is'))
     # Strict check before anything is written.
     model = TransCNN(arch)
     model.load_state_dict(backbone, strict=True)
