@@ -7,7 +7,6 @@ Besides the Python package, OpenMMLab's ``mim`` expects ``configs/``,
 old ``develop`` command) gets symlinks into the source tree, so edits to a
 config are seen at once.
 """
-import importlib.util
 import os
 import os.path as osp
 import shutil
@@ -26,27 +25,43 @@ def read_version() -> str:
     return scope['__version__']
 
 
-def load_version_ranges():
-    """``mmtranscnn/utils/versions.py``, the one table of the version ranges
-    of torch and the OpenMMLab stack (also what ``import mmtranscnn``
-    checks). Loaded on its own: building must not import torch or mmcv."""
-    path = osp.join(HERE, 'mmtranscnn', 'utils', 'versions.py')
-    spec = importlib.util.spec_from_file_location('_mmtranscnn_versions',
-                                                  path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-VERSIONS = load_version_ranges()
-
-
-def read_requirements(name: str) -> list:
-    """Requirement lines of ``requirements/<name>.txt`` (comments dropped)."""
-    path = osp.join(HERE, 'requirements', f'{name}.txt')
-    with open(path) as f:
-        lines = (line.split('#', 1)[0].strip() for line in f)
-        return [line for line in lines if line]
+# Ranges, not pins: installing into an environment that already holds a
+# supported stack changes none of it. scripts/setup.sh installs exact
+# releases (requirements/pinned.txt, requirements/torch.txt), which
+# tests/test_versions.py checks lie inside these ranges. Where the bounds
+# come from:
+# - torch 2.6: torch.load defaults to weights_only=True and takes the
+#   (obj, 'module.name') allow-list that safe checkpoint loading uses;
+#   2.15 is untested.
+# - mmcv 2.1: mmdet 3.2 is the first mmdet to accept it; mmdet 3.3 and
+#   mmsegmentation 1.2 refuse 2.2. `import mmtranscnn` checks this range
+#   again (mmtranscnn/utils/versions.py): mmcv is often built outside pip.
+# - mmengine 0.10.3: from it on, --resume continues an iteration-based run
+#   where it stopped; mmdet, mmseg and mmpretrain refuse 1.0.
+# - mmdet 3.2.0 and mmpretrain 1.1.0: the first to accept mmcv 2.1;
+#   mmsegmentation 1.2.1: 1.2.0's wheel lacks the tokenizer vocabulary that
+#   mmseg.models reads at import.
+# - deploy: mmdeploy 1.3.1, its last release, declares protobuf<=3.20.2,
+#   which onnx < 1.18 and onnxruntime < 1.27 accept; onnx 1.17 and
+#   onnxruntime 1.19 are the first built for numpy 2; onnxscript serves
+#   torch.onnx.export(dynamo=True).
+INSTALL_REQUIRES = [
+    'torch>=2.6,<2.15',
+    'mmcv>=2.1.0,<2.2.0',
+    'mmengine>=0.10.3,<1.0.0',
+    'numpy',
+    'packaging',  # the import check compares mmcv's version with it
+]
+CODEBASES = {
+    'mmdet': ['mmdet>=3.2.0,<3.4.0'],
+    # mmseg.models imports its text tokenizer's dependencies undeclared
+    'mmseg': ['mmsegmentation>=1.2.1,<1.3.0', 'ftfy', 'regex'],
+    'mmpretrain': ['mmpretrain>=1.1.0,<1.3.0'],
+}
+OPTIONAL = [line for lines in CODEBASES.values() for line in lines]
+DEPLOY = ['mmdeploy>=1.3.1,<1.4.0', 'onnx>=1.17.0,<1.18.0',
+          'onnxruntime>=1.19.0,<1.27.0', 'onnxscript>=0.7.2,<1.0.0']
+TESTS = ['pytest', 'pytest-timeout']
 
 
 def link_mim_files_into_source() -> None:
@@ -102,22 +117,12 @@ setup(
     packages=find_packages(exclude=('configs', 'tools', 'tests', 'demo')),
     include_package_data=True,
     cmdclass={'build_py': BuildPyWithMim},
-    # Ranges, not pins: installing into an environment that already has a
-    # supported stack changes none of it. scripts/setup.sh pins for CI.
-    install_requires=VERSIONS.requirement_strings() +
-    read_requirements('runtime'),
+    install_requires=INSTALL_REQUIRES,
     # `pip install mmtranscnn[mmdet]` (or mmseg, mmpretrain) adds the
-    # codebase in its range; [optional] all three; [deploy] mmdeploy, onnx
-    # and onnxruntime (and onnxscript); [all] all of these and the tests.
-    extras_require=dict(
-        {extra: VERSIONS.requirement_strings(extra)
-         for extra in VERSIONS.codebase_extras()},
-        optional=VERSIONS.requirement_strings('optional'),
-        deploy=VERSIONS.requirement_strings('deploy'),
-        tests=read_requirements('tests'),
-        all=VERSIONS.requirement_strings('optional') +
-        VERSIONS.requirement_strings('deploy') +
-        read_requirements('tests')),
+    # codebase in its range; [optional] all three; [deploy] mmdeploy, onnx,
+    # onnxruntime and onnxscript; [all] all of these and the tests.
+    extras_require=dict(CODEBASES, optional=OPTIONAL, deploy=DEPLOY,
+                        tests=TESTS, all=OPTIONAL + DEPLOY + TESTS),
     classifiers=[
         'Programming Language :: Python :: 3',
         'Topic :: Scientific/Engineering :: Artificial Intelligence',

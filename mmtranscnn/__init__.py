@@ -8,19 +8,17 @@ authors' eight released classifiers to mmpretrain's model hub and registers
 a checkpoint loader for exactly their download links with mmengine's
 ``CheckpointLoader`` (see :mod:`mmtranscnn.models.pretrain_hub`).
 
-That is all an import changes in the process. mmengine's loading of any
-other checkpoint is left as it is; our tools (``tools/train.py``, ``tools/test.py``, the
-demos and converters) switch on safe loading of mmengine checkpoints
-explicitly, and a config run by another entry point opts in with
-``custom_imports=dict(imports=['mmtranscnn', 'mmtranscnn.safe_checkpoints'])``
-(see :mod:`mmtranscnn.utils.checkpoint_safety`).
+That is all an import changes in the process. Our tools add what mmengine
+writes into checkpoints to torch's ``weights_only`` allow-list; another
+entry point opts in with ``custom_imports=dict(imports=['mmtranscnn',
+'mmtranscnn.safe_checkpoints'])`` (see :mod:`mmtranscnn.utils.safe_loading`).
 """
 from .version import __version__, version_info
-# Before mmcv and mmengine are imported: an installed version outside the
-# ranges in utils/versions.py stops here, naming the package and the range.
-from .utils.versions import check_installed_versions
+# pip holds torch and the stack to setup.py's ranges, but not an mmcv built
+# from source or installed by mim: stop here, naming its version and range.
+from .utils.versions import check_mmcv
 
-check_installed_versions()
+check_mmcv()
 
 from .registry import MODELS  # noqa: E402
 from . import models  # noqa: F401,E402  (registers the models)

@@ -54,16 +54,18 @@ EOF
 trap fail ERR
 
 # --- Python and the virtual environment ------------------------------------
-STEP="find Python 3.9-3.12"
+STEP="find Python 3.11-3.12"
 PYTHON="${PYTHON:-}"
 if [ -z "$PYTHON" ]; then
-  for cand in python3.11 python3.10 python3.12 python3; do
+  for cand in python3.11 python3.12 python3; do
     if command -v "$cand" >/dev/null 2>&1; then PYTHON="$cand"; break; fi
   done
 fi
 [ -n "$PYTHON" ] || { echo "[setup] no python3 found on PATH" >&2; false; }
-"$PYTHON" -c 'import sys; assert (3, 9) <= sys.version_info[:2] <= (3, 12), sys.version' \
-  || { echo "[setup] $PYTHON is not Python 3.9-3.12 (torch 2.14 + mmcv 2.1)" >&2; false; }
+# The pins decide the floor: torch 2.14.1 needs Python 3.10, onnxruntime
+# 1.26.0 needs 3.11.
+"$PYTHON" -c 'import sys; assert (3, 11) <= sys.version_info[:2] <= (3, 12), sys.version' \
+  || { echo "[setup] $PYTHON is not Python 3.11-3.12 (torch 2.14.1, onnxruntime 1.26.0, mmcv 2.1)" >&2; false; }
 
 STEP="create virtual environment $VENV"
 if [ ! -x "$VENV/bin/python" ]; then
@@ -77,7 +79,7 @@ PIP=("$PY" -m pip --disable-pip-version-check)
 # successful run, the install steps are skipped.
 STAMP="$VENV/.mmtranscnn-setup-stamp"
 fingerprint() {
-  cat requirements/*.txt setup.py scripts/setup.sh mmtranscnn/utils/versions.py | "$PY" -c \
+  cat requirements/*.txt setup.py scripts/setup.sh | "$PY" -c \
     'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())'
 }
 WANT="$(fingerprint)"
@@ -142,7 +144,7 @@ EOF
 
   # One resolver pass for mmcv (its own light dependencies come with it),
   # this package and everything it declares: the stack in the ranges of
-  # mmtranscnn/utils/versions.py, held to CI's exact releases by the
+  # setup.py, held to CI's exact releases by the
   # constraints in requirements/pinned.txt (a pin outside a range fails here).
   STEP="install mmtranscnn (editable), the OpenMMLab stack (mmcv, mmengine, mmdet, mmpretrain, mmseg) and mmdeploy with ONNX Runtime"
   say "$STEP"

@@ -7,7 +7,6 @@ import torch
 from mmengine.registry import OPTIM_WRAPPERS
 
 from mmtranscnn.engine import amp
-from mmtranscnn.utils.torch_compat import is_autocast_enabled
 
 
 def _model_and_wrapper():
@@ -28,12 +27,12 @@ def test_exception_in_fp32_conv_keeps_autocast_inside_the_context():
     with wrapper.optim_context(model):
         with pytest.raises(RuntimeError):
             model(_wrong_channels())
-        assert is_autocast_enabled('cpu')
+        assert torch.is_autocast_enabled('cpu')
         # and the convs still take their usual dtypes afterwards
         assert model(torch.randn(1, 8, 1, 1)).dtype == torch.float32
         assert model(torch.randn(1, 8, 4, 4)).dtype == torch.bfloat16
-        assert is_autocast_enabled('cpu')
-    assert not is_autocast_enabled('cpu')
+        assert torch.is_autocast_enabled('cpu')
+    assert not torch.is_autocast_enabled('cpu')
     assert amp._fp32_convs_running() == []
 
 
@@ -42,14 +41,14 @@ def test_exception_leaving_the_context_restores_autocast():
     with pytest.raises(RuntimeError):
         with wrapper.optim_context(model):
             model(_wrong_channels())
-    assert not is_autocast_enabled('cpu')
+    assert not torch.is_autocast_enabled('cpu')
     assert amp._fp32_convs_running() == []
     # under an autocast of the caller's own, the hooked conv gives it back
     with torch.autocast('cpu', dtype=torch.bfloat16):
         with pytest.raises(RuntimeError):
             model(_wrong_channels())
-        assert is_autocast_enabled('cpu')
-    assert not is_autocast_enabled('cpu')
+        assert torch.is_autocast_enabled('cpu')
+    assert not torch.is_autocast_enabled('cpu')
 
 
 def test_threads_sharing_the_model_each_keep_their_autocast_state():
@@ -72,7 +71,7 @@ def test_threads_sharing_the_model_each_keep_their_autocast_state():
         with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
             for _ in range(50):
                 out = model(inputs[size])
-                if not (is_autocast_enabled('cpu')
+                if not (torch.is_autocast_enabled('cpu')
                         and out.dtype == expected[size].dtype
                         and torch.equal(out, expected[size])):
                     failures.append(size)

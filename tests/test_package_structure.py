@@ -217,11 +217,10 @@ def test_the_model_makes_no_process_wide_malloc_setting():
 
 
 #: The files that define the network, and what of the package they may
-#: use besides each other: the registry, torch_compat, the weight loader.
+#: use besides each other: the registry, the weight loader.
 MODEL_FILES = ('hmhsa', 'blocks', 'transcnn', 'released_blocks', 'presets',
                'grids', 'memory')
 MODEL_MAY_USE = ('mmtranscnn.registry', 'mmtranscnn.utils',
-                 'mmtranscnn.utils.torch_compat',
                  'mmtranscnn.models.pretrained')
 #: What is CPU-specific: oneDNN's own kernels (torch.ops.mkldnn), the
 #: CPU's ISA, timing, threads and locks, process-wide settings.
@@ -262,12 +261,7 @@ import torch
 assert not any(m.startswith('mmtranscnn') for m in sys.modules)
 
 def autocast_state():
-    # torch's own calls: mmtranscnn.utils.torch_compat would import the
-    # package before the state is first read
-    if hasattr(torch, 'get_autocast_dtype'):  # torch >= 2.4
-        return (torch.is_autocast_enabled('cpu'),
-                torch.get_autocast_dtype('cpu'))
-    return torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
+    return torch.is_autocast_enabled('cpu'), torch.get_autocast_dtype('cpu')
 
 def entries():
     return list(torch.serialization.get_safe_globals())

@@ -23,8 +23,6 @@ from mmengine.optim import OptimWrapper
 from mmengine.registry import OPTIM_WRAPPERS
 from torch import nn
 
-from mmtranscnn.utils.torch_compat import is_autocast_enabled
-
 _FP32_HOOKED = '_mmtranscnn_fp32_one_pixel_hooks'
 
 # Per thread (autocast state is per thread too): the convs now running in
@@ -46,7 +44,7 @@ def _one_pixel_strided(module: nn.Conv2d, x: torch.Tensor) -> bool:
 
 def _fp32_pre_hook(module: nn.Conv2d, args):
     x = args[0]
-    if is_autocast_enabled('cpu') and _one_pixel_strided(module, x):
+    if torch.is_autocast_enabled('cpu') and _one_pixel_strided(module, x):
         autocast_off = torch.autocast('cpu', enabled=False)
         autocast_off.__enter__()
         _fp32_convs_running().append((module, autocast_off))
@@ -69,14 +67,6 @@ def _leave_fp32_convs(depth: int) -> None:
         stack.pop()[1].__exit__(None, None, None)
 
 
-def _register_post_hook(module: nn.Module) -> None:
-    try:
-        # always_call (torch >= 2.1): the hook runs even if forward raises.
-        module.register_forward_hook(_fp32_post_hook, always_call=True)
-    except TypeError:  # torch 2.0: fp32_strided_convs_at_one_pixel restores
-        module.register_forward_hook(_fp32_post_hook)
-
-
 def run_one_pixel_strided_convs_in_fp32(model: nn.Module) -> None:
     """Hook every strided ``nn.Conv2d`` of ``model`` (once) so that it runs
     in float32 under CPU autocast when its input is 1x1 (see the module
@@ -86,16 +76,16 @@ def run_one_pixel_strided_convs_in_fp32(model: nn.Module) -> None:
     post-hook, which torch runs even when the forward raises, exits it, so
     the autocast state before the conv comes back whatever happens. The
     hooks keep their state per thread, not on the module: threads may
-    share the model. Use :func:`fp32_strided_convs_at_one_pixel` around
-    the forward, which also restores the state on torch 2.0 (whose hooks
-    do not run after an exception).
+    share the model. :func:`fp32_strided_convs_at_one_pixel` hooks the
+    model and, on leaving, exits whatever the hooks left entered.
     """
     if getattr(model, _FP32_HOOKED, False):
         return
     for module in model.modules():
         if isinstance(module, nn.Conv2d) and tuple(module.stride) != (1, 1):
             module.register_forward_pre_hook(_fp32_pre_hook)
-            _register_post_hook(module)
+            # always_call: the post-hook runs even if forward raises.
+            module.register_forward_hook(_fp32_post_hook, always_call=True)
     setattr(model, _FP32_HOOKED, True)
 
 

@@ -28,8 +28,6 @@ from mmengine.runner import Runner
 from torch import Tensor, nn
 
 from mmtranscnn.models.hmhsa import HMHSA
-from mmtranscnn.utils.torch_compat import (get_autocast_dtype,
-                                           is_autocast_enabled)
 
 
 #: Grids with at most this many keys (8 x 8) attend through plain matmuls
@@ -174,12 +172,12 @@ class DepthwiseConv2d(nn.Conv2d):
         if x.device.type != 'cpu' or not torch.is_grad_enabled() or not (
                 x.requires_grad or weight.requires_grad):
             return super()._conv_forward(x, weight, bias)
-        if not is_autocast_enabled('cpu'):
+        if not torch.is_autocast_enabled('cpu'):
             return _DepthwiseConvFn.apply(x, weight, bias, self.padding)
         # Under autocast the plain conv runs in autocast's dtype; so does
         # this one. The casts stay on the tape, so float32 parameters get
         # their gradients through them, as from the plain op.
-        low = get_autocast_dtype('cpu')
+        low = torch.get_autocast_dtype('cpu')
         x, weight = x.to(low), weight.to(low)
         bias = None if bias is None else bias.to(low)
         with torch.autocast('cpu', enabled=False):

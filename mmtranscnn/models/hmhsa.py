@@ -46,7 +46,6 @@ from mmengine.model import BaseModule
 from torch import Tensor, nn
 
 from mmtranscnn.registry import MODELS
-from mmtranscnn.utils.torch_compat import is_compiling
 
 QUERY_FORMS = ('full', 'merged')
 
@@ -91,7 +90,7 @@ def _tracing() -> bool:
     """Whether sizes are symbolic: the model is traced, exported or
     compiled, so no Python branch may depend on them."""
     return (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-            or is_compiling())
+            or torch.compiler.is_compiling())
 
 
 def merge_tokens(t: Tensor, g: int) -> Tensor:

@@ -41,10 +41,6 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mmtranscnn.utils.torch_compat import (DEVICE_AUTOCAST_API,
-                                           get_autocast_dtype,
-                                           is_autocast_enabled, is_compiling)
-
 #: The memory format of the backbone's maps and conv weights.
 MAP_LAYOUT = torch.channels_last
 
@@ -153,14 +149,12 @@ def _norm_again(norm: nn.Module, x: Tensor, batch_stats: bool) -> Tensor:
 
 def _autocast_state(device_type: str):
     """(enabled, dtype) of autocast on ``device_type`` now."""
-    if not DEVICE_AUTOCAST_API and device_type not in ('cpu', 'cuda'):
-        return False, None
     try:
-        if not is_autocast_enabled(device_type):
+        if not torch.is_autocast_enabled(device_type):
             return False, None
     except RuntimeError:  # a device autocast does not know ('meta')
         return False, None
-    return True, get_autocast_dtype(device_type)
+    return True, torch.get_autocast_dtype(device_type)
 
 
 def _applies_inplace(layer: nn.Module) -> bool:
@@ -363,7 +357,7 @@ def _traced() -> bool:
     (FLOP counting, TorchScript, ONNX, torch.export) holds no autograd
     Function, and torch.compile chooses what to recompute itself."""
     return (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-            or is_compiling())
+            or torch.compiler.is_compiling())
 
 
 def _chain_layers(modules) -> Optional[List[nn.Module]]:

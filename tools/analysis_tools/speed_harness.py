@@ -427,7 +427,6 @@ def _step_fn(job: Job, model, x, samples) -> Callable[[], None]:
     """The callable that one timed step runs."""
     import torch
 
-    from mmtranscnn.utils.torch_compat import grad_scaler
     device_type = job.device
     amp = (torch.autocast(device_type, dtype=getattr(
         torch, {'fp16': 'float16', 'bf16': 'bfloat16'}[job.dtype]))
@@ -451,7 +450,8 @@ def _step_fn(job: Job, model, x, samples) -> Callable[[], None]:
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05)
-    scaler = grad_scaler(device_type) if job.dtype == 'fp16' else None
+    scaler = (torch.amp.GradScaler(device_type) if job.dtype == 'fp16'
+              else None)
 
     def train_step():
         # (train_step.forward_context: what run_job wraps the forward in to
