@@ -115,6 +115,7 @@ def test_kept_memory_serves_big_tensors_from_the_heap(probes):
 
 
 @glibc
+@pytest.mark.perf
 def test_recycled_tensors_take_no_page_faults(probes):
     """A 64 MB tensor allocated, written and freed 10 times: with kept
     memory the best round writes pages that are already mapped (< 10% of
@@ -131,6 +132,7 @@ def test_recycled_tensors_take_no_page_faults(probes):
 
 
 @glibc
+@pytest.mark.perf
 def test_trim_hands_kept_memory_back(probes):
     """What glibc keeps for reuse goes back to the system on request (the
     benchmark's memory reading starts from live data only)."""
