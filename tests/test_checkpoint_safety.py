@@ -354,3 +354,29 @@ def test_torch_opt_out_is_honoured(tmp_path):
     code = ('from mmtranscnn.utils.safe_loading import safe_load\n'
             f'print(safe_load({path!r})["meta"])')
     assert _run_python(code, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD='1') == ['1/3']
+
+
+def test_scoped_allow_list_is_shared_by_threads_and_restored(tmp_path):
+    """Loads in several threads at once all see the allow-list; afterwards
+    torch's list is as it was, with the user's own entry still on it (torch's
+    ``safe_globals`` context would remove entries that were listed before,
+    so the scope adds only what is missing)."""
+    path = str(tmp_path / 'np.pth')
+    torch.save({'x': np.arange(3.0), 'n': np.int64(2)}, path)
+    code = (
+        'import threading, torch, fractions\n'
+        'from mmengine.logging import HistoryBuffer\n'
+        'from mmtranscnn.utils.safe_loading import safe_load\n'
+        'torch.serialization.add_safe_globals([HistoryBuffer, '
+        'fractions.Fraction])\n'
+        'before = set(torch.serialization.get_safe_globals())\n'
+        'results, gate = [], threading.Barrier(4)\n'
+        'def load():\n'
+        '    gate.wait()\n'
+        '    for _ in range(20):\n'
+        f'        results.append(int(safe_load({path!r})["n"]))\n'
+        'threads = [threading.Thread(target=load) for _ in range(4)]\n'
+        '[t.start() for t in threads]; [t.join() for t in threads]\n'
+        'print(results == [2] * 80, '
+        'set(torch.serialization.get_safe_globals()) == before)\n')
+    assert _run_python(code) == ['True', 'True']
