@@ -27,7 +27,6 @@ from mmtranscnn.engine import (CPUDistributedDataParallel,
                                enable_test_visualization, merge_test_args,
                                merge_train_args, prepare_prediction_dump,
                                setup_codebase, setup_cpu_distributed)
-from mmtranscnn.utils.torch_compat import is_autocast_enabled
 from side_by_side import side_by_side
 
 TESTS_DIR = osp.dirname(osp.abspath(__file__))
@@ -486,7 +485,7 @@ def test_cpu_amp_runs_one_pixel_strided_convs_in_fp32():
         with wrapper.optim_context(model):
             one_pixel = model(torch.randn(2, 256, 1, 1).relu())
             larger = model(torch.randn(2, 256, 4, 4).relu())
-            assert is_autocast_enabled('cpu')  # back on after the hook
+            assert torch.is_autocast_enabled('cpu')  # back on after the hook
         assert one_pixel.dtype == torch.float32
         assert larger.dtype == torch.bfloat16
         wrapper.backward((one_pixel.float() * 1e-12).sum())
@@ -711,3 +710,90 @@ def test_main_job_trains_in_bf16_only_where_it_is_faster(monkeypatch):
     main_job.train('w', [], 'bf16')
     main_job.train('w', [], 'fp32')
     assert '--amp' in commands[0] and '--amp' not in commands[1]
+
+
+# -- tools/analysis_tools: plot_scaling reads scale_benchmark; get_flops ----
+ANALYSIS_TOOLS = osp.join(REPO_DIR, 'tools', 'analysis_tools')
+
+
+def load_analysis_tool(name):
+    """Import tools/analysis_tools/<name>.py with its folder first on the
+    path, as Python runs it (it imports ``speed_harness`` from there)."""
+    import importlib.util
+    sys.path.insert(0, ANALYSIS_TOOLS)
+    try:
+        spec = importlib.util.spec_from_file_location(
+            f'_analysis_tool_{name}', osp.join(ANALYSIS_TOOLS, f'{name}.py'))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(ANALYSIS_TOOLS)
+
+
+def scale_benchmark_rows():
+    """Rows as scale_benchmark.py's children return them, one skipped."""
+    rows = [dict(model='TransCNN-Base', mode='hierarchical', size=s,
+                 grid_sizes='((16,), (8,), (4,), 0)', device='cpu',
+                 gflops=s / 10, peak_mem_mb=s / 2, median_s=s / 500,
+                 min_s=s / 510, max_s=s / 490, repeats=1,
+                 loadavg=[0.5, 0.6]) for s in (64, 128)]
+    rows.append(dict(model='Plain-Attention', mode='plain', size=128,
+                     skipped='N^2 attention alone ~9 GFLOPs'))
+    return rows
+
+
+def test_plot_scaling_reads_scale_benchmark_json(tmp_path, monkeypatch):
+    bench = load_analysis_tool('scale_benchmark')
+    plot = load_analysis_tool('plot_scaling')
+    # The machine description without its oneDNN probe (a subprocess).
+    monkeypatch.setitem(sys.modules, 'speed_harness', argparse.Namespace(
+        machine_info=lambda: dict(cpu='test CPU', torch='t', date='d')))
+    data = tmp_path / 'scale.json'
+    args = argparse.Namespace(json=str(data), threads=1, sizes=[64, 128])
+    bench.write_json(args, scale_benchmark_rows())
+    rows, info = plot.load_measurements(str(data))
+    assert [r['model'] for r in rows] == ['TransCNN-Base'] * 2 + [
+        'Plain-Attention']
+    assert info['cpu'] == 'test CPU' and info['threads'] == 1
+    assert (info['load_min'], info['load_max']) == (0.5, 0.6)
+    out = tmp_path / 'scale.png'
+    plot.main(['--out', str(out), '--from-json', str(data)])
+    assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_plot_scaling_reads_a_bare_list_of_scale_benchmark_rows(tmp_path):
+    """The layout scale_benchmark.py --json wrote before it named models:
+    a list of rows with a ``mode`` and no machine description."""
+    plot = load_analysis_tool('plot_scaling')
+    rows = [{k: v for k, v in r.items() if k not in ('model', 'loadavg')}
+            for r in scale_benchmark_rows()]
+    data = tmp_path / 'old.json'
+    data.write_text(json.dumps(rows))
+    loaded, info = plot.load_measurements(str(data))
+    assert [r['model'] for r in loaded] == ['TransCNN-Base'] * 2 + [
+        'Plain-Attention']
+    assert info['cpu'] == 'unknown CPU'
+    plot.main(['--out', str(tmp_path / 'old.png'), '--from-json',
+               str(data)])
+    assert (tmp_path / 'old.png').exists()
+    data.write_text(json.dumps([dict(size=64, median_s=1.)]))
+    with pytest.raises(ValueError, match='neither a model nor a mode'):
+        plot.load_measurements(str(data))
+
+
+def test_get_flops_is_the_same_in_repeated_runs(capsys):
+    """A two-stage detector's count depends on its random initial weights
+    (they decide how many proposals reach the RoI heads): seeded, two runs
+    in one process, where the global RNG has moved on, agree."""
+    get_flops = load_analysis_tool('get_flops')
+    config = osp.join(REPO_DIR, 'configs', 'tiny',
+                      'mask_rcnn_transcnn_small_shapes.py')
+    counts = []
+    for _ in range(2):
+        torch.rand(7)  # moves the global RNG, as anything before would
+        get_flops.main([config, '--shape', '64'])
+        out = capsys.readouterr().out
+        counts.append(re.search(r'FLOPs: ([\d.]+) G', out).group(1))
+        assert 'Seed: 0' in out
+    assert counts[0] == counts[1]

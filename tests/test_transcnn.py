@@ -219,10 +219,42 @@ def test_grid_sizes_are_not_weights():
     (dict(frozen_stages=5), 'frozen_stages'),
     (dict(query_from='x'), 'query_from'),
     (dict(drop_path_rate=1.5), 'drop_path_rate'),
+    (dict(norm_cfg=dict(type='Nope')),
+     r"norm_cfg must be a dict whose type is a registered layer "
+     r"\(e.g. 'BN'.*'GN'.*\), got \{'type': 'Nope'\}"),
+    (dict(norm_cfg='BN'), 'norm_cfg must be a dict'),
+    (dict(act_cfg=dict(type='Nope')),
+     r"act_cfg must be a dict whose type is a registered layer "
+     r"\(e.g. 'SiLU'.*'GELU'.*\), got \{'type': 'Nope'\}"),
+    (dict(act_cfg=None), 'act_cfg must be a dict'),
+    (dict(in_channels=0), 'in_channels must be a positive int, got 0'),
+    (dict(in_channels=3.0), 'in_channels must be a positive int'),
+    (dict(with_cp='yes'), "with_cp must be True or False, got 'yes'"),
+    (dict(norm_eval=1), 'norm_eval must be True or False'),
+    (dict(out_indices=(-1, )), r'out_indices entries must be ints in '
+     r'\[0, 3\], got -1'),
+    (dict(out_indices=(3, 1)), r'out_indices must be increasing.*'
+     r'use \(1, 3\)'),
+    (dict(out_indices=(1, 1)), 'out_indices must be increasing'),
+    (dict(out_indices=()), 'out_indices must be an int or a non-empty'),
 ])
 def test_bad_arguments_name_the_field(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TransCNN(**kwargs)
+
+
+def test_layer_cfgs_accept_registered_names_and_classes():
+    TransCNN('small', norm_cfg=dict(type='GN', num_groups=1),
+             act_cfg=dict(type='GELU'))
+    TransCNN('small', norm_cfg=dict(type=torch.nn.BatchNorm2d))
+
+
+def test_single_int_out_index_and_other_input_channels():
+    model = TransCNN('small', in_channels=1, out_indices=2).eval()
+    assert model.out_indices == (2, )
+    with torch.no_grad():
+        outs = model(torch.randn(1, 1, 64, 64))
+    assert [o.shape[1] for o in outs] == [256]
 
 
 def test_custom_arch_dict():

@@ -57,7 +57,9 @@ def main():
     setup_codebase(cfg)
     setup_cpu_distributed(cfg)  # no-op on GPUs or without a launcher
     dump_metric = prepare_prediction_dump(cfg, args.out)
-    runner = build_runner(cfg, cpu_speedups=args.cpu_speedups)
+    # The model as built: it folds BN into convs at inference itself, which
+    # the training speed-ups would partly undo.
+    runner = build_runner(cfg)
     if dump_metric is not None:
         runner.test_evaluator.metrics.append(dump_metric)
     runner.test()

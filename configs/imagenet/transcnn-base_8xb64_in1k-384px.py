@@ -1,8 +1,9 @@
 # Fine-tune a 224-trained TransCNN-Base at 384x384 (8 GPUs x 64 images).
 #
 # Grid sizes are settings, not weights (merging is parameter-free), so the
-# 224 checkpoint loads strictly: only the pipeline, the grid sizes and the
-# schedule change.
+# 224 checkpoint loads strictly. Against the 224 config this changes the
+# pipeline (384 crops), the grid sizes, the batch (64 per GPU), lr and weight
+# decay, the schedule, and the head, which starts from the checkpoint too.
 _base_ = './transcnn-base_8xb128_in1k.py'
 
 # The 224 checkpoint (from transcnn-base_8xb128_in1k.py, or its published

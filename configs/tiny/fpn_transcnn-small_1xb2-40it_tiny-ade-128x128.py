@@ -1,8 +1,9 @@
 # The Semantic FPN TransCNN-Small config, shrunk to run on a laptop CPU in
 # about a minute: the tiny ADE-layout dataset of tools/data/make_tiny_ade.py,
-# 128x128 crops, 40 iterations at 2 images, the grid sizes for 128x128, and a
-# random backbone (no ImageNet checkpoint). Everything else (model, heads,
-# SyncBN, which mmengine turns into BN on a single process, optimizer, poly
+# 128x128 crops, 40 iterations at 2 images, no loader workers, the grid
+# sizes for 128x128, a random backbone (no ImageNet checkpoint), seed 0, and
+# logging every 10 iterations. Everything else (model, heads, SyncBN, which
+# mmengine turns into BN on a single process, optimizer and lr, poly
 # schedule, whole-image test) is the real config's.
 #
 #   python tools/data/make_tiny_ade.py data/tiny_ade

@@ -25,8 +25,8 @@ PICKLE_SUFFIXES = ('.pkl', '.pickle')
 
 
 def add_run_options(parser: argparse.ArgumentParser, example: str) -> None:
-    """The options both tools end with: ``--cfg-options``, ``--launcher``,
-    ``--no-cpu-speedups`` and ``--local_rank``.
+    """The options both tools end with: ``--cfg-options``, ``--launcher``
+    and ``--local_rank``.
 
     Args:
         parser: the tool's parser.
@@ -43,13 +43,6 @@ def add_run_options(parser: argparse.ArgumentParser, example: str) -> None:
         choices=LAUNCHERS,
         default='none',
         help='job launcher')
-    parser.add_argument(
-        '--no-cpu-speedups',
-        dest='cpu_speedups',
-        action='store_false',
-        help='without a GPU, run the plain model (by default the CPU '
-        'speed-ups of mmtranscnn.engine.cpu_speedups are applied; they '
-        'compute the same)')
     # torch.distributed.launch passes --local-rank (torch >= 2.0) or
     # --local_rank (older); torchrun sets LOCAL_RANK instead.
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)

@@ -7,12 +7,13 @@ stage outputs selected by ``out_indices`` as a tuple, which is what mmdet
 necks, mmseg decode heads and mmpretrain's GlobalAveragePooling expect.
 """
 import copy
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from mmengine.logging import MMLogger
 from mmengine.model import BaseModule, ModuleList, Sequential
 from mmengine.model.weight_init import trunc_normal_
+from mmengine.registry import MODELS as MMENGINE_MODELS
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -38,6 +39,40 @@ PAPER = dict(norm_cfg=dict(type='BN'), stem=ConvStem,
 #: Every variant by name: the paper's, and the authors' released code's
 #: (:mod:`.released_blocks`), which their eight checkpoints need exactly.
 VARIANTS: Dict[str, dict] = {'paper': PAPER, **RELEASED_VARIANTS}
+
+
+#: Examples for the messages of bad norm/act configs (any layer registered
+#: in mmengine's MODELS is accepted).
+LAYER_EXAMPLES = dict(norm_cfg="'BN', 'SyncBN', 'GN', 'LN'",
+                      act_cfg="'SiLU', 'ReLU', 'GELU', 'HSwish'")
+
+
+def _check_args(in_channels, with_cp, norm_eval, **layer_cfgs) -> None:
+    """Refuse arguments that would build a network they do not describe,
+    naming the field (mmcv's builders would raise a registry KeyError
+    naming neither the argument nor the allowed values).
+
+    Args:
+        in_channels, with_cp, norm_eval: as :class:`TransCNN` takes them.
+        **layer_cfgs: ``norm_cfg`` and ``act_cfg`` (resolved).
+    """
+    if isinstance(in_channels, bool) or not isinstance(in_channels, int) \
+            or in_channels < 1:
+        raise ValueError(f'in_channels must be a positive int, got '
+                         f'{in_channels!r}')
+    for name, flag in (('with_cp', with_cp), ('norm_eval', norm_eval)):
+        if not isinstance(flag, bool):  # 'yes' would pass as truthy
+            raise ValueError(f'{name} must be True or False, got {flag!r}')
+    for field, cfg in layer_cfgs.items():
+        layer = cfg.get('type') if isinstance(cfg, dict) else None
+        if isinstance(layer, type):
+            continue
+        with MMENGINE_MODELS.switch_scope_and_registry(None) as registry:
+            found = isinstance(layer, str) and registry.get(layer)
+        if not found:
+            raise ValueError(
+                f'{field} must be a dict whose type is a registered layer '
+                f'(e.g. {LAYER_EXAMPLES[field]}), got {cfg!r}')
 
 
 @MODELS.register_module()
@@ -69,15 +104,19 @@ class TransCNN(BaseModule):
             for a plain stage. None takes the preset's ((8, 4, 2, 0)).
             Table 1's networks pool each level by its grid (Eq. 8). Holds no
             weights. Default: None.
-        in_channels (int): input image channels. Default: 3.
+        in_channels (int): input image channels, e.g. 1 for grayscale or
+            4 for RGB + depth; weights loaded from a checkpoint must match
+            the stem's. Default: 3.
         head_dim (int, optional): channels per attention head; None takes
             the preset's (48 for 'hatnet-tiny', else 64). Default: None.
         query_from (str): H-MHSA query form, 'full' (§4.1) or 'merged'
             (Eq. 9-12). Default: 'full'.
-        out_indices (Sequence[int]): stages to output (0-3 for strides
-            4/8/16/32). Stages after the last one named are still built,
-            so full checkpoints load strictly, but they are frozen and never
-            run (no compute, and no parameters that DDP would find unused).
+        out_indices (int | Sequence[int]): stages to output (0-3 for
+            strides 4/8/16/32), increasing and without repeats, so the
+            outputs come in the order asked; negative indices are refused.
+            Stages after the last one named are still built, so full
+            checkpoints load strictly, but they are frozen and never run (no
+            compute, and no parameters that DDP would find unused).
             Default: (0, 1, 2, 3).
         frozen_stages (int): freeze the stem (0) and stages up to this index
             (1..4 = stages[0..3]); -1 freezes nothing. Default: -1.
@@ -146,6 +185,8 @@ class TransCNN(BaseModule):
             head_dim = settings.get('head_dim', 64)
         if norm_cfg is None:
             norm_cfg = layers['norm_cfg']
+        _check_args(in_channels, with_cp, norm_eval, norm_cfg=norm_cfg,
+                    act_cfg=act_cfg)
         if not isinstance(head_dim, int) or head_dim < 1:
             raise ValueError(f'head_dim must be a positive int, got '
                              f'{head_dim!r}')
@@ -289,17 +330,28 @@ class TransCNN(BaseModule):
 
     @staticmethod
     def _parse_out_indices(out_indices, num_stages: int) -> Tuple[int, ...]:
-        if isinstance(out_indices, int):
+        if isinstance(out_indices, int) and not isinstance(out_indices, bool):
             out_indices = (out_indices, )
-        indices = []
+        if not isinstance(out_indices, (list, tuple)) or not out_indices:
+            raise ValueError(f'out_indices must be an int or a non-empty '
+                             f'sequence of ints in [0, {num_stages - 1}], '
+                             f'got {out_indices!r}')
         for idx in out_indices:
-            if not isinstance(idx, int) or not -num_stages <= idx < num_stages:
+            # Negative indices are refused, not wrapped: stage numbers are
+            # what necks' in_channels are written against.
+            if isinstance(idx, bool) or not isinstance(idx, int) or \
+                    not 0 <= idx < num_stages:
                 raise ValueError(f'out_indices entries must be ints in '
-                                 f'[0, {num_stages - 1}], got {idx!r}')
-            indices.append(idx % num_stages)
-        if not indices:
-            raise ValueError('out_indices must name at least one stage')
-        return tuple(indices)
+                                 f'[0, {num_stages - 1}], got {idx!r} in '
+                                 f'{tuple(out_indices)!r}')
+        # Outputs come in stage order (as mmdet's backbones give them), so
+        # an order that forward would not keep is refused.
+        if list(out_indices) != sorted(set(out_indices)):
+            raise ValueError(f'out_indices must be increasing without '
+                             f'repeats (outputs come in stage order), got '
+                             f'{tuple(out_indices)!r}; use '
+                             f'{tuple(sorted(set(out_indices)))!r}')
+        return tuple(out_indices)
 
     # -- training behaviour -------------------------------------------------
     def _freeze_stages(self) -> None:

@@ -13,9 +13,16 @@ and timing). A model's next, larger size is skipped when extrapolating its last
 two points predicts more than ``--max-seconds`` for the run or more than
 ``--max-mem-gb`` of memory; skipped points are listed in the JSON.
 
+``--from-json`` re-plots saved measurements: this script's JSON, or the
+``--json`` output of ``scale_benchmark.py`` beside it (its hierarchical and
+plain rows are TransCNN-Base and Plain-Attention here; it measures no bytes
+saved for backward, so that panel stays empty).
+
 Usage:
     python tools/analysis_tools/plot_scaling.py --out docs/scaling.png \
         [--sizes 256 512 768 1024 1536 2048] [--threads 2] [--repeats 3]
+    python tools/analysis_tools/plot_scaling.py --out scale.png \
+        --from-json scale.json
 """
 import argparse
 import json
@@ -34,6 +41,14 @@ STYLE = {
     'Plain-Attention': dict(color='tab:gray', marker='x', linestyle='--'),
 }
 LABEL = {'Plain-Attention': 'TransCNN-Base, plain attention'}
+#: scale_benchmark.py's ``mode`` of a row -> the model name used here.
+SCALE_BENCHMARK_MODES = {'hierarchical': 'TransCNN-Base',
+                         'plain': 'Plain-Attention'}
+#: Title fields a saved file may lack (scale_benchmark.py's bare list of
+#: rows carries no machine description).
+UNKNOWN_MACHINE = dict(cpu='unknown CPU', threads='?', torch='?',
+                       date='date unknown', load_min=float('nan'),
+                       load_max=float('nan'))
 
 
 def parse_args(argv=None):
@@ -121,6 +136,39 @@ def measure(args):
     return rows
 
 
+def load_measurements(path):
+    """Rows and machine description of a saved run.
+
+    Args:
+        path (str): a JSON written by this script or by
+            ``scale_benchmark.py --json``: ``{'machine': ..., 'rows': [...]}``
+            or a bare list of rows; rows that name a ``mode`` (hierarchical,
+            plain) instead of a ``model`` get the model name used here.
+
+    Returns:
+        tuple[list[dict], dict]: the rows and the machine description.
+    """
+    with open(path) as f:
+        saved = json.load(f)
+    if isinstance(saved, list):
+        saved = dict(rows=saved)
+    if not isinstance(saved, dict) or not isinstance(saved.get('rows'), list):
+        raise ValueError(f'{path}: expected the JSON of plot_scaling.py or '
+                         f'scale_benchmark.py --json (a dict with "rows", '
+                         f'or a list of rows)')
+    rows = []
+    for row in saved['rows']:
+        if 'model' not in row:
+            if row.get('mode') not in SCALE_BENCHMARK_MODES:
+                raise ValueError(f'{path}: a row names neither a model nor '
+                                 f'a mode of {sorted(SCALE_BENCHMARK_MODES)}:'
+                                 f' {row}')
+            row = dict(row, model=SCALE_BENCHMARK_MODES[row['mode']])
+        rows.append(row)
+    info = dict(UNKNOWN_MACHINE, **saved.get('machine', {}))
+    return rows, info
+
+
 def plot(rows, info, out):
     import matplotlib
     matplotlib.use('Agg')
@@ -187,9 +235,7 @@ def main(argv=None):
     args = parse_args(argv)
     stem = os.path.splitext(args.out)[0]
     if args.from_json:
-        with open(args.from_json) as f:
-            saved = json.load(f)
-        rows, info = saved['rows'], saved['machine']
+        rows, info = load_measurements(args.from_json)
     else:
         info = machine_info()
         info['threads'] = args.threads

@@ -16,16 +16,27 @@ over the RSS before the first forward (high-water mark reset just before
 it, FLOPs counted only after all timing); CUDA peak memory is
 ``torch.cuda.max_memory_allocated`` minus the weights.
 
+``--json`` writes ``{'machine': ..., 'args': ..., 'rows': [...]}``, the
+layout of ``plot_scaling.py``'s JSON, each row naming its ``model`` as
+that script does (TransCNN-Base, Plain-Attention), so it plots with
+``plot_scaling.py --from-json``.
+
 Usage:
     python tools/analysis_tools/scale_benchmark.py [--sizes 512 1024 2048]
         [--device cpu|cuda] [--repeats 3] [--plain-max-gflops 4000]
         [--json out.json]
+    python tools/analysis_tools/plot_scaling.py --out scale.png \
+        --from-json out.json
 """
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
+
+#: ``mode`` -> the model name plot_scaling.py gives the same network.
+MODEL_OF_MODE = {'hierarchical': 'TransCNN-Base', 'plain': 'Plain-Attention'}
 
 
 def measure(args) -> dict:
@@ -63,7 +74,8 @@ def measure(args) -> dict:
     # FLOPs last: tracing allocates, which must not touch the reading.
     flops = count_flops(model, shape) if args.count_flops else None
     times.sort()
-    return dict(mode=args.mode, size=size, grid_sizes=str(grids),
+    return dict(model=MODEL_OF_MODE[args.mode], mode=args.mode, size=size,
+                grid_sizes=str(grids),
                 device=args.device, gflops=flops / 1e9 if flops else None,
                 peak_mem_mb=peak / 2**20, median_s=times[len(times) // 2],
                 min_s=times[0], max_s=times[-1], repeats=args.repeats)
@@ -107,20 +119,26 @@ def main():
         for size in args.sizes:
             if mode == 'plain' and \
                     plain_gflops_estimate(size) > args.plain_max_gflops:
-                rows.append(dict(mode=mode, size=size, skipped=(
-                    f'N^2 attention alone ~{plain_gflops_estimate(size):.0f}'
-                    ' GFLOPs')))
+                rows.append(dict(model=MODEL_OF_MODE[mode], mode=mode,
+                                 size=size, skipped=(
+                                     'N^2 attention alone ~'
+                                     f'{plain_gflops_estimate(size):.0f}'
+                                     ' GFLOPs')))
                 continue
             cmd = [sys.executable, __file__, '--child', '--mode', mode,
                    '--size', str(size), '--device', args.device,
                    '--repeats', str(args.repeats), '--threads',
                    str(args.threads), '--count-flops']
+            load_before = os.getloadavg()[0]
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode != 0:
-                rows.append(dict(mode=mode, size=size,
+                rows.append(dict(model=MODEL_OF_MODE[mode], mode=mode,
+                                 size=size,
                                  skipped=out.stderr.strip().splitlines()[-1]))
             else:
                 rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+                # plot_scaling.py's title reports the load around the runs.
+                rows[-1]['loadavg'] = [load_before, os.getloadavg()[0]]
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
 
     print(f'\nTransCNN-Base forward, batch 1, {args.device}, '
@@ -147,8 +165,25 @@ def main():
                       f"time x{rb['median_s'] / ra['median_s']:.2f}, "
                       f"FLOPs x{rb['gflops'] / ra['gflops']:.2f}")
     if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(rows, f, indent=2)
+        write_json(args, rows)
+
+
+def write_json(args, rows) -> None:
+    """Write ``rows`` to ``args.json`` as plot_scaling.py writes its own.
+
+    Args:
+        args (argparse.Namespace): this script's options.
+        rows (list[dict]): the measured and skipped rows.
+    """
+    from speed_harness import machine_info
+    info = machine_info()
+    info['threads'] = args.threads
+    info['command'] = ' '.join(['python'] + sys.argv)
+    loads = [x for r in rows for x in r.get('loadavg', [])]
+    info['load_min'] = min(loads) if loads else float('nan')
+    info['load_max'] = max(loads) if loads else float('nan')
+    with open(args.json, 'w') as f:
+        json.dump(dict(machine=info, args=vars(args), rows=rows), f, indent=2)
 
 
 if __name__ == '__main__':
