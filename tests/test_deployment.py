@@ -7,17 +7,24 @@
   sizes: the detector pads them to a multiple of 32, the segmentor takes
   sizes whose feature maps need padding inside H-MHSA; every output agrees
   within a relative error of 1e-4.
+- The deploy tool refuses a checkpoint whose pickle would run a command.
+- What the tool sets up for mmdeploy (tools/deployment/mmdeploy_compat.py)
+  is registered through mmdeploy's public calls, for ONNX Runtime only,
+  and ``import mmtranscnn`` imports nothing of mmdeploy, onnx or
+  onnxruntime.
 - A checkpoint written by a shipped config (a tiny RetinaNet trained for
   two iterations by mmdet's own tools/train.py) loads with nothing extra
   on the command line and no import of ours in: torch.load with its
   defaults, mmdet's own tools/test.py, DetInferencer and mmdeploy; mmdet's
   tools/train.py --resume continues it with its logged history.
-- The tool's comparison fails where the graph differs from PyTorch.
+- The tool's comparison (tools/deployment/compare.py) fails where the
+  graph differs from PyTorch.
 
 The runs are independent processes, side by side (tests/side_by_side.py).
 """
 import functools
 import importlib.util
+import os
 import os.path as osp
 import re
 import subprocess
@@ -30,7 +37,6 @@ import torch
 from mmengine.config import Config
 from PIL import Image
 
-from mmtranscnn import deployment
 from side_by_side import side_by_side
 from test_detection import (TINY_MASK_RCNN, TINY_RETINANET, read_scalars,
                             read_test_metrics, run, shapes, shapes_data,
@@ -40,7 +46,8 @@ assert shapes_data  # a fixture of this module too (the shapes data)
 
 TESTS_DIR = osp.dirname(osp.abspath(__file__))
 REPO_DIR = osp.dirname(TESTS_DIR)
-DEPLOY = osp.join(REPO_DIR, 'tools', 'deployment', 'deploy.py')
+DEPLOY_TOOLS = osp.join(REPO_DIR, 'tools', 'deployment')
+DEPLOY = osp.join(DEPLOY_TOOLS, 'deploy.py')
 DEPLOY_CFG = osp.join(REPO_DIR, 'configs', 'deploy')
 DETECTION_DEPLOY = osp.join(DEPLOY_CFG, 'detection_onnxruntime_dynamic.py')
 SEGMENTATION_DEPLOY = osp.join(DEPLOY_CFG,
@@ -115,11 +122,29 @@ def random_checkpoint(config, path):
     return str(path)
 
 
+class RunsACommand:
+    """Unpickled, runs ``touch <marker>`` (``os.system``)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f'touch {self.marker}', )
+
+
+def malicious_checkpoint(path, marker):
+    """A checkpoint whose pickle runs a command when it is loaded."""
+    torch.save({'state_dict': {}, 'meta': RunsACommand(marker)}, path)
+    return str(path)
+
+
 def deploy_run(deploy_cfg, config, checkpoint, traced, others, work_dir,
                extra=()):
     """tools/deployment/deploy.py; returns (exit code, output)."""
     cmd = [sys.executable, DEPLOY, deploy_cfg, config, checkpoint, traced,
-           '--test-img', *others, '--work-dir', str(work_dir), *extra]
+           '--work-dir', str(work_dir), *extra]
+    if others:
+        cmd += ['--test-img', *others]
     proc = subprocess.run(cmd, cwd=str(work_dir), env=tool_env(),
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, timeout=600)
@@ -129,8 +154,7 @@ def deploy_run(deploy_cfg, config, checkpoint, traced, others, work_dir,
 # A fresh interpreter that imports nothing of ours itself and passes
 # nothing extra: torch's default loader, DetInferencer and mmdeploy read
 # the trained checkpoint (the config's custom_imports import mmtranscnn,
-# as in any user's process), and mmengine's checkpoint loaders stay
-# mmengine's own.
+# as in any user's process), and torch's allow-list stays torch's own.
 LOAD_ANYWHERE = """
 import sys
 import torch
@@ -158,9 +182,9 @@ model = build_task_processor(model_cfg, deploy, 'cpu').build_pytorch_model(
     checkpoint)
 print('mmdeploy: same weights:', same_weights(model))
 
-from mmengine.runner.checkpoint import CheckpointLoader
-local = CheckpointLoader._schemes['']
-print('local files loaded by:', f'{local.__module__}.{local.__name__}')
+from mmengine.logging import HistoryBuffer
+print('HistoryBuffer allowed:',
+      HistoryBuffer in torch.serialization.get_safe_globals())
 """
 
 
@@ -170,7 +194,7 @@ def runs(shapes_data, module_tmp):
     gives the output or raises what the run raised)."""
     d = {name: module_tmp(name) for name in
          ('train', 'resume', 'deploy_retinanet', 'deploy_mask_rcnn',
-          'deploy_fpn')}
+          'deploy_fpn', 'deploy_malicious')}
     # A shipped config's checkpoint: two iterations of the tiny RetinaNet
     # on the shapes data (test_detection.py's derived config) by mmdet's
     # own tools/train.py, one epoch, then resumed for a second into another
@@ -200,6 +224,9 @@ def runs(shapes_data, module_tmp):
         return deploy_run(deploy_cfg, str(config), ckpt, images[0],
                           images[1:], d[name], extra)
 
+    malicious = malicious_checkpoint(d['deploy_malicious'] / 'evil.pth',
+                                     d['deploy_malicious'] / 'ran')
+
     python = [sys.executable]
     calls = {
         'train': functools.partial(run, python + [
@@ -226,6 +253,9 @@ def runs(shapes_data, module_tmp):
             deploy, 'deploy_fpn', SEGMENTATION_DEPLOY, fpn_config,
             fpn_images,
             ('--deploy-options', 'codebase_config.with_argmax=False')),
+        'deploy_malicious': functools.partial(
+            deploy_run, DETECTION_DEPLOY, det_config, malicious,
+            det_images[0], [], d['deploy_malicious'], ('--skip-check', )),
     }
     after = dict(mmdet_test='train', load_anywhere='train', resume='train')
     return dict(dirs=d, work=work, checkpoint=checkpoint,
@@ -320,9 +350,9 @@ def test_checkpoint_loads_with_torch_defaults_detinferencer_and_mmdeploy(
     assert re.search(r'DetInferencer: \d+ detections, same weights: True',
                      out), out[-3000:]
     assert 'mmdeploy: same weights: True' in out, out[-3000:]
-    # Nobody switched on our allow-list: the file needs none.
-    assert 'local files loaded by: mmengine.runner.checkpoint.' \
-        'load_from_local' in out, out[-3000:]
+    # Nobody added mmengine's globals to torch's allow-list: the file
+    # needs none.
+    assert 'HistoryBuffer allowed: False' in out, out[-3000:]
 
 
 def test_resume_continues_the_run_with_its_history(runs):
@@ -340,17 +370,34 @@ def test_resume_continues_the_run_with_its_history(runs):
     assert hub['log_scalars']['train/loss'].data[0].shape == (4, )
 
 
+def test_malicious_checkpoint_is_refused(runs):
+    code, output = runs['futures']['deploy_malicious'].result()
+    assert code != 0 and 'exported: ' not in output, output[-3000:]
+    assert 'Weights only load failed' in output, output[-3000:]
+    assert not (runs['dirs']['deploy_malicious'] / 'ran').exists()
+
+
 # -- the check itself ---------------------------------------------------------
-def test_comparison_fails_where_outputs_differ():
+@pytest.fixture(scope='module')
+def compare():
+    """tools/deployment/compare.py (it imports numpy only)."""
+    spec = importlib.util.spec_from_file_location(
+        '_deploy_compare', osp.join(DEPLOY_TOOLS, 'compare.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_comparison_fails_where_outputs_differ(compare):
     ref = dict(output=np.linspace(-2, 2, 12, dtype=np.float32))
     near = dict(output=ref['output'] * (1 + 5e-5))
     far = dict(output=ref['output'] + np.float32(1e-3))
-    (good, ) = deployment.compare_outputs(ref, near, RTOL)
-    (bad, ) = deployment.compare_outputs(ref, far, RTOL)
+    (good, ) = compare.compare_outputs(ref, near, RTOL)
+    (bad, ) = compare.compare_outputs(ref, far, RTOL)
     assert good.passed(RTOL) and not bad.passed(RTOL)
     assert bad.rel_error == pytest.approx(1e-3 / 2, rel=1e-3)
     labels = dict(output=np.array([[1, 2, 3]]))
-    (wrong, ) = deployment.compare_outputs(
+    (wrong, ) = compare.compare_outputs(
         labels, dict(output=np.array([[1, 2, 4]])), RTOL)
     assert wrong.mismatches == 1 and not wrong.passed(RTOL)
 
@@ -360,13 +407,13 @@ def detections(rows, labels):
                 labels=np.array([labels], np.int64))
 
 
-def test_detections_are_paired_by_label_score_and_box():
+def test_detections_are_paired_by_label_score_and_box(compare):
     ref = detections([[0, 0, 10, 10, .9], [5, 5, 20, 20, .9],
                       [1, 1, 4, 4, .3]], [0, 1, 2])
     # The same detections, two equal scores in the other order.
     swapped = detections([[5, 5, 20, 20, .9], [0, 0, 10, 10, .9],
                           [1, 1, 4, 4, .3]], [1, 0, 2])
-    (same, ) = deployment.compare_outputs(ref, swapped, RTOL)
+    (same, ) = compare.compare_outputs(ref, swapped, RTOL)
     assert same.passed(RTOL) and same.rel_error == 0
     # A box moved by 0.01 px (of 20), a label changed, one missing.
     moved = detections([[5, 5, 20.01, 20, .9], [0, 0, 10, 10, .9],
@@ -375,42 +422,23 @@ def test_detections_are_paired_by_label_score_and_box():
                              [1, 1, 4, 4, .3]], [1, 0, 1])
     missing = detections([[5, 5, 20, 20, .9], [0, 0, 10, 10, .9]], [1, 0])
     for out, wrong in ((moved, 0), (relabelled, 2), (missing, 1)):
-        (result, ) = deployment.compare_outputs(ref, out, RTOL)
+        (result, ) = compare.compare_outputs(ref, out, RTOL)
         assert not result.passed(RTOL) and result.mismatches == wrong
 
 
-def test_export_environment_is_undone(monkeypatch):
-    from mmdeploy.core import FUNCTION_REWRITER, SYMBOLIC_REWRITER
-    from mmengine.runner.checkpoint import CheckpointLoader, load_from_local
-
-    from mmtranscnn.utils.checkpoint_safety import safe_loading_enabled
-    # mmengine's own local loader (another test may have enabled ours).
-    monkeypatch.setitem(CheckpointLoader._schemes, '', load_from_local)
-
-    def rewrites():
-        return {name: list(records) for rewriter in
-                (FUNCTION_REWRITER, SYMBOLIC_REWRITER)
-                for name, records in
-                rewriter._registry._rewrite_records.items()}
-
-    export, table = torch.onnx.export, CheckpointLoader._schemes
-    schemes = dict(table)
-    before = rewrites()
-    with deployment.export_environment():
-        assert torch.onnx.export is not export
-        assert safe_loading_enabled()
-        during = rewrites()
-        # mmdeploy's default attention rewrite set aside; for ONNX Runtime
-        # a RoIAlign symbolic and mmseg's Upsample by scale added.
-        assert len(during[deployment.SDPA]) == \
-            len(before[deployment.SDPA]) - 1
-        for name in ('mmcv.ops.roi_align.__self__',
-                     'mmseg.models.utils.Upsample.forward'):
-            assert len(during[name]) == len(before.get(name, [])) + 1
-    assert torch.onnx.export is export
-    assert CheckpointLoader._schemes is table and table == schemes
-    assert CheckpointLoader._schemes[''] is load_from_local
-    assert rewrites() == before
+def test_masks_of_paired_detections_are_compared(compare):
+    masks = np.linspace(0, 1, 2 * 4 * 4, dtype=np.float32).reshape(
+        1, 2, 4, 4)
+    ref = dict(detections([[0, 0, 10, 10, .9], [5, 5, 20, 20, .8]], [0, 1]),
+               masks=masks)
+    # The detections in the other order, their masks with them.
+    out = dict(detections([[5, 5, 20, 20, .8], [0, 0, 10, 10, .9]], [1, 0]),
+               masks=masks[:, ::-1].copy())
+    (same, ) = compare.compare_outputs(ref, out, RTOL)
+    assert same.name == 'dets+labels+masks' and same.rel_error == 0
+    out['masks'][0, 0, 0, 0] += 0.01
+    (moved, ) = compare.compare_outputs(ref, out, RTOL)
+    assert moved.rel_error == pytest.approx(0.01) and not moved.passed(RTOL)
 
 
 def test_tool_names_a_missing_file(tmp_path):
@@ -418,19 +446,63 @@ def test_tool_names_a_missing_file(tmp_path):
         [sys.executable, DEPLOY, DETECTION_DEPLOY, TINY_RETINANET,
          str(tmp_path / 'none.pth'), str(tmp_path / 'none.png')],
         capture_output=True, text=True, env=tool_env(), timeout=120)
-    assert proc.returncode != 0 and 'none.png' in proc.stderr
+    assert proc.returncode != 0 and 'none.pth' in proc.stderr
 
 
-def test_rewriter_context_opens_and_closes_inside_the_environment():
-    """mmdeploy's context fails on exit (KeyError: -1) when a module that
-    torch.fx-wraps functions is first imported inside it; the environment
-    imports them all before."""
-    from mmdeploy.core import RewriterContext
-    from mmdeploy.utils import load_config
-    from torch.fx._symbolic_trace import _wrapped_fns_to_patch
-    (deploy_cfg, ) = load_config(SEGMENTATION_DEPLOY)
-    with deployment.export_environment():
-        wrapped = len(_wrapped_fns_to_patch)
-        with RewriterContext(cfg=deploy_cfg, backend='onnxruntime',
-                             opset=17):
-            assert len(_wrapped_fns_to_patch) == wrapped
+# -- what the tool sets up for mmdeploy ---------------------------------------
+# In a fresh interpreter: the set-up is for the tool's whole process.
+COMPAT = '''
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+import mmdeploy_compat
+mmdeploy_compat.setup()
+mmdeploy_compat.setup()  # once per process: nothing registered twice
+from mmcv.ops.roi_align import RoIAlignFunction
+from mmdeploy.core import RewriterContext
+from mmseg.models.utils import Upsample
+export = torch.onnx.export
+for backend in ('onnxruntime', 'tensorrt'):
+    with RewriterContext(cfg=dict(), backend=backend, opset=17):
+        print(backend, torch.onnx.export.__name__,
+              RoIAlignFunction.symbolic.__name__, Upsample.forward.__name__)
+print('restored:', torch.onnx.export is export)
+print('allow-list:', len(torch.serialization.get_safe_globals()))
+'''
+
+
+def test_rewrites_apply_to_onnxruntime_only():
+    proc = subprocess.run([sys.executable, '-c', COMPAT, DEPLOY_TOOLS],
+                          capture_output=True, text=True, env=tool_env(),
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert 'onnxruntime torchscript_export roi_align_symbolic ' \
+        'upsample_by_scale' in lines
+    # Other backends keep mmdeploy's own rewrites (ours of the exporter
+    # applies to all).
+    assert 'tensorrt torchscript_export roi_align_default forward' in lines
+    assert 'restored: True' in lines
+    assert int(lines[-1].split()[-1]) > 0  # mmengine's globals allowed
+    assert 'multiple valid rewriters' not in proc.stderr
+
+
+def test_import_mmtranscnn_imports_no_deployment_package():
+    code = ('import mmtranscnn, sys; print(sorted(m for m in sys.modules if '
+            "m.split('.')[0] in ('mmdeploy', 'onnx', 'onnxruntime')))")
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                          text=True, env=tool_env(), timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == '[]', \
+        proc.stdout + proc.stderr[-3000:]
+
+
+def test_no_private_state_of_the_openmmlab_packages_is_written():
+    """The deployment code registers through public calls only."""
+    private = re.compile(r'\._schemes|_models_dict|_rewrite_records|'
+                         r'\._registry\b')
+    paths = [osp.join(DEPLOY_TOOLS, name) for name in
+             os.listdir(DEPLOY_TOOLS) if name.endswith('.py')]
+    paths.append(osp.join(REPO_DIR, 'tools', 'analysis_tools',
+                          'onnxruntime_benchmark.py'))
+    for path in paths:
+        with open(path) as f:
+            assert not private.search(f.read()), path

@@ -2,11 +2,12 @@
 
 Each backbone (TransCNN-Base and Swin-T by default, as built by
 ``speed_harness.py``) is exported the way ``tools/deployment/deploy.py``
-exports a model: mmdeploy's ``export`` with the TorchScript exporter and
-the ONNX settings of ``configs/deploy/`` (opset 17, dynamic batch, height
-and width). Two routes then run the same input in interleaved rounds
-(each round times every route in turn, so drift of a shared machine falls
-on all of them alike), each with ``--threads`` threads (2 by default),
+exports a model: mmdeploy's ``export``, set up by the deploy tool's
+``mmdeploy_compat.py`` (the TorchScript exporter), with the ONNX settings
+of ``configs/deploy/`` (opset 17, dynamic batch, height and width). Two
+routes then run the same input in interleaved rounds (each round times
+every route in turn, so drift of a shared machine falls on all of them
+alike), each with ``--threads`` threads (2 by default),
 fp32:
 
 * ``pytorch``: the model as built, ``torch.inference_mode()`` (what
@@ -40,6 +41,7 @@ import speed_harness  # noqa: E402  (this folder is first on sys.path)
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEPLOY_CFG = osp.join(ROOT, 'configs', 'deploy',
                       'detection_onnxruntime_dynamic.py')
+DEPLOY_TOOLS = osp.join(ROOT, 'tools', 'deployment')
 DEFAULT_MODELS = ('TransCNN-Base', 'Swin-T')
 DEFAULT_CASES = ('backbone-224', 'backbone-det')
 ROUTES = ('pytorch', 'onnxruntime')
@@ -87,25 +89,25 @@ def parse_args(argv=None):
 def export_backbone(model, x, path: str) -> list:
     """The backbone through mmdeploy's ``export`` with the deploy config's
     ONNX settings; returns the output names."""
+    import torch
+    sys.path.insert(0, DEPLOY_TOOLS)
+    import mmdeploy_compat
+    mmdeploy_compat.setup()  # what the deploy tool sets up in its process
     from mmdeploy.apis.onnx import export
     from mmdeploy.utils import get_onnx_config, load_config
 
-    from mmtranscnn.deployment import export_environment
     (deploy_cfg, ) = load_config(DEPLOY_CFG)
     onnx_cfg = get_onnx_config(deploy_cfg)
-    with export_environment():
-        with __import__('torch').no_grad():
-            outputs = model(x)
-        names = [f'out{i}' for i in range(len(outputs))]
-        axes = {'input': {0: 'batch', 2: 'height', 3: 'width'}}
-        axes.update({n: {0: 'batch', 2: f'{n}_h', 3: f'{n}_w'}
-                     for n in names})
-        export(model, x, path[:-len('.onnx')],
-               backend=deploy_cfg.backend_config.type,
-               input_names=['input'], output_names=names,
-               context_info=dict(deploy_cfg=deploy_cfg),
-               opset_version=onnx_cfg['opset_version'], dynamic_axes=axes,
-               keep_initializers_as_inputs=False)
+    with torch.no_grad():
+        outputs = model(x)
+    names = [f'out{i}' for i in range(len(outputs))]
+    axes = {'input': {0: 'batch', 2: 'height', 3: 'width'}}
+    axes.update({n: {0: 'batch', 2: f'{n}_h', 3: f'{n}_w'} for n in names})
+    export(model, x, path[:-len('.onnx')],
+           backend=deploy_cfg.backend_config.type, input_names=['input'],
+           output_names=names, context_info=dict(deploy_cfg=deploy_cfg),
+           opset_version=onnx_cfg['opset_version'], dynamic_axes=axes,
+           keep_initializers_as_inputs=False)
     return names
 
 

@@ -8,24 +8,38 @@
    IMAGE;
 2. runs the graph in ONNX Runtime and the model in PyTorch on IMAGE and
    every --test-img (images of other sizes show whether the graph holds at
-   any size), and prints how far each output is from PyTorch's;
-3. exits with status 1 when an output differs by more than --rtol
-   (relative to the output's largest magnitude) or a detection or class
-   label has no counterpart.
+   any size), and prints how far each output is from PyTorch's
+   (``compare.py`` says how);
+3. exits with status 1 when an output differs by more than --rtol or a
+   detection or class label has no counterpart.
 
-What mmdeploy 1.3.1 needs on today's torch (the TorchScript exporter, and
-loading of mmengine checkpoints on torch >= 2.6) is applied inside this
-process only; see mmtranscnn/deployment.py. Deploy configs for detection,
-instance segmentation and semantic segmentation are in configs/deploy/.
+Both sides get the same input: the image through the model config's test
+pipeline and data preprocessor, as mmdeploy prepares it. On the PyTorch
+side, backbone and neck run as built; the rest runs eagerly, patched by
+mmdeploy's rewriters inside their context, the code the graph was traced
+from. So the post-processing of the graph (e.g. the detector's NMS with the
+deploy config's thresholds, which keeps other boxes at the margins than
+mmdet's) is part of both.
+
+What mmdeploy 1.3.1 needs on today's torch is set up in this process only
+(``mmdeploy_compat.py``). Deploy configs for detection, instance
+segmentation and semantic segmentation are in configs/deploy/.
 """
 import argparse
+import copy
+import importlib.util
 import os.path as osp
 import sys
 
+import compare
+
 DEFAULT_WORK_DIR = 'work_dirs/deploy'
+DEFAULT_RTOL = 1e-4
+DEPLOY_PACKAGES = ('mmdeploy', 'onnx', 'onnxruntime')
 
 
 def parse_args(argv=None):
+    from mmengine.config import DictAction
     parser = argparse.ArgumentParser(
         description='Export to ONNX Runtime with mmdeploy and compare with '
         'PyTorch')
@@ -41,88 +55,172 @@ def parse_args(argv=None):
         '--work-dir', default=DEFAULT_WORK_DIR,
         help=f'where the ONNX file goes (default: {DEFAULT_WORK_DIR})')
     parser.add_argument(
-        '--rtol', type=float, default=None,
-        help='largest relative error accepted (default: 1e-4)')
+        '--rtol', type=float, default=DEFAULT_RTOL,
+        help=f'largest relative error accepted (default: {DEFAULT_RTOL})')
     parser.add_argument(
         '--skip-check', action='store_true',
         help='export only, compare nothing')
     parser.add_argument('--device', default='cpu',
                         help='device PyTorch runs on (default: cpu)')
     parser.add_argument(
-        '--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
+        '--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
         help='override settings of the model config, e.g. '
         'model.test_cfg.score_thr=0.3')
     parser.add_argument(
-        '--deploy-options', nargs='+', default=[], metavar='KEY=VALUE',
+        '--deploy-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
         help='override settings of the deploy config, e.g. '
         'codebase_config.with_argmax=False')
     args = parser.parse_args(argv)
-    if args.rtol is not None and not args.rtol > 0:
+    if not args.rtol > 0:
         parser.error(f'--rtol must be a positive number, got {args.rtol}')
     return args
 
 
-def parse_options(options, field):
-    """``KEY=VALUE`` strings as a dict, values read as mmengine reads them
-    on the command line."""
-    from mmengine.config import DictAction
-    parsed = {}
-    for option in options:
-        if '=' not in option:
-            raise SystemExit(f'{field}: {option!r} is not KEY=VALUE')
-        key, value = option.split('=', 1)
-        parsed[key] = DictAction._parse_iterable(value)
-    return parsed
-
-
 def load_configs(args):
+    """The deploy and model configs, with the command line's options."""
     from mmengine.config import Config
-    for path, what in ((args.deploy_cfg, 'deploy_cfg'),
-                       (args.model_cfg, 'model_cfg')):
-        if not osp.isfile(path):
-            raise SystemExit(f'{what}: no file {path!r}')
     deploy_cfg = Config.fromfile(args.deploy_cfg)
     model_cfg = Config.fromfile(args.model_cfg)
-    deploy_cfg.merge_from_dict(parse_options(args.deploy_options,
-                                             '--deploy-options'))
-    model_cfg.merge_from_dict(parse_options(args.cfg_options,
-                                            '--cfg-options'))
+    deploy_cfg.merge_from_dict(args.deploy_options or {})
+    model_cfg.merge_from_dict(args.cfg_options or {})
     return deploy_cfg, model_cfg
 
 
-def print_report(comparisons) -> bool:
-    """One line per image and output; returns whether all passed."""
-    for comparison in comparisons:
-        h, w = comparison.input_shape
-        for out in comparison.outputs:
-            verdict = 'ok' if out.passed(comparison.rtol) else 'FAILED'
-            print(f'{verdict:6} {comparison.image} input {h}x{w} '
-                  f'{out.name}: relative error {out.rel_error:.2e} '
-                  f'(at most {comparison.rtol:g}), {out.mismatches} '
-                  f'mismatches; {out.note}', flush=True)
-    return all(c.passed for c in comparisons)
+def check_inputs(args):
+    """Stop, naming the first file that does not exist or the package of
+    the ``deploy`` extra that is not installed."""
+    for path in [args.deploy_cfg, args.model_cfg, args.checkpoint, args.img
+                 ] + args.test_img:
+        if not osp.isfile(path):
+            raise SystemExit(f'no file {path!r}')
+    for name in DEPLOY_PACKAGES:
+        if importlib.util.find_spec(name) is None:
+            raise SystemExit(f'{name} is not installed: pip install '
+                             '"mmtranscnn[deploy]" (or -e ".[deploy]")')
+
+
+def model_inputs(task, model, deploy_cfg, image):
+    """``(data, inputs)``: the image through the model config's test
+    pipeline and data preprocessor, as mmdeploy prepares it."""
+    from mmdeploy.utils import get_input_shape
+    data, inputs = task.create_input(
+        image, get_input_shape(deploy_cfg),
+        data_preprocessor=model.data_preprocessor)
+    if isinstance(inputs, (list, tuple)):
+        (inputs, ) = inputs
+    return data, inputs
+
+
+def pytorch_outputs(task, model, deploy_cfg, images):
+    """PyTorch's outputs on each image (see the module's notes).
+
+    Args:
+        task: mmdeploy's task processor of the model.
+        model: the model as built, in eval mode.
+        deploy_cfg (Config): the deploy config.
+        images (list[str]): the image files.
+
+    Returns:
+        list[tuple]: (the model's input tensor, {output name: array}) per
+        image.
+    """
+    import torch
+    from mmdeploy.core import RewriterContext, patch_model
+    from mmdeploy.utils import IR, get_backend
+
+    backend = get_backend(deploy_cfg).value
+    onnx_cfg = deploy_cfg.onnx_config
+    # patch_model changes the model it patches.
+    patched = patch_model(copy.deepcopy(model), cfg=deploy_cfg,
+                          backend=backend, ir=IR.ONNX)
+    prepared = []
+    with torch.no_grad():
+        for image in images:
+            data, inputs = model_inputs(task, model, deploy_cfg, image)
+            prepared.append((data, inputs, model.extract_feat(inputs)))
+    results = []
+    # Entered once for all images: entering takes about a second.
+    context = RewriterContext(cfg=deploy_cfg, backend=backend, ir=IR.ONNX,
+                              opset=onnx_cfg.get('opset_version', 11))
+    with context, torch.no_grad():
+        for data, inputs, features in prepared:
+            # The heads get the features of the model as built.
+            patched.extract_feat = lambda *args, _f=features, **kw: _f
+            out = patched(inputs, data_samples=data['data_samples'],
+                          mode='predict')
+            out = (out, ) if isinstance(out, torch.Tensor) else out
+            results.append((inputs, {
+                name: value.cpu().numpy()
+                for name, value in zip(onnx_cfg.output_names, out)}))
+    return results
+
+
+def onnxruntime_results(session, deploy_cfg, inputs, ref, rtol):
+    """ONNX Runtime's outputs on ``inputs`` against PyTorch's ``ref``.
+
+    Args:
+        session (ORTWrapper): mmdeploy's ONNX Runtime session of the graph.
+        deploy_cfg (Config): the deploy config.
+        inputs (Tensor): the model's input.
+        ref (dict): PyTorch's outputs by name.
+        rtol (float): the relative error accepted.
+
+    Returns:
+        list[compare.Result]: a failure when ONNX Runtime cannot run the
+        graph at this size (the other images are still compared).
+    """
+    onnx_cfg = deploy_cfg.onnx_config
+    try:
+        out = session({onnx_cfg.input_names[0]: inputs.cpu()})
+    except Exception as error:  # ONNX Runtime's own error types
+        first = str(error).strip().splitlines()[0][:300]
+        return [compare.Result('onnxruntime', float('inf'), 1,
+                               f'ONNX Runtime failed: {first}')]
+    out = {name: out[name].cpu().numpy() for name in onnx_cfg.output_names}
+    return compare.compare_outputs(ref, out, rtol)
+
+
+def check(deploy_cfg, model_cfg, args, onnx_file):
+    """Compare ONNX Runtime with PyTorch on every image, printing one line
+    per image and output; returns whether all agree."""
+    from mmdeploy.apis.utils import build_task_processor
+    from mmdeploy.backend.onnxruntime import ORTWrapper
+    task = build_task_processor(model_cfg, deploy_cfg, args.device)
+    model = task.build_pytorch_model(args.checkpoint).eval()
+    images = [args.img] + args.test_img
+    references = pytorch_outputs(task, model, deploy_cfg, images)
+    session = ORTWrapper(onnx_file, 'cpu',
+                         list(deploy_cfg.onnx_config.output_names))
+    agree = True
+    for image, (inputs, ref) in zip(images, references):
+        h, w = inputs.shape[2:]
+        for r in onnxruntime_results(session, deploy_cfg, inputs, ref,
+                                     args.rtol):
+            verdict = 'ok' if r.passed(args.rtol) else 'FAILED'
+            print(f'{verdict:6} {image} input {h}x{w} {r.name}: relative '
+                  f'error {r.rel_error:.2e} (at most {args.rtol:g}), '
+                  f'{r.mismatches} mismatches; {r.note}', flush=True)
+            agree = agree and r.passed(args.rtol)
+    return agree
 
 
 def main(argv=None):
     args = parse_args(argv)
-    for path in [args.img, args.checkpoint] + args.test_img:
-        if not osp.isfile(path):
-            raise SystemExit(f'no file {path!r}')
-    from mmtranscnn import deployment
+    check_inputs(args)
+    import mmdeploy_compat
+    mmdeploy_compat.setup()
+    from mmdeploy.apis import torch2onnx
     deploy_cfg, model_cfg = load_configs(args)
-    onnx_file = deployment.export_to_onnx(
-        deploy_cfg, model_cfg, args.checkpoint, args.img, args.work_dir,
-        device=args.device)
+    save_file = deploy_cfg.onnx_config.save_file
+    torch2onnx(args.img, args.work_dir, save_file, deploy_cfg, model_cfg,
+               args.checkpoint, args.device)
+    onnx_file = osp.join(args.work_dir, save_file)
     print(f'exported: {onnx_file}', flush=True)
     if args.skip_check:
         return 0
-    rtol = args.rtol if args.rtol is not None else deployment.DEFAULT_RTOL
-    comparisons = deployment.compare_with_pytorch(
-        deploy_cfg, model_cfg, args.checkpoint, onnx_file,
-        [args.img] + args.test_img, rtol=rtol, device=args.device)
-    if print_report(comparisons):
-        print(f'ONNX Runtime agrees with PyTorch on {len(comparisons)} '
-              'image(s)')
+    if check(deploy_cfg, model_cfg, args, onnx_file):
+        print('ONNX Runtime agrees with PyTorch on '
+              f'{1 + len(args.test_img)} image(s)')
         return 0
     print('ONNX Runtime differs from PyTorch (see FAILED above)')
     return 1
