@@ -11,21 +11,25 @@ After ``import mmtranscnn``:
   the converter's, from a file in torch.hub's cache (nothing downloaded),
   and from a server on 127.0.0.1 through the fallback link;
 - ``ImageClassificationInferencer(name)`` runs on an image;
-- the checkpoint loader answers for the released links only, and a cached
-  file of another model stops with the URL and the cache path.
+- mmengine's checkpoint loader reads the released links converted (with
+  and without our tools' process-wide allow-list) and every other URL as
+  it is, and a cached file of another model stops with the URL and the
+  cache path.
 
 Files are random tensors with the released key layout (a few MB); TORCH_HOME
-is a temporary folder; nothing reaches the internet.
+is a temporary folder; downloads go through ``torch.hub`` functions
+replaced here or to a server on 127.0.0.1: nothing reaches the internet.
+Only public calls of mmengine and mmpretrain are used.
 """
 import argparse
 import io
 import json
 import os.path as osp
+import re
 import subprocess
 import sys
-from collections import OrderedDict
 from pathlib import Path
-from urllib.error import URLError
+from urllib.error import HTTPError, URLError
 
 import mmpretrain
 import numpy as np
@@ -36,10 +40,10 @@ from mmengine.runner.checkpoint import CheckpointLoader
 from mmpretrain.apis.model import ModelHub
 
 import mmtranscnn  # noqa: F401  (registers the models and the hub entries)
-from mmtranscnn.models import checkpoint_cache, presets, pretrain_hub
-from mmtranscnn.models.checkpoint_cache import CheckpointFileError
-from mmtranscnn.models.pretrain_hub import hub_name, load_from_released
+from mmtranscnn.models import presets
+from mmtranscnn.models.pretrained import CheckpointDownloadError
 from mmtranscnn.models.released import RELEASED, convert_released
+from mmtranscnn.utils import allow_checkpoint_globals
 
 from local_server import LocalServer
 from released_reference import compact_state_dict
@@ -49,6 +53,13 @@ REPO = osp.dirname(HERE)
 with open(osp.join(HERE, 'data', 'released_layouts.json')) as f:
     LAYOUTS = json.load(f)
 
+
+def hub_name(preset):
+    """The model hub's name of a released classifier (that of its config
+    and of its entry in configs/released/imagenet/metafile.yml)."""
+    return f'{preset}_in1k-{RELEASED[preset].input_size}px'
+
+
 V1 = sorted(hub_name(p) for p, i in RELEASED.items()
             if i.version == 'transcnn-v1')
 HATNET = sorted(hub_name(p) for p, i in RELEASED.items()
@@ -56,13 +67,16 @@ HATNET = sorted(hub_name(p) for p, i in RELEASED.items()
 TINY = 'hatnet-tiny'
 
 
-def authors_file(preset, seed=0):
+def authors_file(preset, seed=0, args=True):
     """(bytes of a file as the authors' training script saves it, its
-    state dict): random tensors in the released layout of ``preset``."""
+    state dict): random tensors in the released layout of ``preset``;
+    with ``args`` the script's ``argparse.Namespace`` too."""
     state_dict = compact_state_dict(LAYOUTS[preset]['state_dict'], seed)
+    content = {'model': state_dict}
+    if args:
+        content['args'] = argparse.Namespace(model=preset)
     buffer = io.BytesIO()
-    torch.save({'model': state_dict,
-                'args': argparse.Namespace(model=preset)}, buffer)
+    torch.save(content, buffer)
     return buffer.getvalue(), state_dict
 
 
@@ -72,15 +86,20 @@ def expected_classifier(state_dict):
             **{'head.' + k: v for k, v in head.items()}}
 
 
+def assert_converted(loaded, state_dict):
+    """``loaded`` (a classifier's state dict) holds exactly the converted
+    file's tensors."""
+    expected = expected_classifier(state_dict)
+    assert set(loaded) == set(expected)
+    for key, value in expected.items():
+        assert torch.equal(loaded[key], value), key
+
+
 def assert_loaded(model, state_dict):
     """Every tensor of the classifier's backbone and head is the converted
     file's (and the file has nothing the classifier lacks)."""
-    expected = expected_classifier(state_dict)
-    own = {k: v for k, v in model.state_dict().items()
-           if k.startswith(('backbone.', 'head.'))}
-    assert set(own) == set(expected)
-    for key, value in expected.items():
-        assert torch.equal(own[key], value), key
+    assert_converted({k: v for k, v in model.state_dict().items()
+                      if k.startswith(('backbone.', 'head.'))}, state_dict)
 
 
 class TorchHome(type(Path())):
@@ -100,14 +119,22 @@ def torch_home(tmp_path, monkeypatch):
         downloads.append(url)
         raise URLError('[Errno -3] Temporary failure in name resolution')
 
-    monkeypatch.setattr(checkpoint_cache, 'download_url_to_file',
-                        unreachable)
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', unreachable)
     home.downloads = downloads
     return home
 
 
-def put_in_cache(home, preset, content):
-    path = home / 'hub' / 'checkpoints' / RELEASED[preset].file
+@pytest.fixture
+def own_allow_list():
+    """Torch's ``weights_only`` allow-list restored after the test."""
+    allowed = torch.serialization.get_safe_globals()
+    yield
+    torch.serialization.clear_safe_globals()
+    torch.serialization.add_safe_globals(allowed)
+
+
+def put_in_cache(home, name, content):
+    path = home / 'hub' / 'checkpoints' / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(content)
     return str(path)
@@ -123,77 +150,128 @@ def test_list_models_knows_the_eight():
 
 
 IMPORT_GLUE = r'''
+import json
+import os.path as osp
+
 from mmengine.runner.checkpoint import CheckpointLoader
 from mmpretrain.apis.model import ModelHub
-schemes = dict(CheckpointLoader._schemes)
-names = set(ModelHub._models_dict)
+
+# Record the public registration calls that importing mmtranscnn makes.
+calls = dict(schemes=[], indexes=[])
+register_scheme = CheckpointLoader.register_scheme.__func__
+register_model_index = ModelHub.register_model_index.__func__
+
+
+def record_scheme(cls, prefixes, loader=None, force=False):
+    calls['schemes'].append(dict(prefixes=prefixes, force=force,
+                                 loader=getattr(loader, '__name__', None)))
+    return register_scheme(cls, prefixes, loader, force)
+
+
+def record_index(cls, file, config_prefix=None):
+    calls['indexes'].append(osp.abspath(file))
+    return register_model_index(cls, file, config_prefix)
+
+
+CheckpointLoader.register_scheme = classmethod(record_scheme)
+ModelHub.register_model_index = classmethod(record_index)
 import mmtranscnn  # noqa: F401
-added = {k: v for k, v in CheckpointLoader._schemes.items()
-         if k not in schemes}
-assert all(CheckpointLoader._schemes[k] is v for k, v in schemes.items())
-print(sorted(v.__name__ for v in set(added.values())))
-print(len(added))
-print(sorted(set(ModelHub._models_dict) - names))
-# mmpretrain's own index is parsed only when a hub function runs.
-print(ModelHub._ModelHub__mmpretrain_registered)
+on_import = json.loads(json.dumps(calls))
+import mmpretrain
+on_import['names'] = sorted(mmpretrain.list_models('*transcnn*') +
+                            mmpretrain.list_models('*hatnet*'))
+print(json.dumps(on_import))
 '''
 
 
-def test_import_adds_the_loader_and_the_entries_only():
-    """In a fresh interpreter, ``import mmtranscnn`` adds one scheme per
-    released link (no other scheme replaced) and the eight hub entries,
-    without parsing mmpretrain's model index."""
+def test_import_registers_the_loader_and_the_entries_only():
+    """In a fresh interpreter, ``import mmtranscnn`` registers one loader
+    for exactly the released links and one model index, ours (mmpretrain
+    parses its own index only when a hub function first runs); the hub
+    then lists the eight."""
     out = subprocess.run([sys.executable, '-c', IMPORT_GLUE], cwd=REPO,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    loaders, count, names, parsed = out.stdout.strip().splitlines()[-4:]
-    assert loaders == "['load_from_released']"
-    assert int(count) == sum(len(i.urls) for i in RELEASED.values())
-    assert names == repr(sorted(V1 + HATNET))
-    assert parsed == 'False'
+    calls = json.loads(out.stdout.strip().splitlines()[-1])
+    assert calls['indexes'] == [osp.join(REPO, 'configs', 'released',
+                                         'imagenet', 'metafile.yml')]
+    (scheme, ) = calls['schemes']
+    assert scheme['loader'] == 'load_from_released'
+    patterns = scheme['prefixes']
+    links = [u for info in RELEASED.values() for u in info.urls]
+    assert len(patterns) == len(links)
+    # CheckpointLoader picks a loader with re.match: each link is matched
+    # by a pattern, nothing else is (another file of the release, a longer
+    # name, another host).
+    for link in links:
+        assert any(re.match(p, link) for p in patterns), link
+    folder = RELEASED[TINY].url.rsplit('/', 1)[0]
+    for other in (folder + '/another.pth', RELEASED[TINY].url + '.bak',
+                  'https://example.org/' + RELEASED[TINY].file,
+                  RELEASED[TINY].file):
+        assert not any(re.match(p, other) for p in patterns), other
+    assert calls['names'] == sorted(V1 + HATNET)
+
+
+def model_index():
+    """model-index.yml's entries and those of the files it imports."""
+    with open(osp.join(REPO, 'model-index.yml')) as f:
+        index = yaml.safe_load(f)
+    models = list(index.get('Models', []))
+    for imported in index.get('Import', []):
+        with open(osp.join(REPO, imported)) as f:
+            models += yaml.safe_load(f).get('Models', [])
+    return {m['Name']: m for m in models}
 
 
 def test_hub_entries_agree_with_model_index_and_the_configs():
-    with open(osp.join(REPO, 'model-index.yml')) as f:
-        index = {m['Name']: m for m in yaml.safe_load(f)['Models']}
+    index = model_index()
     for preset, info in RELEASED.items():
         name = hub_name(preset)
-        entry = ModelHub._models_dict[name]
-        # Registered on import without reading the config (lazy).
-        assert isinstance(entry.config, str)
-        assert osp.samefile(entry.config,
+        entry = ModelHub.get(name)
+        assert osp.samefile(entry.config.filename,
                             osp.join(REPO, index[name]['Config']))
         assert entry.weights == info.url == index[name]['Weights']
         assert [r.task for r in entry.results] == ['Image Classification']
-    cfg = ModelHub.get(hub_name(TINY)).config  # what get_model builds
-    assert cfg.model.backbone.arch == TINY
-    assert cfg.model.head.num_classes == 1000
+        assert entry.config.model.backbone.arch == preset
+        assert entry.config.model.head.num_classes == 1000
 
 
-def _is_released_loader(fn) -> bool:
-    """By name: a test elsewhere may import the package afresh, which
-    registers a new function object of the same loader."""
-    fn = getattr(fn, '__wrapped__', fn)
-    want = (load_from_released.__module__, load_from_released.__name__)
-    return (fn.__module__, fn.__name__) == want
-
-
-def test_the_loader_answers_for_the_released_links_only():
-    for info in RELEASED.values():
+# -- mmengine's loader --------------------------------------------------------
+def test_the_loader_answers_for_the_released_links_only(torch_home):
+    """Each link of each released file loads converted through mmengine's
+    ``CheckpointLoader`` (from the cache); other URLs reach mmengine's own
+    http loader, which downloads them as they are."""
+    for seed, (preset, info) in enumerate(RELEASED.items()):
+        content, state_dict = authors_file(preset, seed)
+        put_in_cache(torch_home, info.file, content)
         for url in info.urls:
-            assert _is_released_loader(
-                CheckpointLoader._get_checkpoint_loader(url)), url
+            loaded = CheckpointLoader.load_checkpoint(url)
+            assert loaded['meta']['released_as'] == info.name, url
+            assert_converted(loaded['state_dict'], state_dict)
+    assert torch_home.downloads == []
     folder = RELEASED[TINY].url.rsplit('/', 1)[0]
-    for other in (folder + '/another.pth', RELEASED[TINY].url + '.bak',
-                  'https://example.org/' + RELEASED[TINY].file):
-        assert not _is_released_loader(
-            CheckpointLoader._get_checkpoint_loader(other)), other
+    for other in (folder + '/another.pth', RELEASED[TINY].url + '.bak'):
+        # mmengine's http loader: the download's own error, not ours.
+        with pytest.raises(URLError):
+            CheckpointLoader.load_checkpoint(other)
+        assert torch_home.downloads[-1] == other
+    # The same file name on another host is read as it is, not converted.
+    _, state_dict = authors_file(TINY)
+    other = 'https://example.org/' + RELEASED[TINY].file
+    put_in_cache(torch_home, RELEASED[TINY].file,
+                 authors_file(TINY, args=False)[0])
+    tried = len(torch_home.downloads)
+    loaded = CheckpointLoader.load_checkpoint(other)
+    assert set(loaded) == {'model'}
+    assert set(loaded['model']) == set(state_dict)
+    assert len(torch_home.downloads) == tried  # the cached file
 
 
 # -- get_model(pretrained=True) -----------------------------------------------
 def test_get_model_loads_the_cached_file_converted(torch_home):
     content, state_dict = authors_file(TINY)
-    put_in_cache(torch_home, TINY, content)
+    put_in_cache(torch_home, RELEASED[TINY].file, content)
     model = mmpretrain.get_model(hub_name(TINY), pretrained=True)
     assert torch_home.downloads == []
     assert type(model.backbone).__name__ == 'TransCNN'
@@ -202,75 +280,88 @@ def test_get_model_loads_the_cached_file_converted(torch_home):
 
 
 def test_get_model_downloads_through_the_fallback(tmp_path, monkeypatch):
-    """The first version's file served only at its older link: get_model
-    asks the first link, gets 404, downloads the fallback into the cache
-    and loads it converted."""
+    """The first version's file served only at an older link: get_model
+    asks the first link (the hub entry's weights), gets 404, downloads a
+    fallback link from a server on 127.0.0.1 into the cache and loads it
+    converted."""
     preset = 'transcnn-v1-tiny'
-    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
+    torch_home = tmp_path / 'torch_home'
+    monkeypatch.setenv('TORCH_HOME', str(torch_home))
     for name in ('no_proxy', 'NO_PROXY'):
         monkeypatch.setenv(name, '127.0.0.1')
     content, state_dict = authors_file(preset, seed=1)
     file = RELEASED[preset].file
-    paths = [f'/v1.0/{file}', f'/v1/{file}', f'/HAT-Net/v1.0/{file}']
-    # The registries as they are now, restored after the test.
-    monkeypatch.setattr(CheckpointLoader, '_schemes',
-                        OrderedDict(CheckpointLoader._schemes))
-    monkeypatch.setattr(ModelHub, '_models_dict',
-                        dict(ModelHub._models_dict))
-    with LocalServer(files={paths[1]: content}) as server:
-        served = RELEASED[preset]._replace(
-            urls=tuple(server.url(p) for p in paths))
-        monkeypatch.setitem(presets.RELEASED, preset, served)
-        pretrain_hub.register_released_classifiers()
+    paths = [f'/v1/{file}', f'/HAT-Net/v1.0/{file}']
+    first = RELEASED[preset].url
+    asked = []
+    download = torch.hub.download_url_to_file
+
+    def first_link_gone(url, dst, *args, **kwargs):
+        asked.append(url)
+        if url == first:  # the release page of the first link is gone
+            raise HTTPError(url, 404, 'Not Found', None, None)
+        return download(url, dst, *args, **kwargs)
+
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', first_link_gone)
+    with LocalServer(files={paths[0]: content}) as server:
+        fallbacks = tuple(server.url(p) for p in paths)
+        monkeypatch.setitem(presets.RELEASED, preset,
+                            RELEASED[preset]._replace(
+                                urls=(first, ) + fallbacks))
         model = mmpretrain.get_model(hub_name(preset), pretrained=True)
-        assert server.requests == paths[:2]
-    assert osp.isfile(str(tmp_path / 'torch_home' / 'hub' / 'checkpoints' /
-                          file))
+        assert server.requests == paths[:1]
+    assert asked == [first, fallbacks[0]]
+    assert (torch_home / 'hub' / 'checkpoints' / file).is_file()
     assert model._config.model.backbone.arch == preset
     assert_loaded(model, state_dict)
 
 
-def test_the_link_loads_under_safe_checkpoint_loading(torch_home,
-                                                      monkeypatch):
-    """Our tools switch mmengine to safe loading, which wraps every
-    registered loader: the link still loads converted, through
-    mmengine's own load_checkpoint (what a run's ``load_from`` calls)."""
+@pytest.mark.parametrize('process_wide', [False, True],
+                         ids=['scoped', 'tools-allow-list'])
+def test_the_link_loads_through_mmengine_load_checkpoint(
+        process_wide, torch_home, own_allow_list):
+    """mmengine's own load_checkpoint (what a run's ``load_from`` calls)
+    loads the link converted, in any process and in our tools' (which add
+    mmengine's globals to torch's allow-list for the whole process)."""
     from mmengine.runner import load_checkpoint
-
-    from mmtranscnn.utils.checkpoint_safety import \
-        enable_safe_checkpoint_loading
-    monkeypatch.setattr(CheckpointLoader, '_schemes',
-                        OrderedDict(CheckpointLoader._schemes))
-    assert enable_safe_checkpoint_loading()
-    url = RELEASED[TINY].url
-    assert CheckpointLoader._get_checkpoint_loader(url) is not \
-        load_from_released  # wrapped
-    pretrain_hub.register_released_loader()  # keeps the wrapped one
-    assert CheckpointLoader._get_checkpoint_loader(url).__wrapped__ is \
-        load_from_released
+    if process_wide:
+        allow_checkpoint_globals()
     content, state_dict = authors_file(TINY, seed=2)
-    put_in_cache(torch_home, TINY, content)
+    put_in_cache(torch_home, RELEASED[TINY].file, content)
     model = mmpretrain.get_model(hub_name(TINY))  # random weights
-    load_checkpoint(model, url, map_location='cpu', strict=True)
+    load_checkpoint(model, RELEASED[TINY].url, map_location='cpu',
+                    strict=True)
     assert_loaded(model, state_dict)
+    assert torch_home.downloads == []
 
 
 def test_a_cached_file_of_another_model_says_what_to_do(torch_home):
     content, _ = authors_file('transcnn-v1-tiny')
-    where = put_in_cache(torch_home, TINY, content)  # under HAT-Net's name
-    with pytest.raises(CheckpointFileError) as error:
+    # under HAT-Net's name
+    where = put_in_cache(torch_home, RELEASED[TINY].file, content)
+    with pytest.raises(ValueError) as error:
         mmpretrain.get_model(hub_name(TINY), pretrained=True)
     message = str(error.value)
     assert RELEASED[TINY].url in message and where in message
     assert 'HAT-Net-Tiny' in message and 'transcnn-v1-tiny' in message
+    assert 'delete' in message
     assert torch_home.downloads == []
+
+
+def test_a_link_that_is_not_served_says_what_to_do(torch_home):
+    with pytest.raises(CheckpointDownloadError) as error:
+        mmpretrain.get_model(hub_name(TINY), pretrained=True)
+    message = str(error.value)
+    assert RELEASED[TINY].url in message and 'name resolution' in message
+    assert RELEASED[TINY].drive_url in message
+    assert torch_home.downloads == [RELEASED[TINY].url]
 
 
 # -- the inferencer -----------------------------------------------------------
 def test_image_classification_inferencer_runs(torch_home):
     from mmengine.registry import DefaultScope
     content, state_dict = authors_file(TINY)
-    put_in_cache(torch_home, TINY, content)
+    put_in_cache(torch_home, RELEASED[TINY].file, content)
     image = np.random.default_rng(0).integers(
         0, 256, (180, 240, 3), dtype=np.uint8)
     # mmpretrain's scope, as in a fresh process (tests before this one may

@@ -8,7 +8,9 @@
 - a file in the released layout loads its values strictly through
   ``init_cfg`` in any wrapping (raw, ``{'model'}``, ``{'state_dict'}``,
   ``module.``, with an ``argparse.Namespace``) and through the converter; a
-  pickle that would run code is refused; wrong files are reported by key.
+  pickle that would run code is refused; wrong files are reported by key,
+  and a released file in a preset of another size or version by the
+  preset it fits (through ``init_cfg`` and the converter).
   Values are checked on small networks with each preset's key layout (its
   style, depths, kernels, expansion ratios, windows, pooling ratios and
   heads; an eighth of its channels) and, through the converter, on the two
@@ -216,11 +218,13 @@ def test_released_file_with_a_code_gadget_is_refused(tmp_path):
 
 def test_wrong_released_file_is_reported(tmp_path):
     path, sd = released_file(tmp_path, twin('hatnet-small'))
-    with pytest.raises(RuntimeError, match=r"hatnet.*'hatnet-small'"):
+    # Another version (the twin's layout fits no preset: named as such).
+    with pytest.raises(ValueError, match=r'released hatnet file that fits '
+                       r'no released preset.*custom dict'):
         load_backbone_checkpoint(TransCNN(twin('transcnn-v1-small')), path)
     paper = dict(channels=[16, 32, 48, 64], depths=[1, 1, 1, 1],
                  kernel_sizes=[5, 3, 5, 3], expand_ratios=[4, 4, 6, 6])
-    with pytest.raises(RuntimeError, match='without released weights'):
+    with pytest.raises(ValueError, match=r'released hatnet file.*custom'):
         load_backbone_checkpoint(TransCNN(paper, head_dim=16), path)
     # Another size of the right version: named by key and shape.
     with pytest.raises(RuntimeError, match=r'shape differs: .*stages\.0'):
@@ -243,6 +247,53 @@ def test_wrong_released_file_is_reported(tmp_path):
     with pytest.raises(RuntimeError,
                        match=r'missing in the file: stages\.2\.8\.attn\.kv'):
         load_backbone_checkpoint(TransCNN(twin('hatnet-small')), path)
+
+
+def _v1_tiny_file(tmp_path):
+    """A file in the released TransCNN-Tiny layout (tensors without data:
+    the preset is read off the shapes before any value is used)."""
+    path = str(tmp_path / RELEASED['transcnn-v1-tiny'].file)
+    torch.save({'model': without_data(fixture_layout('transcnn-v1-tiny'))},
+               path)
+    return path
+
+
+@pytest.mark.parametrize('built', ['transcnn-v1-small', 'hatnet-tiny'])
+def test_released_file_in_another_preset_names_the_one_it_fits(built,
+                                                               tmp_path):
+    """TransCNN-Tiny's file in a backbone of another size or version stops
+    before anything is loaded, naming transcnn-v1-tiny as the preset it fits
+    (and no other), through init_cfg as a config would load it."""
+    path = _v1_tiny_file(tmp_path)
+    model = TransCNN(built, init_cfg=dict(type='Pretrained',
+                                          checkpoint=path))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError) as error:
+        model.init_weights()
+    message = str(error.value)
+    assert "fits arch='transcnn-v1-tiny', but" in message, message
+    fits = message.split('fits ', 1)[1].split(', but', 1)[0]
+    assert [p for p in RELEASED if f"'{p}'" in fits] == ['transcnn-v1-tiny']
+    assert f"arch='{built}'" in message and path in message
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_converter_refuses_an_arch_the_file_does_not_fit(tmp_path):
+    """``--arch transcnn-v1-small`` on TransCNN-Tiny's file: a ValueError
+    naming transcnn-v1-tiny, before any model is built or loaded (no
+    load_state_dict traceback), and nothing written."""
+    converter = load_converter()
+    path = _v1_tiny_file(tmp_path)
+    out = tmp_path / 'converted.pth'
+    with pytest.raises(ValueError) as error:
+        converter.main([path, str(out), '--arch', 'transcnn-v1-small'])
+    message = str(error.value)
+    assert "['transcnn-v1-tiny']" in message
+    assert "--arch 'transcnn-v1-small' is not one of them" in message
+    assert 'load_state_dict' not in message
+    assert not isinstance(error.value.__context__, RuntimeError)
+    assert not out.exists()
 
 
 @pytest.mark.parametrize('preset', TINY_PRESETS)
@@ -282,8 +333,8 @@ def test_converter_writes_a_strictly_loading_classifier(preset, tmp_path):
 
     version = RELEASED[preset].version
     other = [p for p in TINY_PRESETS if p != preset][0]
-    with pytest.raises(ValueError, match=f'--arch must be a released '
-                       f'{version} preset'):
+    with pytest.raises(ValueError, match=f"released {version} file whose "
+                       f"layout fits \\['{preset}'\\]; --arch '{other}'"):
         converter.main([path, str(tmp_path / 'x.pth'), '--arch', other])
     del sd['ds3.norm2.running_var' if version == 'transcnn-v1' else
            'ds3.norm.bias']

@@ -81,6 +81,7 @@ def test_hmhsa_same_result_for_either_memory_format(grids):
 
 
 # -- the measuring library --------------------------------------------------
+@pytest.mark.perf
 def test_high_water_mark_reset():
     from mmtranscnn.engine.cpu_memory import trim_freed_memory
     if not speed.reset_hwm():

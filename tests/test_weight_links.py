@@ -8,7 +8,8 @@ fallback that is tried after a 404 and an error that says what to do.
   link of the preset they use (and no other link of the authors');
 - against a server on 127.0.0.1 that has only the fallback: the backbone's
   ``init_cfg`` downloads it after the first link's 404, once, into
-  torch.hub's cache (``TORCH_HOME`` is a temporary folder);
+  torch.hub's cache (``TORCH_HOME`` is a temporary folder) under the file's
+  name;
 - with nothing served: the error lists every link tried and why, the
   Google Drive copy, the cache path and the config key for a local copy;
   a failure other than 404 stops at the first link; a URL that is not a
@@ -20,6 +21,7 @@ import io
 import json
 import os.path as osp
 import re
+from urllib.parse import urlparse
 
 import pytest
 import torch
@@ -27,9 +29,10 @@ import yaml
 from mmengine.config import Config
 
 import mmtranscnn  # noqa: F401  (registers the models)
-from mmtranscnn.models import TransCNN, checkpoint_cache, presets
-from mmtranscnn.models.checkpoint_cache import (CONFIG_KEY,
-                                                CheckpointDownloadError)
+from mmtranscnn.models import TransCNN, presets
+from mmtranscnn.models.pretrained import (CONFIG_KEY,
+                                          CheckpointDownloadError,
+                                          read_checkpoint, released_preset)
 from mmtranscnn.models.released import RELEASED, convert_released
 
 from local_server import LocalServer
@@ -65,9 +68,10 @@ def test_links_last_published_first_all_ending_in_the_file(preset):
         assert info.urls == (
             'https://github.com/yun-liu/HAT-Net/releases/download/v2.0/'
             + info.file, )
-    # One cache file whichever link delivered it.
-    assert {osp.basename(checkpoint_cache.cache_path(u))
-            for u in info.urls} == {info.file}
+    # One cache file (torch.hub names it after the link) whichever link
+    # delivered it.
+    assert {osp.basename(urlparse(u).path) for u in info.urls} == {info.file}
+    assert all(released_preset(u) == preset for u in info.urls)
     assert re.fullmatch(r'https://drive\.google\.com/file/d/[\w-]{33}/'
                         r'view\?usp=sharing', info.drive_url)
 
@@ -116,11 +120,27 @@ def test_configs_name_the_first_link_of_their_preset():
                 RELEASED[backbone['arch']].url, path
 
 
-def test_model_index_names_the_first_links():
+def model_index():
+    """model-index.yml's entries and those of the files it imports (the
+    released classifiers are in configs/released/imagenet/metafile.yml);
+    returns (entries by name, the text of every file)."""
     with open(osp.join(REPO, 'model-index.yml')) as f:
         text = f.read()
-    assert set(AUTHORS_LINK.findall(text)) <= set(FIRST_LINKS)
-    models = {m['Name']: m for m in yaml.safe_load(text)['Models']}
+    index = yaml.safe_load(text)
+    models, texts = list(index.get('Models', [])), [text]
+    for imported in index.get('Import', []):
+        with open(osp.join(REPO, imported)) as f:
+            texts.append(f.read())
+        models += yaml.safe_load(texts[-1]).get('Models', [])
+    names = [m['Name'] for m in models]
+    assert len(set(names)) == len(names), names
+    return {m['Name']: m for m in models}, texts
+
+
+def test_model_index_names_the_first_links():
+    models, texts = model_index()
+    for text in texts:
+        assert set(AUTHORS_LINK.findall(text)) <= set(FIRST_LINKS)
     for preset, info in RELEASED.items():
         name = f'{preset}_in1k-{info.input_size}px'
         assert models[name]['Weights'] == info.url, name
@@ -169,7 +189,8 @@ def local_links(monkeypatch, tmp_path):
     """``RELEASED[PRESET]``'s links pointed at a server on 127.0.0.1 (built
     by the test with ``LocalServer``); TORCH_HOME in ``tmp_path``.
     Returns a function server -> the cache path."""
-    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
+    torch_home = tmp_path / 'torch_home'
+    monkeypatch.setenv('TORCH_HOME', str(torch_home))
     for name in ('no_proxy', 'NO_PROXY'):
         monkeypatch.setenv(name, '127.0.0.1')
 
@@ -177,7 +198,7 @@ def local_links(monkeypatch, tmp_path):
         info = RELEASED[PRESET]
         monkeypatch.setitem(presets.RELEASED, PRESET, info._replace(
             urls=tuple(server.url(p) for p in PATHS)))
-        return checkpoint_cache.cache_path(RELEASED[PRESET].url)
+        return str(torch_home / 'hub' / 'checkpoints' / FILE)
 
     return point_at
 
@@ -212,29 +233,31 @@ def test_every_link_404_says_what_was_tried_and_what_to_do(local_links):
             _backbone().init_weights()
         assert server.requests == PATHS  # each link once, in order
     assert error.value.tried == list(links)
-    assert (error.value.url, error.value.path) == (links[0], where)
+    assert error.value.url == links[0]
     message = str(error.value)
     positions = [message.index(link) for link in links]
     assert positions == sorted(positions), message
     assert message.count('404') >= 3
     assert RELEASED[PRESET].drive_url in message
-    assert where in message and CONFIG_KEY in message
-    assert 'Not tried' not in message
+    assert where in message
+    assert f'--cfg-options {CONFIG_KEY}=' in message
     assert not osp.exists(where)
 
 
 def test_a_failure_other_than_404_stops_at_the_first_link(local_links):
+    """503 (or a refused connection) would repeat at the other links of the
+    same host: the later links are not asked."""
     content, _ = _authors_file(PRESET)
     with LocalServer(files={PATHS[1]: content},
                      status={PATHS[0]: 503}) as server:
         where = local_links(server)
         with pytest.raises(CheckpointDownloadError) as error:
-            checkpoint_cache.fetch_checkpoint(RELEASED[PRESET].url)
+            read_checkpoint(RELEASED[PRESET].url)
         assert server.requests == PATHS[:1]
     message = str(error.value)
-    assert '503' in message and 'Not tried' in message
-    assert all(link in message for link in RELEASED[PRESET].urls[1:])
+    assert '503' in message and RELEASED[PRESET].url in message
     assert error.value.tried == [RELEASED[PRESET].url]
+    assert RELEASED[PRESET].drive_url in message and where in message
     assert not osp.exists(where)
 
 
@@ -242,21 +265,49 @@ def test_a_link_of_no_release_has_no_fallback(local_links, tmp_path):
     with LocalServer() as server:
         local_links(server)
         url = server.url('/elsewhere/backbone.pth')
-        assert checkpoint_cache.candidate_urls(url) == (url, )
+        assert released_preset(url) is None
         with pytest.raises(CheckpointDownloadError) as error:
-            checkpoint_cache.fetch_checkpoint(url)
+            read_checkpoint(url)
         assert server.requests == ['/elsewhere/backbone.pth']
     assert error.value.tried == [url]
-    assert 'Google Drive' not in str(error.value)
+    message = str(error.value)
+    assert 'Google Drive' not in message
+    assert str(tmp_path / 'torch_home' / 'hub' / 'checkpoints' /
+               'backbone.pth') in message
 
 
 def test_a_later_link_named_in_a_config_falls_back_to_the_others(
         local_links):
     """A config that names the older ``v1`` link still gets the file when
     only ``v1.0`` is served: the file's other links follow in order."""
-    content, _ = _authors_file(PRESET)
+    content, state_dict = _authors_file(PRESET)
     with LocalServer(files={PATHS[0]: content}) as server:
         where = local_links(server)
         older = RELEASED[PRESET].urls[1]
-        assert checkpoint_cache.fetch_checkpoint(older) == where
+        loaded = read_checkpoint(older)
         assert server.requests == [PATHS[1], PATHS[0]]
+    assert osp.isfile(where)
+    assert set(loaded['model']) == set(state_dict)
+    assert isinstance(loaded['args'], argparse.Namespace)
+
+
+def test_a_download_that_breaks_off_is_a_download_error(local_links,
+                                                        monkeypatch):
+    """A connection reset mid-file (no URLError) is reported as a failed
+    download, not as a bad cached file: nothing was cached."""
+    calls = []
+
+    def reset(url, dst, *args, **kwargs):
+        calls.append(url)
+        raise ConnectionResetError(104, 'Connection reset by peer')
+
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', reset)
+    with LocalServer() as server:
+        where = local_links(server)
+        with pytest.raises(CheckpointDownloadError) as error:
+            read_checkpoint(RELEASED[PRESET].url)
+    assert calls == [RELEASED[PRESET].url]  # not a 404: no fallback
+    message = str(error.value)
+    assert 'Connection reset by peer' in message and where in message
+    assert 'delete' not in message
+    assert not osp.exists(where)

@@ -1,8 +1,10 @@
 """WeightsOnlyCheckpointHook: checkpoints that torch's default loader reads.
 
 Unit checks of the conversion (what a Runner checkpoint holds goes in,
-only what ``torch.load(weights_only=True)`` reads comes out, and back) and
-that every shipped config that trains names the hook. The end-to-end
+only what ``torch.load(weights_only=True)`` reads comes out, and back),
+that our own loading reads both forms (the allow-list of
+:mod:`mmtranscnn.utils.safe_loading`), and that every shipped config that
+trains names the hook. The end-to-end
 checks (a tiny run's checkpoint in mmdet's own tools/test.py, DetInferencer,
 mmdeploy and a resumed run) are in tests/test_deployment.py.
 """
@@ -20,6 +22,7 @@ from mmengine.logging import HistoryBuffer, MessageHub
 from mmtranscnn.engine.weights_only import (TAG, WeightsOnlyCheckpointHook,
                                             from_weights_only,
                                             to_weights_only)
+from mmtranscnn.utils.safe_loading import safe_load
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 HOOK_TYPE = 'mmtranscnn.WeightsOnlyCheckpointHook'
@@ -53,12 +56,48 @@ def weights_only_round_trip(obj):
     return torch.load(buffer, weights_only=True)
 
 
-def test_runner_checkpoint_needs_the_conversion():
+@pytest.fixture
+def torch_default_allow_list():
+    """Torch's ``weights_only`` allow-list as in a process that never
+    opted in (another test module may have imported
+    ``mmtranscnn.safe_checkpoints``, which adds to it for the process);
+    restored afterwards."""
+    allowed = torch.serialization.get_safe_globals()
+    torch.serialization.clear_safe_globals()
+    yield
+    torch.serialization.clear_safe_globals()
+    torch.serialization.add_safe_globals(allowed)
+
+
+def test_runner_checkpoint_needs_the_conversion(torch_default_allow_list):
     """Without it, torch's default loader refuses the Runner's objects
-    (the reason the hook exists), and this process allows none of them."""
+    (the reason the hook exists)."""
     assert HistoryBuffer not in torch.serialization.get_safe_globals()
     with pytest.raises(Exception, match='HistoryBuffer|numpy'):
         weights_only_round_trip(runner_like_checkpoint())
+
+
+def test_our_loading_reads_either_form(tmp_path, torch_default_allow_list):
+    """``safe_load`` (backbone init_cfg, converters) reads a Runner
+    checkpoint as saved and as the hook converts it, leaving torch's
+    allow-list as it found it."""
+    original = runner_like_checkpoint()
+    converted = dict(original)
+    WeightsOnlyCheckpointHook().before_save_checkpoint(None, converted)
+    for name, checkpoint in (('raw', original), ('converted', converted)):
+        path = str(tmp_path / f'{name}.pth')
+        torch.save(checkpoint, path)
+        loaded = safe_load(path)
+        assert torch.equal(loaded['state_dict']['weight'],
+                           original['state_dict']['weight'])
+        assert loaded['meta']['iter'] == 3
+    buffer = loaded['message_hub']['log_scalars']['train/loss']
+    assert buffer[TAG] == 'HistoryBuffer'
+    raw = safe_load(str(tmp_path / 'raw.pth'))
+    assert isinstance(raw['message_hub']['log_scalars']['train/loss'],
+                      HistoryBuffer)
+    assert raw['meta']['seed'] == 7
+    assert torch.serialization.get_safe_globals() == []
 
 
 def test_converted_checkpoint_loads_with_weights_only_and_comes_back():

@@ -32,7 +32,8 @@ from mmengine.runner.checkpoint import CheckpointLoader
 
 from ..config_path import configs_root
 from .presets import RELEASED
-from .pretrained import read_checkpoint, released_preset, state_dict_of
+from .pretrained import (_cache_path, read_checkpoint, released_preset,
+                         state_dict_of)
 from .released import convert_released, matching_presets
 
 
@@ -55,7 +56,7 @@ def load_from_released(filename: str, map_location=None) -> dict:
         raise ValueError(f'{filename} should hold {RELEASED[preset].name} '
                          f'({preset}) but its layout fits {fits or "none"} '
                          'of the released presets; delete the cached copy '
-                         'if it is another file.')
+                         f'{_cache_path(filename)} if it is another file.')
     backbone, head, _ = convert_released(state_dict)
     converted = OrderedDict(
         [('backbone.' + k, v) for k, v in backbone.items()] +

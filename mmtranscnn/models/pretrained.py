@@ -66,12 +66,20 @@ def _links(url: str) -> List[str]:
     return [url] + [u for u in others if u != url]
 
 
+def _cache_path(url: str) -> str:
+    """Where torch.hub keeps the download of ``url`` (all links of a file
+    share its name, so one copy serves them all)."""
+    return osp.join(torch.hub.get_dir(), 'checkpoints',
+                    osp.basename(urlparse(url).path))
+
+
 def _download_failed(url: str, failures: list) -> CheckpointDownloadError:
     """The error naming every link tried and why, the authors' Google Drive
     copy of a released file, and how to use a local copy instead."""
     lines = [f'    {link}\n        ({type(e).__name__}: {e})'
              for link, e in failures]
-    name = osp.basename(url)
+    path = _cache_path(url)
+    name = osp.basename(path)
     message = ('could not download the backbone checkpoint; links tried in '
                'order:\n' + '\n'.join(lines) + '\n')
     preset = released_preset(url)
@@ -79,11 +87,11 @@ def _download_failed(url: str, failures: list) -> CheckpointDownloadError:
         info = RELEASED[preset]
         message += (f'The authors also publish {info.name} ({info.file}) on '
                     f'Google Drive:\n    {info.drive_url}\n')
-    message += ('Put a copy at\n    ' + osp.join(torch.hub.get_dir(),
-                                                 'checkpoints', name) +
+    message += ('Put a copy at\n    ' + path +
                 f'\n(used without a download), or set {CONFIG_KEY} to a '
                 f'local file: --cfg-options {CONFIG_KEY}=/path/to/{name}')
-    return CheckpointDownloadError(message, url, [link for link, _ in failures])
+    return CheckpointDownloadError(message, url,
+                                   [link for link, _ in failures])
 
 
 def _fetch_url(url: str, map_location) -> dict:
@@ -103,7 +111,10 @@ def _fetch_url(url: str, map_location) -> dict:
             if not (isinstance(error, HTTPError) and error.code == 404):
                 break
         except Exception as error:  # the cached file does not load
-            path = osp.join(torch.hub.get_dir(), 'checkpoints', name)
+            path = _cache_path(url)
+            if not osp.exists(path):  # the download broke off (no URLError)
+                failures.append((link, error))
+                break
             raise RuntimeError(
                 f'the cached download of {url}\n    {path}\ndoes not load '
                 f'({type(error).__name__}: {str(error).splitlines()[0]}). '
@@ -167,25 +178,51 @@ def state_dict_of(checkpoint) -> dict:
 
 
 def _preset_of(model: nn.Module) -> Optional[str]:
+    """The preset ``model`` is built as (its settings as the model parsed
+    them, defaults added), or None."""
     settings = getattr(model, 'arch_settings', None)
-    return next((n for n, s in ARCH_SETTINGS.items() if s == settings), None)
+    parse = getattr(model, '_parse_arch', None)
+    if settings is None or parse is None:
+        return None
+    return next((n for n in ARCH_SETTINGS if parse(n) == settings), None)
 
 
 def _released_to_backbone(model: nn.Module, state_dict: dict,
                           source: str) -> dict:
     """Our backbone keys for a released file that fits ``model``; else an
     error naming the preset the file fits."""
+    version = detect_version(state_dict)
     fits = matching_presets(state_dict)
     built = _preset_of(model)
-    if built not in fits:
+    # A custom arch dict of the file's released variant (another size of
+    # the authors' networks) is checked key by key by the caller.
+    custom_fit = built is None and \
+        getattr(model, 'released_version', None) == version
+    if built not in fits and not custom_fit:
         fit = (' or '.join(f"arch='{p}'" for p in fits) if fits else
                'no released preset (its layout is none of RELEASED)')
+        if built is not None and released_preset(source) == built:
+            # The link of the built preset's file delivered another file.
+            raise ValueError(
+                f'{source} is the link of {RELEASED[built].name} '
+                f"(arch='{built}'), but the file read is a released "
+                f'{version} file that fits {fit}.' + _if_cached(source))
         raise ValueError(
-            f'{source} is a released {detect_version(state_dict)} file that '
+            f'{source} is a released {version} file that '
             f'fits {fit}, but the backbone is built with '
             f"arch={built or 'a custom dict'!r}; set "
-            f'model.backbone.arch to the preset the file fits.')
+            f'model.backbone.arch to the preset the file fits.' +
+            _if_cached(source))
     return convert_released(state_dict)[0]
+
+
+def _if_cached(checkpoint: str) -> str:
+    """For a URL: where its cached download is, to delete a wrong file."""
+    if not checkpoint.startswith(('http://', 'https://')):
+        return ''
+    return (f' The file was read from the cached download of the URL\n    '
+            f'{_cache_path(checkpoint)}\nif that is another file, delete it '
+            'to download the URL again.')
 
 
 def _select(state_dict: dict, prefix: Optional[str]) -> dict:
@@ -261,7 +298,7 @@ def load_backbone_checkpoint(model: nn.Module,
             f'{CONFIG_KEY} {checkpoint!r} (prefix {prefix!r}) does not fit '
             f'{type(model).__name__}: ' + '; '.join(problems) + '. ' +
             _fit_hint(model) + '; or set strict=False in init_cfg to load '
-            'the matching part on purpose.')
+            'the matching part on purpose.' + _if_cached(checkpoint))
     loadable = {k: v for k, v in state_dict.items()
                 if k in own and k not in mismatched}
     model.load_state_dict(loadable, strict=False)
