@@ -1,22 +1,17 @@
-"""Mixed precision on CPU-only machines.
+"""Mixed precision on CPU-only machines, where mmengine's
+``AmpOptimWrapper`` fails: bfloat16 (float32's exponent range, so no loss
+scaling).
 
-mmengine's ``AmpOptimWrapper`` asserts an accelerator (cuda, npu, mlu,
-musa). CPUs run mixed precision in bfloat16, which has float32's exponent
-range, so no loss scaling is needed: the wrapper runs the forward under
-``torch.autocast('cpu', dtype=torch.bfloat16)``.
-
-One exception is made. With torch 2.14's oneDNN, the bfloat16 weight
-gradient of a strided convolution whose input is a single pixel (1x1) is
-now and then NaN (measured: 11 of 60 tries of a 256->256 3x3 stride-2 conv
-on a (2, 256, 1, 1) input; never for larger inputs or stride 1). RetinaNet's
-P7 conv sees exactly that for images of 128 pixels or less, and one NaN
-gradient ruins every weight. Such convs run in float32 instead, which costs
-nothing measurable at 1x1.
+With torch 2.14's oneDNN, the bf16 weight gradient of a strided conv whose
+input is a single pixel is now and then NaN (11 of 60 tries of a 256->256
+3x3 stride-2 conv on a (2, 256, 1, 1) input; never for larger inputs or
+stride 1). RetinaNet's P7 conv sees that for images of 128 pixels or less,
+and one NaN gradient ruins every weight, so such convs run in float32
+(which costs nothing measurable at 1x1).
 """
 import threading
 import time
 from contextlib import contextmanager
-from typing import Iterator, List, Tuple
 
 import torch
 from mmengine.optim import OptimWrapper
@@ -24,60 +19,39 @@ from mmengine.registry import OPTIM_WRAPPERS
 from torch import nn
 
 _FP32_HOOKED = '_mmtranscnn_fp32_one_pixel_hooks'
-
-# Per thread (autocast state is per thread too): the convs now running in
-# float32, each with the ``torch.autocast(enabled=False)`` context its
-# pre-hook entered and its post-hook exits.
+# Per thread, as autocast's state is: the convs now running in float32,
+# each with the ``autocast(enabled=False)`` its pre-hook entered.
 _running = threading.local()
 
 
-def _fp32_convs_running() -> List[Tuple[nn.Module, torch.autocast]]:
-    stack = getattr(_running, 'stack', None)
-    if stack is None:
-        stack = _running.stack = []
-    return stack
-
-
-def _one_pixel_strided(module: nn.Conv2d, x: torch.Tensor) -> bool:
-    return x.shape[-2:] == (1, 1) and tuple(module.stride) != (1, 1)
+def _fp32_convs_running() -> list:
+    if not hasattr(_running, 'stack'):
+        _running.stack = []
+    return _running.stack
 
 
 def _fp32_pre_hook(module: nn.Conv2d, args):
     x = args[0]
-    if torch.is_autocast_enabled('cpu') and _one_pixel_strided(module, x):
+    if torch.is_autocast_enabled('cpu') and x.shape[-2:] == (1, 1):
         autocast_off = torch.autocast('cpu', enabled=False)
         autocast_off.__enter__()
         _fp32_convs_running().append((module, autocast_off))
         return (x.float(), ) + tuple(args[1:])
-    return None
 
 
 def _fp32_post_hook(module: nn.Conv2d, args, output):
     stack = _fp32_convs_running()
     if stack and stack[-1][0] is module:
         stack.pop()[1].__exit__(None, None, None)
-    return None
-
-
-def _leave_fp32_convs(depth: int) -> None:
-    """Exit the autocast contexts entered above ``depth`` of this thread's
-    stack, newest first (each restores the state before it)."""
-    stack = _fp32_convs_running()
-    while len(stack) > depth:
-        stack.pop()[1].__exit__(None, None, None)
 
 
 def run_one_pixel_strided_convs_in_fp32(model: nn.Module) -> None:
-    """Hook every strided ``nn.Conv2d`` of ``model`` (once) so that it runs
-    in float32 under CPU autocast when its input is 1x1 (see the module
-    docstring for the oneDNN bug this avoids).
+    """Hook every strided ``nn.Conv2d`` of ``model`` (once) to run in
+    float32 under CPU autocast when its input is 1x1 (state per thread:
+    threads may share the model).
 
-    The pre-hook enters ``torch.autocast('cpu', enabled=False)`` and the
-    post-hook, which torch runs even when the forward raises, exits it, so
-    the autocast state before the conv comes back whatever happens. The
-    hooks keep their state per thread, not on the module: threads may
-    share the model. :func:`fp32_strided_convs_at_one_pixel` hooks the
-    model and, on leaving, exits whatever the hooks left entered.
+    Args:
+        model: the model to hook.
     """
     if getattr(model, _FP32_HOOKED, False):
         return
@@ -89,27 +63,10 @@ def run_one_pixel_strided_convs_in_fp32(model: nn.Module) -> None:
     setattr(model, _FP32_HOOKED, True)
 
 
-@contextmanager
-def fp32_strided_convs_at_one_pixel(model: nn.Module) -> Iterator[None]:
-    """Inside, ``model``'s strided convs run in float32 under CPU autocast
-    when their input is 1x1 (:func:`run_one_pixel_strided_convs_in_fp32`);
-    on leaving, whatever happened inside, every autocast context those
-    convs entered in this thread is exited.
-
-    Args:
-        model: the model whose forward runs inside.
-    """
-    run_one_pixel_strided_convs_in_fp32(model)
-    depth = len(_fp32_convs_running())
-    try:
-        yield
-    finally:
-        _leave_fp32_convs(depth)
-
-
 @OPTIM_WRAPPERS.register_module()
 class CPUBF16AmpOptimWrapper(OptimWrapper):
-    """OptimWrapper whose forward runs under bfloat16 autocast on the CPU.
+    """OptimWrapper whose forward runs under bfloat16 autocast on the CPU,
+    one-pixel strided convs in float32 (see the module docstring).
 
     Selected by ``tools/train.py --amp`` when no accelerator is present;
     takes the same arguments as mmengine's ``OptimWrapper``.
@@ -117,29 +74,30 @@ class CPUBF16AmpOptimWrapper(OptimWrapper):
 
     @contextmanager
     def optim_context(self, model: nn.Module):
+        run_one_pixel_strided_convs_in_fp32(model)
+        stack = _fp32_convs_running()
+        depth = len(stack)
         with super().optim_context(model), torch.autocast(
-                device_type='cpu', dtype=torch.bfloat16), \
-                fp32_strided_convs_at_one_pixel(model):
-            yield
+                device_type='cpu', dtype=torch.bfloat16):
+            try:
+                yield
+            finally:
+                # Exit, newest first, every autocast context the hooks left
+                # entered (whatever happened), before the bf16 one ends.
+                while len(stack) > depth:
+                    stack.pop()[1].__exit__(None, None, None)
 
 
 def bf16_training_speedup(repeats: int = 2, size: int = 20) -> float:
-    """How many times faster one conv training step runs under CPU bfloat16
-    autocast than in float32, measured on this machine now.
-
-    Whether bfloat16 pays depends on the CPU (native bf16 instructions, or
-    an emulation many times slower than float32) and on oneDNN's ISA limit,
-    so it is measured, not guessed from the CPU's name. The step is the
-    forward and backward of a 3x3 256-channel conv on a (8, 256, size,
-    size) map (the kind of conv that dominates a RetinaNet training step);
-    the fastest of ``repeats`` runs counts for each dtype.
+    """float32 time / bfloat16 time (> 1: bfloat16 is faster) of one conv
+    training step under CPU autocast, measured here and now: whether bf16
+    pays depends on the CPU (native instructions or a slow emulation) and
+    oneDNN's ISA limit. The step: forward and backward of a 3x3 256-channel
+    conv (what dominates a RetinaNet step), fastest of ``repeats`` runs.
 
     Args:
         repeats: timed runs per dtype, after one warm-up run.
-        size: height and width of the probe's map.
-
-    Returns:
-        float32 time / bfloat16 time (> 1: bfloat16 is faster).
+        size: height and width of the probe's (8, 256, size, size) map.
     """
     generator = torch.Generator().manual_seed(0)
     conv = nn.Conv2d(256, 256, 3, padding=1)

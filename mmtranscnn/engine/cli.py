@@ -1,9 +1,6 @@
-"""Apply the command-line options of ``tools/train.py`` / ``tools/test.py``.
-
-The options are those of the OpenMMLab tools. Where the codebases differ
-(where ``--show-dir`` pictures go, what ``--out`` writes) the behaviour of
-the config's own codebase is reproduced, so a user gets what mmdet's, mmseg's
-or mmpretrain's tool would give for the same config.
+"""The options of ``tools/train.py`` / ``tools/test.py``: those of the
+OpenMMLab tools, with the config's own codebase's behaviour where the
+codebases differ (where ``--show-dir`` pictures go, what ``--out`` writes).
 """
 import argparse
 import os
@@ -25,26 +22,20 @@ PICKLE_SUFFIXES = ('.pkl', '.pickle')
 
 
 def add_run_options(parser: argparse.ArgumentParser, example: str) -> None:
-    """The options both tools end with: ``--cfg-options``, ``--launcher``
-    and ``--local_rank``.
+    """Add the options both tools end with: ``--cfg-options``,
+    ``--launcher`` and ``--local_rank``.
 
     Args:
         parser: the tool's parser.
         example: a ``key=value`` for the ``--cfg-options`` help.
     """
     parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
+        '--cfg-options', nargs='+', action=DictAction,
         help='override config settings, xxx=yyy pairs merged into the '
         f'config, e.g. {example} or key="[a,b]"; no spaces')
     parser.add_argument(
-        '--launcher',
-        choices=LAUNCHERS,
-        default='none',
-        help='job launcher')
-    # torch.distributed.launch passes --local-rank (torch >= 2.0) or
-    # --local_rank (older); torchrun sets LOCAL_RANK instead.
+        '--launcher', choices=LAUNCHERS, default='none', help='job launcher')
+    # torch.distributed.launch passes --local-rank; torchrun sets LOCAL_RANK.
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
 
 
@@ -53,8 +44,7 @@ def parse_run_args(parser: argparse.ArgumentParser,
     """Parse a tool's options; ``--local_rank`` becomes ``LOCAL_RANK``
     where the launcher did not set it (mmengine reads the variable)."""
     args = parser.parse_args(argv)
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     return args
 
 
@@ -73,19 +63,16 @@ def _set_common(cfg, args) -> None:
 
 
 def merge_train_args(cfg, args):
-    """Apply the options of ``tools/train.py`` to ``cfg`` (in place).
+    """Apply the options of ``tools/train.py`` to ``cfg`` (in place) and
+    return it.
 
     Args:
         cfg (Config): The loaded config.
-        args (Namespace): Parsed options: ``config``, ``work_dir``,
-            ``resume`` (None, 'auto' or a checkpoint path), ``amp``,
-            ``auto_scale_lr``, ``cfg_options`` and ``launcher``.
-
-    Returns:
-        Config: ``cfg``.
+        args (Namespace): ``config``, ``work_dir``, ``resume`` (None, 'auto'
+            or a path), ``amp``, ``auto_scale_lr``, ``cfg_options``,
+            ``launcher``.
     """
     _set_common(cfg, args)
-
     if args.amp:
         optim_wrapper = cfg.get('optim_wrapper')
         if optim_wrapper is None:
@@ -93,14 +80,12 @@ def merge_train_args(cfg, args):
         if get_device() == 'cpu':
             # mmengine's AmpOptimWrapper needs an accelerator; CPUs run
             # bfloat16 autocast without loss scaling.
-            from .amp import CPUBF16AmpOptimWrapper  # noqa: F401 (registers)
             optim_wrapper.type = 'CPUBF16AmpOptimWrapper'
             optim_wrapper.pop('loss_scale', None)
             optim_wrapper.pop('dtype', None)
         elif optim_wrapper.get('type', 'OptimWrapper') != 'AmpOptimWrapper':
             optim_wrapper.type = 'AmpOptimWrapper'
             optim_wrapper.setdefault('loss_scale', 'dynamic')
-
     if args.auto_scale_lr:
         auto_scale_lr = cfg.get('auto_scale_lr')
         if not auto_scale_lr or 'base_batch_size' not in auto_scale_lr:
@@ -109,83 +94,59 @@ def merge_train_args(cfg, args):
                 'base_batch_size=...)" in the config (base_batch_size: the '
                 'total batch size the learning rate was tuned for).')
         auto_scale_lr.enable = True
-
     # --resume alone: the latest checkpoint of work_dir (mmengine's
     # resume=True with load_from=None); --resume PATH: that checkpoint.
-    if args.resume == 'auto':
+    if args.resume is not None:
         cfg.resume = True
-        cfg.load_from = None
-    elif args.resume is not None:
-        cfg.resume = True
-        cfg.load_from = args.resume
+        cfg.load_from = None if args.resume == 'auto' else args.resume
     return cfg
 
 
-def _visualization_hook(cfg):
-    hooks = cfg.get('default_hooks') or {}
-    hook = hooks.get('visualization')
+def enable_test_visualization(cfg, show_dir: Optional[str] = None,
+                              show: bool = False, wait_time: float = 2.):
+    """Turn on drawing of test predictions the way the codebase does it.
+
+    Args:
+        cfg (Config): The config (changed in place).
+        show_dir (str, optional): Where painted images go: mmdet joins it
+            to ``work_dir/<timestamp>``, mmpretrain takes it as given,
+            mmseg makes it the visualizer's ``save_dir``.
+        show (bool): Also show them in a window.
+        wait_time (float): Seconds each window stays.
+    """
+    scope = cfg.get('default_scope') or 'mmengine'
+    hook = (cfg.get('default_hooks') or {}).get('visualization')
     if hook is None:
         raise RuntimeError(
             '--show/--show-dir need a visualization hook: add '
             "default_hooks.visualization=dict(type='VisualizationHook') to "
             'the config.')
-    return hook
-
-
-def enable_test_visualization(cfg,
-                              show_dir: Optional[str] = None,
-                              show: bool = False,
-                              wait_time: float = 2.) -> None:
-    """Turn on drawing of test predictions the way the codebase does it.
-
-    Args:
-        cfg (Config): The config (changed in place).
-        show_dir (str, optional): Where painted images go, read as the
-            codebase reads it: mmdet joins it to the run's log directory
-            (``work_dir/<timestamp>``), mmpretrain takes it as given
-            (relative to the current directory), mmseg makes it the
-            visualizer's ``save_dir``.
-        show (bool): Also show them in a window. Defaults to False.
-        wait_time (float): Seconds each window stays. Defaults to 2.
-    """
-    scope = cfg.get('default_scope') or 'mmengine'
-    hook = _visualization_hook(cfg)
-    if scope == 'mmpretrain':
-        hook.enable = True
-        if show_dir is not None:
-            hook.out_dir = show_dir
-    elif scope == 'mmdet':
-        hook.draw = True
-        if show_dir is not None:
-            hook.test_out_dir = show_dir
-    elif scope == 'mmseg':
-        hook.draw = True
-        if show_dir is not None:
-            if cfg.get('visualizer') is None:
-                raise RuntimeError('--show-dir needs a "visualizer" in the '
-                                   'config (mmseg saves pictures through '
-                                   'its save_dir).')
-            cfg.visualizer.save_dir = show_dir
-    else:
+    if scope not in ('mmdet', 'mmseg', 'mmpretrain'):
         raise ValueError(
             '--show/--show-dir are supported for configs with default_scope '
             f"'mmdet', 'mmseg' or 'mmpretrain', but got {scope!r}")
+    hook['enable' if scope == 'mmpretrain' else 'draw'] = True
+    if show_dir is not None and scope == 'mmseg':
+        if cfg.get('visualizer') is None:
+            raise RuntimeError('--show-dir needs a "visualizer" in the '
+                               'config (mmseg saves pictures through its '
+                               'save_dir).')
+        cfg.visualizer.save_dir = show_dir
+    elif show_dir is not None:
+        hook['out_dir' if scope == 'mmpretrain' else 'test_out_dir'] = show_dir
     if show:
-        hook.show = True
-        hook.wait_time = wait_time
+        hook.update(show=True, wait_time=wait_time)
 
 
 def merge_test_args(cfg, args):
-    """Apply the options of ``tools/test.py`` to ``cfg`` (in place).
+    """Apply the options of ``tools/test.py`` to ``cfg`` (in place) and
+    return it.
 
     Args:
         cfg (Config): The loaded config.
-        args (Namespace): Parsed options: ``config``, ``checkpoint``,
-            ``work_dir``, ``tta``, ``show``, ``show_dir``, ``wait_time``,
-            ``cfg_options`` and ``launcher``.
-
-    Returns:
-        Config: ``cfg``.
+        args (Namespace): ``config``, ``checkpoint``, ``work_dir``, ``tta``
+            (optional), ``show``, ``show_dir``, ``wait_time``,
+            ``cfg_options``, ``launcher``.
     """
     _set_common(cfg, args)
     # Load only the weights: a config written for training may say
@@ -193,50 +154,35 @@ def merge_test_args(cfg, args):
     cfg.load_from = args.checkpoint
     cfg.resume = False
     if getattr(args, 'tta', False):
-        enable_test_time_augmentation(cfg)
+        # Wrap the model in the config's tta_model and test with its
+        # tta_pipeline (mmdet's and mmseg's dataset bases define them).
+        missing = [k for k in ('tta_model', 'tta_pipeline') if k not in cfg]
+        if missing:
+            raise RuntimeError(
+                f'--tta needs {" and ".join(missing)} in the config '
+                "(mmseg's dataset bases define both; for mmdet add them as in "
+                "mmdet's *_tta.py configs).")
+        cfg.model = dict(**cfg.tta_model, module=cfg.model)
+        dataset = cfg.test_dataloader.dataset
+        while 'dataset' in dataset:  # wrappers: ConcatDataset, RepeatDataset
+            dataset = dataset['dataset']
+        dataset.pipeline = cfg.tta_pipeline
     if args.show or args.show_dir:
         enable_test_visualization(cfg, args.show_dir, args.show,
                                   args.wait_time)
     return cfg
 
 
-def enable_test_time_augmentation(cfg):
-    """``--tta``: wrap the model in the config's ``tta_model`` and test with
-    its ``tta_pipeline`` (both defined by mmdet's and mmseg's dataset bases
-    or by the config itself).
-
-    Args:
-        cfg (Config): The config, changed in place.
-    """
-    missing = [k for k in ('tta_model', 'tta_pipeline') if k not in cfg]
-    if missing:
-        raise RuntimeError(
-            f'--tta needs {" and ".join(missing)} in the config (mmseg\'s '
-            f'dataset bases define both; for mmdet add them as in mmdet\'s '
-            f'*_tta.py configs).')
-    cfg.model = dict(**cfg.tta_model, module=cfg.model)
-    dataset = cfg.test_dataloader.dataset
-    while 'dataset' in dataset:  # wrappers such as ConcatDataset/RepeatDataset
-        dataset = dataset['dataset']
-    dataset.pipeline = cfg.tta_pipeline
-    return cfg
-
-
 def prepare_prediction_dump(cfg, out: Optional[str]):
-    """Arrange for ``--out`` as the config's codebase does.
-
-    mmseg writes prediction maps into the directory ``out`` (through its
-    metric's ``output_dir``); the others pickle every prediction to the file
-    ``out`` (mmdet's ``DumpDetResults``, elsewhere mmengine's
-    ``DumpResults``).
+    """Arrange for ``--out`` as the config's codebase does: mmseg writes
+    prediction maps into the directory ``out`` (its metric's
+    ``output_dir``); the others pickle the predictions to the file ``out``.
+    Returns None or a metric (mmdet's ``DumpDetResults``, else mmengine's
+    ``DumpResults``) to append to ``runner.test_evaluator.metrics``.
 
     Args:
         cfg (Config): The config (changed in place for mmseg).
         out (str, optional): The ``--out`` value; None does nothing.
-
-    Returns:
-        BaseMetric or None: A metric to append to
-        ``runner.test_evaluator.metrics`` once the Runner is built.
     """
     if out is None:
         return None
@@ -245,8 +191,7 @@ def prepare_prediction_dump(cfg, out: Optional[str]):
         evaluators = cfg.test_evaluator
         for evaluator in (evaluators if isinstance(evaluators, list) else
                           [evaluators]):
-            evaluator['output_dir'] = out
-            evaluator['keep_results'] = True
+            evaluator.update(output_dir=out, keep_results=True)
         return None
     if not out.endswith(PICKLE_SUFFIXES):
         raise ValueError(f'--out must be a pickle file name ending in '
@@ -263,12 +208,8 @@ def build_runner(cfg, cpu_speedups: bool = False):
 
     Args:
         cfg (Config): The complete config.
-        cpu_speedups (bool): without CUDA, apply the CPU training
-            speed-ups of :mod:`.cpu_speedups` to the built model.
-            Default: False.
-
-    Returns:
-        Runner: The runner.
+        cpu_speedups (bool): without CUDA, apply the CPU training speed-ups
+            of :mod:`.cpu_speedups` to the built model.
     """
     # mmengine's loaders (resume, load_from) read mmengine checkpoints with
     # torch's weights_only allow-list; see mmtranscnn.utils.safe_loading.

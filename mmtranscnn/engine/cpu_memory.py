@@ -1,20 +1,11 @@
 """Freed memory kept for reuse in CPU training (glibc's malloc).
 
-PyTorch's CPU tensors come straight from ``malloc``. glibc serves every
-block above its mmap threshold (at most 32 MB) with a fresh ``mmap`` and
-returns it to the kernel on ``free``, so the next tensor of that size is
-new memory again, and its first write takes one page fault per 4 KB.
-Training at detection size allocates and frees such maps at every step.
-
-:func:`keep_freed_memory` switches glibc to serve every block from its
-heap (``M_MMAP_MAX = 0``) and to keep freed heap memory
-(``M_TRIM_THRESHOLD`` at its maximum). What a process holds then stays
-at its peak instead of shrinking between steps. It changes the whole
-process, so the model never calls it: the training entry point does
-(``tools/train.py`` through :func:`keep_freed_memory_for_cpu_run`, not
-with CUDA), and so do the benchmark tools for CPU train steps
-(``--system-malloc`` leaves malloc alone). docs/cpu_performance.md gives
-what it saves.
+glibc serves every block above its mmap threshold (at most 32 MB) with a
+fresh ``mmap`` and unmaps it on ``free``, so the next tensor of that size
+takes one page fault per 4 KB again; training at detection size does that
+at every step. :func:`keep_freed_memory` makes glibc serve every block from
+its heap and keep freed heap memory. That changes the whole process, so
+only entry points call it (``tools/train.py``, the benchmark tools).
 """
 import ctypes
 import ctypes.util
@@ -22,9 +13,7 @@ import functools
 import gc
 from typing import Optional
 
-
-__all__ = ['keep_freed_memory', 'keep_freed_memory_for_cpu_run',
-           'trim_freed_memory']
+import torch
 
 # glibc's mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD = -1
@@ -37,9 +26,8 @@ _memory_kept = False
 @functools.lru_cache(maxsize=None)
 def glibc() -> Optional[ctypes.CDLL]:
     """The process's C library if it is glibc (opened once), else None."""
-    name = ctypes.util.find_library('c') or 'libc.so.6'
     try:
-        libc = ctypes.CDLL(name)
+        libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
     except OSError:
         return None
     # gnu_get_libc_version exists in glibc only (not musl, not macOS).
@@ -47,21 +35,14 @@ def glibc() -> Optional[ctypes.CDLL]:
                ('gnu_get_libc_version', 'mallopt', 'malloc_trim')):
         return None
     libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    libc.mallopt.restype = ctypes.c_int
     libc.malloc_trim.argtypes = [ctypes.c_size_t]
-    libc.malloc_trim.restype = ctypes.c_int
     return libc
 
 
 def keep_freed_memory() -> Optional[str]:
-    """Make glibc's malloc keep freed memory for the next allocations.
-
-    Process-wide and idempotent; call it before the large allocations.
-
-    Returns:
-        None once applied (now or before), else why not (not glibc, or
-        ``mallopt`` refused).
-    """
+    """Make glibc's malloc keep freed memory for the next allocations
+    (process-wide, idempotent; call it before the large allocations).
+    Returns None once applied (now or before), else why not."""
     global _memory_kept
     if _memory_kept:
         return None
@@ -77,9 +58,8 @@ def keep_freed_memory() -> Optional[str]:
 
 
 def trim_freed_memory() -> None:
-    """Collect garbage and hand glibc's free heap pages back to the system
-    (``malloc_trim``), so that one measurement does not inherit the
-    previous one's heap; a no-op beyond ``gc.collect`` without glibc."""
+    """Collect garbage and hand glibc's free heap pages back to the system,
+    so that one measurement does not inherit the previous one's heap."""
     gc.collect()
     libc = glibc()
     if libc is not None:
@@ -87,15 +67,13 @@ def trim_freed_memory() -> None:
 
 
 def keep_freed_memory_for_cpu_run(log=print) -> Optional[str]:
-    """:func:`keep_freed_memory` where no CUDA device is in use (a GPU
-    run's host allocations are small and few), with one line saying what
-    was done.
+    """:func:`keep_freed_memory` unless CUDA is in use (a GPU run's host
+    allocations are few), with one line saying what was done.
 
     Args:
         log: where the line goes (``print``, mmengine's ``print_log``, or
             None for silence).
     """
-    import torch
     if torch.cuda.is_available():
         return 'CUDA is available: GPU runs are left as they are'
     reason = keep_freed_memory()

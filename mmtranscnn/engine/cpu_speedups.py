@@ -1,26 +1,14 @@
-"""CPU speed-ups, applied to a built model from outside the model files.
-
-The model (``mmtranscnn/models``) is plain PyTorch and mmcv. Where a CPU
-trains a layer of it slowly, the function here changes how that layer is
-computed, never what: it is applied once to a built model, as mmcv's
-``fuse_conv_bn(model)`` is, and ``tests/test_cpu_speedups.py`` proves the
-result equal to the plain model's. (Inference needs none: the model folds
-each eval-mode BN into its conv itself, ``mmtranscnn/models/memory.py``.) ``docs/cpu_performance.md`` gives what
-each one saves.
-
-* :func:`speed_up_cpu_training` (``tools/train.py`` applies it to CPU runs,
-  through :class:`CPUTrainingRunner`):
-
-  - stride-1 depthwise convs with a kernel larger than 3 get a backward
-    made of oneDNN's fast kernels (:class:`DepthwiseConv2d`);
-  - H-MHSA attends over grids of at most :data:`MATMUL_MAX_KEYS` keys with
-    plain matmuls, whose forward and backward cost less there than SDPA's
-    fused kernel (:func:`small_grid_attention`); a fixed rule by shape, the
-    same in every process, thread and rank.
-
-``--no-cpu-speedups`` runs the tools on the plain model.
+"""CPU training speed-ups, applied to a built model from outside the model
+files (as mmcv's ``fuse_conv_bn`` is); they change how a layer is computed,
+never what. ``tools/train.py`` applies :func:`speed_up_cpu_training` to CPU
+runs (unless ``--no-cpu-speedups``): stride-1 depthwise convs with kernels
+above 3 get a backward of oneDNN's fast kernels (:class:`DepthwiseConv2d`),
+and H-MHSA attends over grids of at most :data:`MATMUL_MAX_KEYS` keys with
+plain matmuls, cheaper there than SDPA's fused kernel (a fixed rule by
+shape, the same in every process and rank). docs/cpu_performance.md says
+what each saves.
 """
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -30,8 +18,7 @@ from torch import Tensor, nn
 from mmtranscnn.models.hmhsa import HMHSA
 
 
-#: Grids with at most this many keys (8 x 8) attend through plain matmuls
-#: in training.
+#: Grids with at most this many keys (8 x 8) attend through plain matmuls.
 MATMUL_MAX_KEYS = 64
 
 
@@ -58,27 +45,19 @@ def small_grid_attention(q: Tensor, k: Tensor, v: Tensor,
                                           dropout_p=dropout_p)
 
 
-def _tile_starts(k: int) -> Tuple[int, ...]:
-    """Starts of the 3-wide tiles that cover kernel offsets 0 .. k-1."""
-    return tuple(sorted(set(range(0, k - 2, 3)) | {k - 3}))
-
-
 def depthwise_weight_grad(x: Tensor, grad_out: Tensor, k: int) -> Tensor:
     """Weight gradient of a stride-1, 'same'-padded k x k depthwise conv.
 
     ``dW[c, 0, a, b] = sum_{n,y,x} grad_out[n,c,y,x] * xp[n,c,y+a,x+b]``
     with ``xp`` = x zero-padded by k // 2. Each 3 x 3 block of offsets
-    ``(s..s+2, t..t+2)`` is the weight gradient of a 3 x 3 depthwise conv
-    (no padding) on the window of ``xp`` that starts at (s, t), which
-    oneDNN computes with its fast 3 x 3 kernel; overlapping tiles (k=5:
-    starts 0 and 2) write the same values twice.
-
-    The windows are read in place: the padded images are stacked row after
-    row in one channels-last buffer, and the window at (s, t) is that
-    buffer from offset (s, t) on, read as an image of full padded rows.
-    What a window reads besides its own pixels (the columns right of it,
-    which run on into the next row, and the rows between stacked images)
-    meets zeros of ``grad_out`` widened to match, so it adds nothing.
+    from (s, t) is the weight gradient of a 3 x 3 depthwise conv (oneDNN's
+    fast kernel) on the window of ``xp`` at (s, t); overlapping tiles
+    (k=5: starts 0 and 2) write the same values twice. The windows are
+    read in place: the padded images are stacked row after row in one
+    channels-last buffer, each window read from its offset on as an image
+    of full padded rows. What it reads beyond its own pixels (the columns
+    that run on into the next row, the rows between images) meets zeros of
+    ``grad_out`` widened to match, so it adds nothing.
 
     Args:
         x: (N, C, H, W) conv input.
@@ -109,7 +88,7 @@ def depthwise_weight_grad(x: Tensor, grad_out: Tensor, k: int) -> Tensor:
     grads[:, :h, w:].zero_()
     grad = grad[:out_rows].unsqueeze(0).permute(0, 3, 1, 2)
     result = x.new_empty((c, 1, k, k))
-    starts = _tile_starts(k)
+    starts = sorted(set(range(0, k - 2, 3)) | {k - 3})  # 3-wide tiles
     for s in starts:
         for t in starts:
             window = buf.as_strided(
@@ -127,7 +106,6 @@ class _DepthwiseConvFn(torch.autograd.Function):
     def forward(ctx, x, weight, bias, padding):
         ctx.save_for_backward(x, weight)
         ctx.padding = padding
-        ctx.has_bias = bias is not None
         return F.conv2d(x, weight, bias, padding=padding,
                         groups=weight.shape[0])
 
@@ -145,15 +123,14 @@ class _DepthwiseConvFn(torch.autograd.Function):
                               padding=ctx.padding, groups=c)
         if ctx.needs_input_grad[1]:
             grad_w = depthwise_weight_grad(x, grad_out, k)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+        if ctx.needs_input_grad[2]:  # False for bias=None
             grad_b = grad_out.sum((0, 2, 3))
         return grad_x, grad_w, grad_b, None
 
 
 class DepthwiseConv2d(nn.Conv2d):
     """A stride-1 'same' depthwise ``nn.Conv2d`` whose CPU backward runs
-    :class:`_DepthwiseConvFn` (same parameters, state dict and forward).
-    :func:`speed_up_cpu_training` turns the convs that qualify into it."""
+    :class:`_DepthwiseConvFn` (same parameters, state dict and forward)."""
 
     @staticmethod
     def qualifies(module: nn.Module) -> bool:
@@ -185,15 +162,12 @@ class DepthwiseConv2d(nn.Conv2d):
 
 
 def speed_up_cpu_training(model: nn.Module) -> Dict[str, int]:
-    """Apply the training speed-ups to ``model`` in place (see the module
-    docstring); parameters, state dict and results stay as they are.
+    """Apply the training speed-ups to ``model`` in place (parameters,
+    state dict and results stay as they are); returns how many depthwise
+    convs and H-MHSA modules were changed.
 
     Args:
-        model: a built model (a TransCNN backbone, or a detector,
-            segmentor or classifier that holds one).
-
-    Returns:
-        How many depthwise convs and H-MHSA modules were changed.
+        model: a built model (a TransCNN backbone, or a model holding one).
     """
     counts = dict(depthwise_convs=0, attention=0)
     for module in model.modules():
@@ -207,16 +181,11 @@ def speed_up_cpu_training(model: nn.Module) -> Dict[str, int]:
 
 
 class CPUTrainingRunner(Runner):
-    """mmengine's ``Runner`` that applies :func:`speed_up_cpu_training` to
-    the model it builds, before it is wrapped for distributed training.
-    ``tools/train.py`` uses it where no CUDA device is available."""
+    """A ``Runner`` that applies :func:`speed_up_cpu_training` to the model
+    it builds, before wrapping it (``tools/train.py`` without CUDA)."""
 
     def build_model(self, model):
         model = super().build_model(model)
         speed_up_cpu_training(model)
         return model
 
-
-__all__ = ['CPUTrainingRunner', 'DepthwiseConv2d',
-           'MATMUL_MAX_KEYS', 'depthwise_weight_grad', 'matmul_attention',
-           'small_grid_attention', 'speed_up_cpu_training']

@@ -1,22 +1,12 @@
-"""Activate the OpenMMLab codebase a config is written for.
-
-A config names its codebase through ``default_scope`` ('mmdet', 'mmseg',
-'mmpretrain', or 'mmengine' for plain mmengine configs). The training and
-test tools call :func:`setup_codebase` so that every module of that codebase
-is registered (its ``register_all_modules``) and the default scope is set
-before the Runner builds anything, and so that mmtranscnn's own
-registrations are active whatever the config imports.
-"""
+"""Activate the OpenMMLab codebase a config is written for."""
 import importlib
 
 from mmengine.registry import init_default_scope
 
-# Scopes that need no codebase set-up beyond importing mmtranscnn.
-_PLAIN_SCOPES = ('mmengine', 'mmtranscnn')
-
 
 def setup_codebase(cfg) -> str:
-    """Register the config's codebase and set it as the default scope.
+    """Register the modules of the config's codebase and mmtranscnn's, and
+    make the codebase the default scope (before the Runner builds anything).
 
     Args:
         cfg (Config): A config; ``cfg.default_scope`` (default 'mmengine')
@@ -25,28 +15,24 @@ def setup_codebase(cfg) -> str:
     Returns:
         str: The scope that was set up.
     """
-    # The package registers TransCNN and the CPU DDP wrapper on import.
-    importlib.import_module('mmtranscnn')
+    importlib.import_module('mmtranscnn')  # registers TransCNN
     scope = cfg.get('default_scope') or 'mmengine'
     if not isinstance(scope, str):
         raise TypeError(f'default_scope must be a str such as "mmdet", '
                         f'"mmseg" or "mmpretrain", but got {scope!r}')
-    if scope not in _PLAIN_SCOPES:
+    if scope not in ('mmengine', 'mmtranscnn'):
         try:
             importlib.import_module(scope)
-        except ModuleNotFoundError as exc:
-            if exc.name != scope:
-                raise  # the codebase is there but one of its imports is not
-            raise ImportError(
-                f'The config sets default_scope={scope!r}, but no package '
-                f'named {scope!r} is installed (mmdet: pip install mmdet, '
-                'mmseg: pip install mmsegmentation, mmpretrain: pip install '
-                'mmpretrain).') from exc
-        try:
             utils = importlib.import_module(f'{scope}.utils')
         except ModuleNotFoundError as exc:
+            if exc.name == scope:
+                raise ImportError(
+                    f'The config sets default_scope={scope!r}, but no '
+                    f'package named {scope!r} is installed (mmdet: pip '
+                    'install mmdet, mmseg: pip install mmsegmentation, '
+                    'mmpretrain: pip install mmpretrain).') from exc
             if exc.name != f'{scope}.utils':
-                raise
+                raise  # the codebase is there but one of its imports is not
             utils = None
         register_all_modules = getattr(utils, 'register_all_modules', None)
         if register_all_modules is not None:

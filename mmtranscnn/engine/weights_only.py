@@ -1,30 +1,13 @@
 """Checkpoints that ``torch.load(weights_only=True)`` reads as they are.
 
-mmengine 0.10's Runner writes two kinds of objects into every checkpoint
-that torch >= 2.6 refuses to load by default: the message hub's
-``HistoryBuffer`` objects (the logged losses and learning rates that
-``--resume`` continues) and numpy arrays and scalars. A file with them
-fails in every tool that loads it with torch's defaults: mmdet's own
-``tools/test.py``, ``DetInferencer``, mmdeploy's export, a plain
-``torch.load``.
-
-:class:`WeightsOnlyCheckpointHook` removes the cause where the file is
-written. Just before the Runner saves, it rewrites those objects into plain
-data (dicts, lists, numbers, strings and tensors), each tagged with what it
-was; just after the Runner loads a checkpoint (``--resume``, ``load_from``)
-and before it reads the message hub, it turns the tagged data back into the
-objects. So the file loads anywhere with ``weights_only=True`` and no
-allow-list, and a resumed run gets back exactly what it saved.
-
-The shipped configs name the hook among their ``default_hooks``, as
-``type='mmtranscnn.WeightsOnlyCheckpointHook'`` (the scope makes mmengine
-import it on demand): ``default_hooks`` is a dict, so a config that
-inherits one and sets ``default_hooks`` of its own keeps the hook, where a
-``custom_hooks`` list of its own would replace it.
-
-Anything else that is not plain data (an object some other hook put into
-the checkpoint or the message hub) stops the save with a ``TypeError``
-naming where it is, instead of writing a file that no tool can open.
+mmengine 0.10's Runner writes the message hub's ``HistoryBuffer`` objects
+and numpy arrays and scalars into every checkpoint, which torch's default
+loader (mmdet's own tools, mmdeploy, a plain ``torch.load``) refuses.
+:class:`WeightsOnlyCheckpointHook` turns them into tagged plain data just
+before the Runner saves, and back just after it loads (before it reads the
+message hub), so the file loads anywhere and ``--resume`` gets back exactly
+what was saved. The shipped configs name it in ``default_hooks`` (a dict:
+a config that sets its own keeps it, unlike a ``custom_hooks`` list).
 """
 from collections import Counter, OrderedDict
 from typing import Any
@@ -36,8 +19,7 @@ from mmengine.logging import HistoryBuffer
 
 from mmtranscnn.registry import HOOKS
 
-#: The key of a dict that stands for an object turned into plain data; its
-#: value names the object's kind.
+#: The key of a dict that stands for an object, naming the object's kind.
 TAG = '__mmtranscnn_weights_only__'
 
 # What torch's weights-only unpickler reads without an allow-list.
@@ -59,10 +41,8 @@ def _numeric(array: np.ndarray, where: str) -> np.ndarray:
 
 
 def _map_container(value, convert):
-    """``value`` with ``convert`` applied to its items; ``value`` itself
-    when no item changed (so nothing is copied for nothing), else a new
-    container of its type with its attributes (a state dict's
-    ``_metadata``)."""
+    """``value`` itself if ``convert`` changes none of its items, else a new
+    container of its type, with its attributes (a state dict's metadata)."""
     if isinstance(value, dict):
         items = [(key, convert(key, item)) for key, item in value.items()]
         if all(new is value[key] for key, new in items):
@@ -82,20 +62,13 @@ def _map_container(value, convert):
 
 
 def to_weights_only(value: Any, where: str = 'checkpoint') -> Any:
-    """``value`` made only of what ``weights_only`` loads.
-
-    ``HistoryBuffer`` objects and numeric numpy arrays and scalars become
-    tagged dicts (see :func:`from_weights_only`); in dicts, lists and
-    tuples the items are converted (a container is copied only when one
-    of its items changes); tensors, strings, numbers and None are kept.
+    """``value`` made only of what ``weights_only`` loads: ``HistoryBuffer``
+    objects and numeric numpy arrays and scalars become tagged dicts (a
+    container is copied only when one of its items changes).
 
     Args:
         value: a checkpoint or any part of one.
-        where: how the error message names ``value``. Default:
-            'checkpoint'.
-
-    Returns:
-        The converted value (tensors are shared, never copied).
+        where: how the error message names ``value``.
 
     Raises:
         TypeError: ``value`` holds an object of another type; the message
@@ -107,8 +80,8 @@ def to_weights_only(value: Any, where: str = 'checkpoint') -> Any:
         return {TAG: 'numpy_scalar', 'dtype': value.dtype.str,
                 'value': value.item()}
     if isinstance(value, np.ndarray):
-        array = np.ascontiguousarray(_numeric(value, where))
-        return {TAG: 'ndarray', 'data': torch.from_numpy(array.copy())}
+        data = torch.from_numpy(_numeric(value, where).copy())  # C order
+        return {TAG: 'ndarray', 'data': data}
     if isinstance(value, HistoryBuffer):
         log, count = value.data
         return {TAG: 'HistoryBuffer',
@@ -139,14 +112,11 @@ def to_weights_only(value: Any, where: str = 'checkpoint') -> Any:
 
 
 def from_weights_only(value: Any) -> Any:
-    """Undo :func:`to_weights_only`: tagged dicts become the objects again.
+    """Undo :func:`to_weights_only`: tagged dicts become the
+    ``HistoryBuffer``, numpy array or numpy scalar again.
 
     Args:
         value: a loaded checkpoint or any part of one.
-
-    Returns:
-        ``value`` with every tagged dict replaced by its ``HistoryBuffer``,
-        numpy array or numpy scalar; anything else is returned as it is.
     """
     if type(value) not in _CONTAINERS:
         return value
@@ -162,29 +132,14 @@ def from_weights_only(value: Any) -> Any:
     if kind is not None:
         raise ValueError(f'unknown {TAG} tag {kind!r}: the file was '
                          'written by another version of mmtranscnn')
-    return _map_container(value,
-                          lambda key, item: from_weights_only(item))
-
-
-def _replace_items(checkpoint: dict, convert) -> None:
-    """Convert every entry of ``checkpoint`` in place: the Runner saves,
-    and reads after the hooks, the dict it passed to them."""
-    for key in list(checkpoint):
-        checkpoint[key] = convert(key, checkpoint[key])
+    return _map_container(value, lambda _, item: from_weights_only(item))
 
 
 @HOOKS.register_module()
 class WeightsOnlyCheckpointHook(Hook):
-    """Write checkpoints that ``torch.load(weights_only=True)`` reads.
-
-    Converts the message hub's ``HistoryBuffer`` objects and numpy arrays
-    and scalars anywhere in a checkpoint into tagged plain data before the
-    Runner saves it, and back after the Runner loads one, so that
-    ``--resume`` continues as if nothing had been converted. Files written
-    without the hook load as before.
-
-    It runs after every other hook's ``before_save_checkpoint`` (priority
-    'LOWEST'), so it also converts what they add.
+    """Convert what ``torch.load(weights_only=True)`` refuses into tagged
+    plain data before the Runner saves a checkpoint, and back after it
+    loads one. Priority 'LOWEST': it also converts what other hooks add.
 
     Args:
         priority (int | str): the hook's priority. Default: 'LOWEST'.
@@ -194,21 +149,12 @@ class WeightsOnlyCheckpointHook(Hook):
         self.priority = priority
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        """Turn the checkpoint's objects into tagged plain data.
-
-        Args:
-            runner (Runner): the runner that saves.
-            checkpoint (dict): the checkpoint, converted in place.
-        """
-        _replace_items(checkpoint, lambda key, value: to_weights_only(
-            value, f'checkpoint[{key!r}]'))
+        # In place: the Runner saves the dict it passed to the hooks.
+        for key in list(checkpoint):
+            checkpoint[key] = to_weights_only(checkpoint[key],
+                                              f'checkpoint[{key!r}]')
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        """Turn tagged plain data back into the objects.
-
-        Args:
-            runner (Runner): the runner that loaded.
-            checkpoint (dict): the loaded checkpoint, restored in place.
-        """
-        _replace_items(checkpoint,
-                       lambda key, value: from_weights_only(value))
+        # In place: the Runner reads the dict after the hooks.
+        for key in list(checkpoint):
+            checkpoint[key] = from_weights_only(checkpoint[key])
