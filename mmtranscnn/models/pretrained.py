@@ -177,23 +177,13 @@ def state_dict_of(checkpoint) -> dict:
             for k, v in checkpoint.items()}
 
 
-def _preset_of(model: nn.Module) -> Optional[str]:
-    """The preset ``model`` is built as (its settings as the model parsed
-    them, defaults added), or None."""
-    settings = getattr(model, 'arch_settings', None)
-    parse = getattr(model, '_parse_arch', None)
-    if settings is None or parse is None:
-        return None
-    return next((n for n in ARCH_SETTINGS if parse(n) == settings), None)
-
-
 def _released_to_backbone(model: nn.Module, state_dict: dict,
                           source: str) -> dict:
     """Our backbone keys for a released file that fits ``model``; else an
     error naming the preset the file fits."""
     version = detect_version(state_dict)
     fits = matching_presets(state_dict)
-    built = _preset_of(model)
+    built = getattr(model, 'arch_name', None)
     # A custom arch dict of the file's released variant (another size of
     # the authors' networks) is checked key by key by the caller.
     custom_fit = built is None and \
@@ -201,17 +191,12 @@ def _released_to_backbone(model: nn.Module, state_dict: dict,
     if built not in fits and not custom_fit:
         fit = (' or '.join(f"arch='{p}'" for p in fits) if fits else
                'no released preset (its layout is none of RELEASED)')
-        if built is not None and released_preset(source) == built:
-            # The link of the built preset's file delivered another file.
-            raise ValueError(
-                f'{source} is the link of {RELEASED[built].name} '
-                f"(arch='{built}'), but the file read is a released "
-                f'{version} file that fits {fit}.' + _if_cached(source))
+        link_of = released_preset(source)
         raise ValueError(
-            f'{source} is a released {version} file that '
-            f'fits {fit}, but the backbone is built with '
-            f"arch={built or 'a custom dict'!r}; set "
-            f'model.backbone.arch to the preset the file fits.' +
+            f'{source} is a released {version} file that fits {fit}, but '
+            f"the backbone is built with arch={built or 'a custom dict'!r}" +
+            (f' (the link of {RELEASED[link_of].name})' if link_of else '') +
+            '; set model.backbone.arch to the preset the file fits.' +
             _if_cached(source))
     return convert_released(state_dict)[0]
 
@@ -247,7 +232,7 @@ def _preview(names: List[str], limit: int = 8) -> str:
 
 
 def _fit_hint(model: nn.Module) -> str:
-    preset = _preset_of(model)
+    preset = getattr(model, 'arch_name', None)
     if preset is None:
         return 'Check arch and grid_sizes'
     defaults = ARCH_SETTINGS[preset]

@@ -137,6 +137,7 @@ class TransCNN(BaseModule):
             (``checkpoint='HAT-Net_Small.pth'``; see :mod:`.released`).
 
     Attributes:
+        arch_name (str | None): the preset built, None for an arch dict.
         variant (str): the key of :data:`VARIANTS` the blocks are built
             with.
         released_version (str | None): the released layout a checkpoint of
@@ -164,6 +165,8 @@ class TransCNN(BaseModule):
                  init_cfg: Optional[Union[dict, list]] = None):
         super().__init__(init_cfg=init_cfg)
         self.arch_settings = self._parse_arch(arch)
+        # The preset's name (None for a dict): what released files fit.
+        self.arch_name = arch.lower() if isinstance(arch, str) else None
         settings = self.arch_settings
         channels = settings['channels']
         num_stages = len(channels)

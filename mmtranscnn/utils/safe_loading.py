@@ -1,24 +1,16 @@
 """Reading checkpoints without running their pickles: torch's allow-list.
 
 torch >= 2.6 loads with ``weights_only=True``: only tensors, containers and
-the globals on an allow-list are rebuilt, so a file cannot run code on load.
-mmengine checkpoints hold a little more than tensors (the message hub's
-``HistoryBuffer`` with numpy arrays inside, numpy scalars in the meta) and
-the authors' released files the training script's ``argparse.Namespace``.
-:func:`checkpoint_safe_globals` lists exactly those, for torch's public
-``torch.serialization.safe_globals`` / ``add_safe_globals``:
-
-* :func:`safe_load` reads one file with the list in scope
-  (:func:`checkpoint_globals_allowed`; backbone ``init_cfg``, the
-  released-weights loader, the converters);
-* :func:`allow_checkpoint_globals` adds the list for the whole process. Our
-  tools call it at start-up, so mmengine's own loaders (``resume``,
-  ``load_from``, ``load_checkpoint``) read such files as they are; another
-  entry point opts in with ``custom_imports=dict(imports=['mmtranscnn',
-  'mmtranscnn.safe_checkpoints'])``. Importing ``mmtranscnn`` alone changes
-  nothing.
-
-``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` keeps torch's documented meaning.
+allow-listed globals are rebuilt, so a file cannot run code on load.
+mmengine checkpoints hold a little more (the message hub's ``HistoryBuffer``
+with numpy arrays, numpy scalars in the meta), the authors' released files
+the training script's ``argparse.Namespace``. :func:`checkpoint_safe_globals`
+lists exactly those. :func:`safe_load` reads one file with them in scope;
+:func:`allow_checkpoint_globals` adds them for the whole process (our tools
+at start-up, so mmengine's own ``resume``/``load_from`` read such files, and
+``import mmtranscnn.safe_checkpoints`` for other entry points). Importing
+``mmtranscnn`` alone changes nothing; ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``
+keeps torch's meaning.
 """
 import argparse
 import contextlib
