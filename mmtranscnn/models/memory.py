@@ -1,34 +1,24 @@
-"""How the backbone computes its maps and keeps them: their layout, what
-backward keeps of them, and how many passes inference makes over them.
-None of it changes what the model computes (a folded BN up to rounding).
+"""How the backbone keeps its maps: layout, what backward keeps, and how
+many passes inference makes. None of it changes what the model computes
+(a folded BN up to rounding).
 
 * **Layout** (:data:`MAP_LAYOUT`). H-MHSA works on (B, H, W, C) tokens, so
-  the backbone keeps its maps, and its conv weights, channels-last from
-  the stem on: the (B, C, H, W) <-> (B, H, W, C) permutes around the
-  attention are free views, and convolutions run on NHWC maps, which the
-  CPU (oneDNN) and GPU (cuDNN) kernels prefer. The backbone hands NCHW
-  maps to necks and heads (:func:`to_nchw`), and takes their gradients
-  back channels-last.
-
-* **Memory** (:func:`conv_chain`). A conv-norm-activation chain (the IRB,
-  the stem) run by autograd keeps three maps per conv: the conv's input,
-  the norm's input and the activation's input. In training,
-  :func:`conv_chain` keeps one per dense conv: its output. The norms,
-  activations and depthwise convs after it are run again from that
-  output in backward, where they also give the next dense conv its input
-  (a depthwise conv costs k*k multiply-adds per output, a dense 1x1 conv
-  C, so recomputing it is cheap and its map is not kept). The norms'
-  batch statistics are recomputed from the same maps; running statistics
-  are updated once, in forward, by the norm modules themselves. An IRB
-  thus keeps its input, its expansion's output and its projection's
-  output, where autograd keeps six expanded maps.
-
-* **Passes** (:func:`conv_chain` without gradients). A BN that normalises
-  by its running statistics is an affine map per channel, so a conv
-  followed by one runs as a single conv with the BN folded into its
-  weights and bias, computed on the fly (the modules and their state dict
-  stay as they are): one pass over the map instead of two. The result
-  equals conv then BN up to rounding.
+  maps and conv weights are channels-last from the stem on: the permutes
+  around the attention are free views, and NHWC is what oneDNN and cuDNN
+  convs prefer. Necks get NCHW maps (:func:`to_nchw`) and send their
+  gradients back channels-last.
+* **Memory** (:func:`conv_chain`). Autograd keeps three maps per
+  conv-norm-activation: the conv's, the norm's and the activation's input.
+  In training a chain keeps only each dense conv's output; the norms,
+  activations and depthwise convs after it (k*k multiply-adds per output,
+  against C for a dense 1x1 conv) run again from it in backward. Batch
+  statistics are recomputed from the same maps; running statistics move
+  once, in forward. An IRB keeps its input, its expansion's output and its
+  projection's output, where autograd keeps six expanded maps.
+* **Passes** (:func:`conv_chain` without gradients). A BN normalising by
+  running statistics is a per-channel affine map, so conv then BN runs as
+  one conv with the BN folded into its weights on the fly (modules and
+  state dict unchanged).
 """
 import contextlib
 from functools import partial

@@ -1,26 +1,18 @@
 """The authors' released classifiers in mmpretrain's model hub.
 
-After ``import mmtranscnn``, with mmpretrain installed::
-
-    >>> mmpretrain.list_models('*hatnet*')
-    ['hatnet-large_in1k-224px', 'hatnet-medium_in1k-224px', ...]
-    >>> model = mmpretrain.get_model('hatnet-small_in1k-224px',
-    ...                              pretrained=True)
-
+After ``import mmtranscnn``, ``mmpretrain.list_models('*hatnet*')`` lists
+them and ``get_model('hatnet-small_in1k-224px', pretrained=True)`` loads one.
 Two public calls, made once on import:
 
 * ``ModelHub.register_model_index`` reads
-  ``configs/released/imagenet/metafile.yml`` (which ``model-index.yml``
-  imports): one entry per released preset, its config and, as weights, the
-  authors' link.
-* ``CheckpointLoader.register_scheme`` gives each released link (matched
-  exactly) the loader :func:`load_from_released`. ``get_model(...,
-  pretrained=True)`` hands the link to mmengine's ``load_checkpoint``, and
-  the file as published holds the authors' key names; this loader reads it
+  ``configs/released/imagenet/metafile.yml`` (imported by
+  ``model-index.yml``): each preset's config and, as weights, its link;
+* ``CheckpointLoader.register_scheme`` gives exactly the released links
+  the loader :func:`load_from_released`, which reads the file
   (:func:`.pretrained.read_checkpoint`: allow-list, fallback links) and
-  renames its keys into an mmpretrain classifier's. Wherever mmengine loads
-  a checkpoint (``load_from``, inferencers, ``Pretrained``) the same link
-  loads converted; no other path or URL changes hands.
+  renames the authors' keys into an mmpretrain classifier's. So the link
+  loads converted wherever mmengine loads a checkpoint (``get_model``,
+  ``load_from``, inferencers); no other path or URL changes hands.
 """
 import importlib.util
 import os.path as osp
