@@ -7,7 +7,9 @@ use them: ``ToyRegressor`` (model), ``ToyRegressionDataset`` (data),
 ``<work_dir>/record_rank<RANK>.json`` so tests can compare runs.
 """
 import json
+import os
 import os.path as osp
+import signal
 import time
 
 import torch
@@ -84,14 +86,17 @@ class ToyRecordHook(Hook):
     """Record a training run to ``record_rank<RANK>.json`` in its work_dir.
 
     Args:
-        sleep (float): Seconds to sleep after every iteration, so a test can
-            interrupt a run mid-way. Defaults to 0.
+        sleep (float): Seconds to sleep after every iteration. Defaults to 0.
+        kill_at (int, optional): SIGKILL the process right after iteration
+            ``kill_at`` (1-based) and its checkpoint, as a crash or a
+            preempted job would end it, at a known point. Defaults to None.
     """
 
-    priority = 'LOWEST'
+    priority = 'LOWEST'  # after the CheckpointHook has saved
 
-    def __init__(self, sleep: float = 0.0):
+    def __init__(self, sleep: float = 0.0, kill_at: int = None):
         self.sleep = sleep
+        self.kill_at = kill_at
         self.start_iter = None
         self.losses = []
 
@@ -104,6 +109,8 @@ class ToyRecordHook(Hook):
         self.losses.append(float(outputs['loss'].detach()))
         if self.sleep:
             time.sleep(self.sleep)
+        if self.kill_at is not None and runner.iter + 1 == self.kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def after_train(self, runner):
         model = runner.model
