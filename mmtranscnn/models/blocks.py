@@ -4,9 +4,8 @@ Every conv comes with its norm and activation as one mmcv ``ConvModule``;
 ``norm_cfg`` / ``act_cfg`` follow mmcv's conventions, so a config can swap
 BN for SyncBN or SiLU for another activation. Chains of them run through
 :func:`~.memory.conv_chain`, which keeps only each conv's output for
-backward. The authors' released
-networks build some of these differently; their versions live in
-:mod:`.released_blocks`.
+backward. The authors' released networks build some of these differently
+(:mod:`.released_blocks`, overriding ``_convs``).
 """
 from typing import Optional
 
@@ -41,10 +40,15 @@ class ConvStem(BaseModule):
                  act_cfg: dict = dict(type='SiLU'),
                  init_cfg: Optional[dict] = None):
         super().__init__(init_cfg=init_cfg)
-        self.conv1 = ConvModule(in_channels, mid_channels, 3, stride=2,
-                                padding=1, norm_cfg=norm_cfg, act_cfg=act_cfg)
-        self.conv2 = ConvModule(mid_channels, out_channels, 3, stride=2,
-                                padding=1, norm_cfg=norm_cfg, act_cfg=act_cfg)
+        self.conv1, self.conv2 = self._convs(in_channels, mid_channels,
+                                             out_channels, norm_cfg, act_cfg)
+
+    @staticmethod
+    def _convs(in_channels, mid_channels, out_channels, norm_cfg, act_cfg):
+        return (ConvModule(in_channels, mid_channels, 3, stride=2, padding=1,
+                           norm_cfg=norm_cfg, act_cfg=act_cfg),
+                ConvModule(mid_channels, out_channels, 3, stride=2, padding=1,
+                           norm_cfg=norm_cfg, act_cfg=act_cfg))
 
     def forward(self, x: Tensor) -> Tensor:
         return conv_chain(x, self.conv1, self.conv2)
@@ -80,15 +84,20 @@ class InvertedResidual(BaseModule):
         if kernel_size % 2 != 1:
             raise ValueError(f'kernel_size must be odd, got {kernel_size}')
         hidden = int(round(channels * expand_ratio))
-        self.expand = ConvModule(channels, hidden, 1, norm_cfg=norm_cfg,
-                                 act_cfg=act_cfg)
-        self.depthwise = ConvModule(hidden, hidden, kernel_size,
-                                    padding=kernel_size // 2, groups=hidden,
-                                    norm_cfg=norm_cfg, act_cfg=act_cfg)
-        self.project = ConvModule(hidden, channels, 1, norm_cfg=norm_cfg,
-                                  act_cfg=None)
+        self.expand, self.depthwise, self.project = self._convs(
+            channels, hidden, kernel_size, norm_cfg, act_cfg)
         self.drop_path = (DropPath(drop_path_rate)
                           if drop_path_rate > 0 else nn.Identity())
+
+    @staticmethod
+    def _convs(channels, hidden, kernel_size, norm_cfg, act_cfg):
+        return (ConvModule(channels, hidden, 1, norm_cfg=norm_cfg,
+                           act_cfg=act_cfg),
+                ConvModule(hidden, hidden, kernel_size,
+                           padding=kernel_size // 2, groups=hidden,
+                           norm_cfg=norm_cfg, act_cfg=act_cfg),
+                ConvModule(hidden, channels, 1, norm_cfg=norm_cfg,
+                           act_cfg=None))
 
     def forward(self, x: Tensor) -> Tensor:
         y = conv_chain(x, self.expand, self.depthwise, self.project)

@@ -8,7 +8,9 @@
   level's map becomes one token, ``MaxPool + AvgPool`` (Eq. 8); attention
   inside Gi x Gi grids of the merged map. The last level attends over all
   of its tokens.
-* Output (Eq. 12): ``(attn_0 + ... + Upsample(attn_M)) Wp + X``.
+* Output (Eq. 12): ``(attn_0 + ... + Upsample(attn_M)) Wp + X``; the
+  residuals of Eq. 7 and 11 form only the maps that are merged. With no
+  grid this is plain MHSA (Eq. 1-2).
 
 The levels above 0 come in the two forms of the paper (``query_from``):
 
@@ -21,9 +23,6 @@ The levels above 0 come in the two forms of the paper (``query_from``):
   level merges, and ``attn_i`` is copied back over the region each merged
   token came from (nearest upsampling) before the sum.
 
-Eq. 12 sums the attention outputs; the residuals of Eq. 7 and 11 form the
-maps that are merged. With no grid this is plain MHSA (Eq. 1-2).
-
 Level 0 owns the ``qkv`` projection and every level above shares one ``q``
 and one ``kv`` projection; pooling has no weights. Grid sizes are therefore
 settings, not weights: a state dict loads into a module built with other
@@ -31,10 +30,10 @@ grid sizes or more levels.
 
 Maps that are not multiples of a grid are padded at the bottom and right,
 padded keys are masked out of the attention and padded queries are cropped,
-so real outputs do not depend on the padding. Pooling uses ``ceil_mode``: a
-region that overhangs the map pools its real positions only. While a model
-is traced or exported the padding and masks are always built, from the
-map's size as tensor arithmetic, so the graph holds at every input size.
+so real outputs do not depend on the padding; pooling (``ceil_mode``) takes
+an overhanging region's real positions only. While a model is traced or
+exported the padding and masks are always built, from the map's size as
+tensor arithmetic, so the graph holds at every input size.
 """
 from typing import Optional, Sequence, Tuple, Union
 
@@ -52,17 +51,13 @@ QUERY_FORMS = ('full', 'merged')
 
 def parse_grid_sizes(value: Union[int, Sequence[int], None],
                      field: str = 'grid_sizes') -> Tuple[int, ...]:
-    """Normalise one stage's grid setting to a tuple of per-level sizes.
+    """Normalise one stage's grid setting to a tuple of per-level sizes
+    (positive ints; empty means plain attention).
 
     Args:
-        value: an int ``G0`` (one grid level, then plain attention over the
-            merged tokens), a sequence ``(G0, G1, ...)`` of per-level grid
-            sizes, or ``0`` / ``None`` / an empty sequence for plain
-            attention.
+        value: ``G0`` (one grid level, then plain attention over the merged
+            tokens), ``(G0, G1, ...)``, or 0 / None / ``()`` (plain).
         field: the name used in error messages.
-
-    Returns:
-        A tuple of positive ints; empty means plain attention.
     """
     if value is None:
         return ()
@@ -94,14 +89,9 @@ def _tracing() -> bool:
 
 
 def merge_tokens(t: Tensor, g: int) -> Tensor:
-    """Eq. 8: MaxPool_g + AvgPool_g of a (B, H, W, C) map.
-
-    Kernel and stride are ``g``; a region that overhangs the map takes the
-    max over, and the mean of, its real positions only.
-
-    Returns:
-        The (B, ceil(H/g), ceil(W/g), C) merged map.
-    """
+    """Eq. 8: MaxPool_g + AvgPool_g (kernel and stride ``g``) of a (B, H, W,
+    C) map -> (B, ceil(H/g), ceil(W/g), C); a region that overhangs the map
+    pools its real positions only."""
     nchw = t.permute(0, 3, 1, 2)
     merged = F.max_pool2d(nchw, g, g, ceil_mode=True) + F.avg_pool2d(
         nchw, g, g, ceil_mode=True, count_include_pad=False)
@@ -128,21 +118,20 @@ def _to_grids(t: Tensor, g: int) -> Tensor:
 
 
 def _from_grids(t: Tensor, b: int, nh, nw, g: int) -> Tensor:
-    """Inverse of :func:`_to_grids`: (B*nh*nw, g*g, C) -> (B, nh*g, nw*g,
-    C)."""
+    """Inverse of :func:`_to_grids`."""
     c = t.shape[-1]
     t = t.reshape(b, nh, nw, g, g, c).transpose(2, 3)
     return t.reshape(b, nh * g, nw * g, c)
 
 
 def grid_partition(t: Tensor, g: int) -> Tuple[Tensor, Optional[Tensor]]:
-    """Eq. 5/9: cut a (B, H, W, C) map into g x g grids.
+    """Eq. 5/9: cut a (B, H, W, C) map, zero-padded at the bottom/right,
+    into g x g grids.
 
     Returns:
         ``(grids, real)``: the (B*nh*nw, g*g, C) grids, nh = ceil(H/g) and
-        nw = ceil(W/g), of the map zero-padded at the bottom/right, and the
-        (B*nh*nw, 1, 1, g*g) mask of real positions (broadcasting over
-        heads and queries), or None where nothing is padded.
+        nw = ceil(W/g), and the (B*nh*nw, 1, 1, g*g) mask of real positions
+        (broadcasting over heads and queries), or None where none is padded.
     """
     b, h, w = t.shape[:3]
     nh, nw = _cells(h, g), _cells(w, g)
@@ -182,11 +171,9 @@ class HMHSA(BaseModule):
         init_cfg (dict, optional): mmengine initialisation config.
     """
 
-    #: The attention function of Eq. 1, ``softmax(q k^T / sqrt(d)) v``,
-    #: with SDPA's signature (a static method: whatever function is set, it
-    #: is never bound to the module). A speed-up applied to a built model
-    #: may set another one that computes the same on an instance
-    #: (``mmtranscnn.engine``'s ``cpu_speedups``).
+    #: Eq. 1, ``softmax(q k^T / sqrt(d)) v``, with SDPA's signature; static,
+    #: so that a function set on an instance (``engine.cpu_speedups``, one
+    #: that computes the same) is never bound to the module.
     attention = staticmethod(F.scaled_dot_product_attention)
 
     def __init__(self,
@@ -220,9 +207,7 @@ class HMHSA(BaseModule):
         self.norm = (build_norm_layer(norm_cfg, embed_dims)[1]
                      if norm_cfg is not None else nn.Identity())
         self.qkv = nn.Linear(embed_dims, 3 * embed_dims, bias=qkv_bias)
-        if self.hierarchical:
-            # One pair for every level above 0: adding levels for larger
-            # inputs adds no weights.
+        if self.hierarchical:  # one q/kv pair for every level above 0
             self.q = nn.Linear(embed_dims, embed_dims, bias=qkv_bias)
             self.kv = nn.Linear(embed_dims, 2 * embed_dims, bias=qkv_bias)
         self.proj = nn.Linear(embed_dims, embed_dims)
@@ -239,7 +224,6 @@ class HMHSA(BaseModule):
                 f'grid_sizes={self.grid_sizes}, '
                 f'query_from={self.query_from!r}')
 
-    # -- forward ----------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
         """Args: x (Tensor): (B, C, H, W). Returns: (B, C, H, W)."""
         if x.dim() != 4 or x.shape[1] != self.embed_dims:
@@ -256,14 +240,9 @@ class HMHSA(BaseModule):
 
     def level0(self, tokens: Tensor) -> Tensor:
         """attn_0 of Eq. 5-6: attention inside G0 x G0 grids (over the
-        whole map without grids).
-
-        The map is cut into grids before the q/k/v projection, so the copy
-        moves C channels rather than 3C.
-
-        Args:
-            tokens: (B, H, W, C) normalised input X.
-        """
+        whole map without grids) of the (B, H, W, C) normalised input X.
+        Grids are cut before the q/k/v projection: the copy moves C
+        channels, not 3C."""
         b, h, w, c = tokens.shape
         if not self.hierarchical:
             q, k, v = self._heads(self.qkv(tokens.reshape(b, h * w, c)), 3)
@@ -275,11 +254,8 @@ class HMHSA(BaseModule):
         return _from_grids(out, b, _cells(h, g), _cells(w, g), g)[:, :h, :w]
 
     def higher_levels(self, a0: Tensor) -> Tensor:
-        """attn_1 + ... + Upsample(attn_M) at full resolution (Eq. 8-12).
-
-        Args:
-            a0: (B, H, W, C), ``A0`` of Eq. 7.
-        """
+        """attn_1 + ... + Upsample(attn_M) at full resolution (Eq. 8-12)
+        from the (B, H, W, C) ``A0`` of Eq. 7."""
         h, w = a0.shape[1:3]
         grids = self.grid_sizes
         queries = self.q(a0) if self.query_from == 'full' else None
@@ -304,13 +280,8 @@ class HMHSA(BaseModule):
 
     # -- the steps a variant may change ------------------------------------
     def level0_map(self, x: Tensor, tokens: Tensor, attn0: Tensor) -> Tensor:
-        """Eq. 7: ``A0 = X + attn_0`` (X: the map the attention saw).
-
-        Args:
-            x: (B, C, H, W) block input, before the pre-norm.
-            tokens: (B, H, W, C) normalised input X.
-            attn0: (B, H, W, C) level-0 attention.
-        """
+        """Eq. 7: ``A0 = X + attn_0``, X (``tokens``) the map the attention
+        saw; ``x`` is the (B, C, H, W) block input before the pre-norm."""
         return tokens + attn0
 
     def level0_term(self, attn0: Tensor, a0: Tensor) -> Tensor:
@@ -332,7 +303,8 @@ class HMHSA(BaseModule):
     # -- attention --------------------------------------------------------
     def attend(self, q: Tensor, kv: Tensor, g: Optional[int],
                q_scale: int = 1) -> Tensor:
-        """Attention of each query with the keys of its grid (Eq. 9-10).
+        """Attention of each query with the keys of its grid (Eq. 9-10);
+        returns the (B, Hq, Wq, C) output.
 
         Args:
             q: (B, Hq, Wq, C) queries; query (y, x) belongs to the grid
@@ -340,12 +312,9 @@ class HMHSA(BaseModule):
             kv: (B, h, w, 2C) keys and values side by side.
             g: grid side on the key map, or None for one grid over all.
             q_scale: query positions per key position along each side.
-
-        Returns:
-            (B, Hq, Wq, C) attention output.
         """
         b, h, w = kv.shape[:3]
-        hq, wq, c = q.shape[1], q.shape[2], q.shape[3]
+        hq, wq, c = q.shape[1:]
         if g is None:
             q, k, v = self._heads(kv.reshape(b, h * w, 2 * c), 2,
                                   q.reshape(b, hq * wq, c))

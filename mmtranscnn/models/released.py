@@ -1,22 +1,15 @@
 """The authors' released ImageNet checkpoints and how their keys map to ours.
 
-The authors published eight ImageNet checkpoints with the code that defines
-them (GitHub ``yun-liu/HAT-Net``):
-
-* ``TransCNN.py``, the first version ("TransCNN", trained at 256x256):
-  ``TransCNN-{Tiny,Small,Medium,Large}.pth``;
-* ``HAT_Net.py``, the journal version ("HAT-Net", trained at 224x224):
-  ``HAT-Net_{Tiny,Small,Medium,Large}.pth``.
-
-Each one has a preset of :class:`~mmtranscnn.models.TransCNN` with the same
-name as the key of :data:`RELEASED` (``arch='hatnet-small'`` ...); both
-the presets' layouts and the published facts (:class:`ReleasedModel`) live
-in :mod:`.presets`. This module is the single place that knows the files'
-key names: the converter
-``tools/model_converters/hatnet2mmtranscnn.py`` and the backbone's
-``init_cfg=dict(type='Pretrained', checkpoint=...)`` both call
-:func:`convert_released`. The differences between the released networks,
-the paper and our default are listed in ``docs/released_weights.md``.
+The eight published files (:data:`RELEASED`, each a preset of
+:class:`~mmtranscnn.models.TransCNN` of the same name, laid out in
+:mod:`.presets`) come with the code that defines them (GitHub
+``yun-liu/HAT-Net``): ``TransCNN.py``, the first version ("TransCNN",
+256x256), and ``HAT_Net.py``, the journal version ("HAT-Net", 224x224).
+This module is the single place that knows the files' key names: the
+converter ``tools/model_converters/hatnet2mmtranscnn.py`` and the
+backbone's ``init_cfg=dict(type='Pretrained', checkpoint=...)`` both call
+:func:`convert_released`. How the released networks differ from the
+paper: ``docs/released_weights.md``.
 
 Key layout of the released files (``S`` stage 0-3, ``I`` block in stage,
 ``K`` 2-4):
@@ -80,43 +73,37 @@ def _rules(version: str) -> List[Tuple[re.Pattern, str]]:
     by :func:`_rename`.
     """
     n = _NORM[version]
+    # An IRB conv of the released block, and where it goes in ours.
+    irb, ours = r'blocks\.(\d+)\.(\d+)\.conv\.conv', r'stages.\1.{J}.irb.'
+    # A downsampling layer (dsK), and our stage's TDB.
+    ds, tdb = r'ds([234])\.', r'stages.{K}.0.'
     common = [
         (r'patch_embed\.0\.(weight|bias)$', r'stem.conv1.conv.\1'),
         (r'patch_embed\.1\.(.+)$', rf'stem.conv1.{n}.\1'),
         (r'patch_embed\.3\.(weight|bias)$', r'stem.conv2.conv.\1'),
         (r'blocks\.(\d+)\.(\d+)\.attn\.(.+)$', r'stages.\1.{J}.attn.\3'),
-        (r'blocks\.(\d+)\.(\d+)\.conv\.conv2\.0\.weight$',
-         r'stages.\1.{J}.irb.depthwise.conv.weight'),
-        (r'blocks\.(\d+)\.(\d+)\.conv\.conv3\.0\.weight$',
-         r'stages.\1.{J}.irb.project.conv.weight'),
-        (r'blocks\.(\d+)\.(\d+)\.conv\.conv3\.1\.(.+)$',
-         rf'stages.\1.{{J}}.irb.project.{n}.\3'),
-        (r'ds([234])\.conv\.(weight|bias)$',
-         r'stages.{K}.0.conv_branch.conv.\2'),
+        (irb + r'2\.0\.weight$', ours + 'depthwise.conv.weight'),
+        (irb + r'3\.0\.weight$', ours + 'project.conv.weight'),
+        (irb + r'3\.1\.(.+)$', ours + rf'project.{n}.\3'),
+        (ds + r'conv\.(weight|bias)$', tdb + r'conv_branch.conv.\2'),
     ]
     if version == 'transcnn-v1':
         # Fig. 1c IRB: conv -> BN (-> SiLU) for each of the three convs;
         # TDB: BN after each branch's conv.
         return common + [
-            (r'blocks\.(\d+)\.(\d+)\.conv\.conv1\.0\.weight$',
-             r'stages.\1.{J}.irb.expand.conv.weight'),
-            (r'blocks\.(\d+)\.(\d+)\.conv\.conv1\.1\.(.+)$',
-             r'stages.\1.{J}.irb.expand.bn.\3'),
-            (r'blocks\.(\d+)\.(\d+)\.conv\.conv2\.1\.(.+)$',
-             r'stages.\1.{J}.irb.depthwise.bn.\3'),
-            (r'ds([234])\.norm1\.(.+)$', r'stages.{K}.0.conv_branch.bn.\2'),
-            (r'ds([234])\.residual\.(weight|bias)$',
-             r'stages.{K}.0.pool_branch.conv.\2'),
-            (r'ds([234])\.norm2\.(.+)$', r'stages.{K}.0.pool_branch.bn.\2'),
+            (irb + r'1\.0\.weight$', ours + 'expand.conv.weight'),
+            (irb + r'1\.1\.(.+)$', ours + r'expand.bn.\3'),
+            (irb + r'2\.1\.(.+)$', ours + r'depthwise.bn.\3'),
+            (ds + r'norm1\.(.+)$', tdb + r'conv_branch.bn.\2'),
+            (ds + r'residual\.(weight|bias)$', tdb + r'pool_branch.conv.\2'),
+            (ds + r'norm2\.(.+)$', tdb + r'pool_branch.bn.\2'),
         ]
     # HAT-Net IRB: GroupNorm -> 1x1 conv -> SiLU, depthwise conv -> SiLU,
     # 1x1 conv -> GroupNorm; TDB: one conv + GroupNorm.
     return common + [
-        (r'blocks\.(\d+)\.(\d+)\.conv\.conv1\.0\.(.+)$',
-         r'stages.\1.{J}.irb.expand.gn.\3'),
-        (r'blocks\.(\d+)\.(\d+)\.conv\.conv1\.1\.weight$',
-         r'stages.\1.{J}.irb.expand.conv.weight'),
-        (r'ds([234])\.norm\.(.+)$', r'stages.{K}.0.conv_branch.gn.\2'),
+        (irb + r'1\.0\.(.+)$', ours + r'expand.gn.\3'),
+        (irb + r'1\.1\.weight$', ours + 'expand.conv.weight'),
+        (ds + r'norm\.(.+)$', tdb + r'conv_branch.gn.\2'),
     ]
 
 
@@ -134,14 +121,10 @@ def detect_version(state_dict: dict) -> Optional[str]:
 
 
 def infer_arch(state_dict: dict) -> dict:
-    """The macro layout a released state dict has, read off its shapes.
-
-    Returns:
-        dict with ``channels``, ``depths``, ``kernel_sizes`` and
-        ``expand_ratios`` (one entry per stage), as in
-        :data:`.presets.ARCH_SETTINGS`.
-        The head dim is not in the weights.
-    """
+    """The macro layout a released state dict has, read off its shapes: a
+    dict of ``channels``, ``depths``, ``kernel_sizes`` and ``expand_ratios``
+    (one entry per stage), as in :data:`.presets.ARCH_SETTINGS`. The head
+    dim is not in the weights."""
     arch = dict(channels=[], depths=[], kernel_sizes=[], expand_ratios=[])
     for stage in range(4):
         depth = 0
@@ -164,11 +147,9 @@ def matching_presets(state_dict: dict) -> List[str]:
     """The released presets whose macro layout a released state dict has."""
     version = detect_version(state_dict)
     arch = infer_arch(state_dict)
-    return [
-        name for name, info in RELEASED.items() if info.version == version
-        and all(list(ARCH_SETTINGS[name][k]) == v
-                for k, v in arch.items())
-    ]
+    return [name for name, info in RELEASED.items()
+            if info.version == version and all(
+                list(ARCH_SETTINGS[name][k]) == v for k, v in arch.items())]
 
 
 def _rename(key: str, rules) -> Optional[str]:
@@ -232,8 +213,7 @@ def convert_released(state_dict: dict,
         if new is None:
             unmapped.append(key)
             continue
-        leaf = new.rsplit('.', 2)
-        if (new.endswith('.weight') and leaf[-2] in _PROJECTIONS
+        if (new.endswith('.weight') and new.rsplit('.', 2)[-2] in _PROJECTIONS
                 and '.attn.' in new and value.dim() == 4):
             value = value.flatten(1)  # (out, in, 1, 1) -> (out, in)
         backbone[new] = value

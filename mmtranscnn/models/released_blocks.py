@@ -1,33 +1,12 @@
 """The authors' released networks: where they differ from the paper.
 
-The eight published ImageNet checkpoints come with the code that defines
-them (``TransCNN.py``, the first version, and ``HAT_Net.py``, the journal
-version, in GitHub ``yun-liu/HAT-Net``). That code reads §3 differently
-from :mod:`.hmhsa` and :mod:`.blocks` in the places below, and a user who
-loads those weights needs its function exactly. Everything that differs is
-in this module, as subclasses or siblings of the paper's blocks, gathered
-in :data:`RELEASED_VARIANTS` (``TransCNN(arch='hatnet-small')`` and the
-other released presets pick theirs by name):
-
-* H-MHSA (:class:`ReleasedHMHSA`, both versions): Eq. 7 adds the block
-  input before its pre-norm and normalises the sum (``grid_norm``); Eq. 8
-  is an average pool alone, by a ratio of its own (8/4/2 per stage, while
-  the level-0 windows are 8/8/8 or 8/7/7); the merged tokens are
-  normalised before the key/value projection (``ds_norm``); and Eq. 12
-  sums ``A0`` itself (residual and norm included) instead of ``attn_0``;
-* the stem (:class:`ReleasedStem`): biases before the norm, and the second
-  conv without norm or activation;
-* the downsampling block: ``TransCNN.py`` pools with a max and applies the
-  activation to the sum (:class:`TransCNNv1Downsample`); ``HAT_Net.py``
-  keeps the strided conv alone (:class:`HATNetDownsample`); both with conv
-  biases before the norms;
-* HAT-Net's IRB (:class:`HATNetInvertedResidual`): a norm on the input
-  before the expansion, none after the depthwise conv; and GroupNorm(1, C)
-  in place of BN everywhere.
-
-``HAT_Net.py`` also builds a norm in every attention block that its forward
-never calls (``proj_norm``); it is not built here, and converting a file
-drops its weights (:mod:`.released`).
+The eight published ImageNet checkpoints (:mod:`.released`) need exactly
+the function of the code that defines them (``TransCNN.py`` and
+``HAT_Net.py``), which reads §3 differently from :mod:`.hmhsa` and
+:mod:`.blocks`. Everything that differs is in this module, as subclasses or
+siblings of the paper's blocks (each docstring says what differs), gathered
+in :data:`RELEASED_VARIANTS` (the released presets pick theirs by name);
+``docs/released_weights.md`` lists every difference and the choice made.
 
 The released code runs only on sizes that its windows and pooling ratios
 divide; these blocks run on any size and equal it where it runs.
@@ -37,17 +16,16 @@ from typing import Optional, Sequence, Union
 
 import torch.nn.functional as F
 from mmcv.cnn import ConvModule, build_activation_layer, build_norm_layer
-from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
 from mmtranscnn.registry import MODELS
 
-from .blocks import InvertedResidual
+from .blocks import ConvStem, InvertedResidual
 from .hmhsa import HMHSA, parse_grid_sizes
 from .memory import conv_chain
 
-#: HAT-Net's norm: GroupNorm with one group.
+#: HAT-Net's norm, in place of BN everywhere: GroupNorm with one group.
 HATNET_NORM = dict(type='GN', num_groups=1, eps=1e-6)
 
 
@@ -66,19 +44,23 @@ def _norm_tokens(norm: nn.Module, t: Tensor) -> Tensor:
 
 @MODELS.register_module()
 class ReleasedHMHSA(HMHSA):
-    """H-MHSA as the released code computes it.
+    """H-MHSA as the released code (both versions) computes it.
+
+    Eq. 7 adds the block input before its pre-norm and normalises the sum
+    (``grid_norm``); Eq. 8 is an average pool alone, by a ratio of its own
+    (8/4/2 per stage, while the level-0 windows are 8/8/8 or 8/7/7); the
+    merged tokens are normalised before the key/value projection
+    (``ds_norm``); and Eq. 12 sums ``A0`` itself (residual and norm
+    included) instead of ``attn_0``.
 
     Args:
-        embed_dims (int): channels C.
-        grid_sizes (int | Sequence[int]): level-0 window and per-level
-            grids, as in :class:`~.hmhsa.HMHSA`. Default: 8.
         pool_ratios (int | Sequence[int], optional): one ratio per entry of
             ``grid_sizes``: level i > 0 average-pools the previous level's
             map by the i-th. None pools by the grids. Holds no weights.
             Default: None.
         norm_cfg (dict): the pre-norm, also used for ``grid_norm`` and
             ``ds_norm``. Default: BN.
-        **kwargs: the other arguments of :class:`~.hmhsa.HMHSA`.
+        embed_dims, grid_sizes, **kwargs: as in :class:`~.hmhsa.HMHSA`.
     """
 
     def __init__(self,
@@ -104,7 +86,6 @@ class ReleasedHMHSA(HMHSA):
         return super().extra_repr() + f', pool_ratios={self.pool_ratios}'
 
     def level0_map(self, x: Tensor, tokens: Tensor, attn0: Tensor) -> Tensor:
-        # The raw block input, not the normalised map, then a norm.
         return _norm_tokens(self.grid_norm, x.permute(0, 2, 3, 1) + attn0)
 
     def level0_term(self, attn0: Tensor, a0: Tensor) -> Tensor:
@@ -123,46 +104,26 @@ class ReleasedHMHSA(HMHSA):
         return _norm_tokens(self.ds_norm, merged)
 
 
-class ReleasedStem(BaseModule):
+class ReleasedStem(ConvStem):
     """The released stem: conv(bias) + norm + activation, then a bare
-    conv(bias); both 3x3, stride 2.
-
-    Args:
-        in_channels (int): input image channels. Default: 3.
-        mid_channels (int): channels of the first conv. Default: 16.
-        out_channels (int): channels of the second conv. Default: 64.
-        norm_cfg (dict): norm config. Default: BN.
-        act_cfg (dict): activation config. Default: SiLU.
+    conv(bias); both 3x3, stride 2. Args: as :class:`~.blocks.ConvStem`.
     """
 
-    def __init__(self,
-                 in_channels: int = 3,
-                 mid_channels: int = 16,
-                 out_channels: int = 64,
-                 norm_cfg: dict = dict(type='BN'),
-                 act_cfg: dict = dict(type='SiLU'),
-                 init_cfg: Optional[dict] = None):
-        super().__init__(init_cfg=init_cfg)
-        self.conv1 = _conv(in_channels, mid_channels, 3, stride=2,
-                           padding=1, bias=True, norm_cfg=norm_cfg,
-                           act_cfg=act_cfg)
-        self.conv2 = ConvModule(mid_channels, out_channels, 3, stride=2,
-                                padding=1, bias=True, norm_cfg=None,
-                                act_cfg=None)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return conv_chain(x, self.conv1, self.conv2)
+    @staticmethod
+    def _convs(in_channels, mid_channels, out_channels, norm_cfg, act_cfg):
+        return (_conv(in_channels, mid_channels, 3, stride=2, padding=1,
+                      bias=True, norm_cfg=norm_cfg, act_cfg=act_cfg),
+                ConvModule(mid_channels, out_channels, 3, stride=2,
+                           padding=1, bias=True, norm_cfg=None,
+                           act_cfg=None))
 
 
 class TransCNNv1Downsample(BaseModule):
     """``TransCNN.py``'s downsampling: conv(bias) + norm, plus 2x2 max pool
     then conv(bias) + norm; the activation on the sum.
 
-    Args:
-        in_channels (int): input channels.
-        out_channels (int): output channels.
-        norm_cfg (dict): norm config. Default: BN.
-        act_cfg (dict): activation on the sum. Default: SiLU.
+    Args: as :class:`~.blocks.TwoBranchDownsample`, but ``act_cfg`` (the
+    activation on the sum) defaults to SiLU.
     """
 
     def __init__(self,
@@ -189,11 +150,8 @@ class TransCNNv1Downsample(BaseModule):
 class HATNetDownsample(BaseModule):
     """``HAT_Net.py``'s downsampling: one 3x3 stride-2 conv(bias) + norm.
 
-    Args:
-        in_channels (int): input channels.
-        out_channels (int): output channels.
-        norm_cfg (dict): norm config. Default: HAT-Net's GroupNorm.
-        act_cfg (dict, optional): unused (no activation). Default: None.
+    Args: as :class:`~.blocks.TwoBranchDownsample`; ``norm_cfg`` defaults
+    to HAT-Net's GroupNorm.
     """
 
     def __init__(self,
@@ -212,18 +170,12 @@ class HATNetDownsample(BaseModule):
 
 
 @MODELS.register_module()
-class HATNetInvertedResidual(BaseModule):
+class HATNetInvertedResidual(InvertedResidual):
     """``HAT_Net.py``'s IRB: norm -> 1x1 conv -> activation, KxK depthwise
     conv -> activation, 1x1 conv -> norm; an identity shortcut.
 
-    Args:
-        channels (int): input and output channels C.
-        expand_ratio (float): expansion E. Default: 4.
-        kernel_size (int): depthwise kernel K (odd). Default: 3.
-        norm_cfg (dict): norm config. Default: HAT-Net's GroupNorm.
-        act_cfg (dict): activation config. Default: SiLU.
-        drop_path_rate (float): stochastic depth on the residual branch.
-            Default: 0.
+    Args: as :class:`~.blocks.InvertedResidual`; ``norm_cfg`` defaults to
+    HAT-Net's GroupNorm.
     """
 
     def __init__(self,
@@ -234,25 +186,18 @@ class HATNetInvertedResidual(BaseModule):
                  act_cfg: dict = dict(type='SiLU'),
                  drop_path_rate: float = 0.,
                  init_cfg: Optional[dict] = None):
-        super().__init__(init_cfg=init_cfg)
-        if kernel_size % 2 != 1:
-            raise ValueError(f'kernel_size must be odd, got {kernel_size}')
-        hidden = int(round(channels * expand_ratio))
-        self.expand = ConvModule(channels, hidden, 1, norm_cfg=norm_cfg,
-                                 act_cfg=act_cfg,
-                                 order=('norm', 'conv', 'act'))
-        self.depthwise = ConvModule(hidden, hidden, kernel_size,
-                                    padding=kernel_size // 2, groups=hidden,
-                                    bias=False, norm_cfg=None,
-                                    act_cfg=act_cfg)
-        self.project = ConvModule(hidden, channels, 1, norm_cfg=norm_cfg,
-                                  act_cfg=None)
-        self.drop_path = (DropPath(drop_path_rate)
-                          if drop_path_rate > 0 else nn.Identity())
+        super().__init__(channels, expand_ratio, kernel_size, norm_cfg,
+                         act_cfg, drop_path_rate, init_cfg)
 
-    def forward(self, x: Tensor) -> Tensor:
-        y = conv_chain(x, self.expand, self.depthwise, self.project)
-        return x + self.drop_path(y)
+    @staticmethod
+    def _convs(channels, hidden, kernel_size, norm_cfg, act_cfg):
+        return (ConvModule(channels, hidden, 1, norm_cfg=norm_cfg,
+                           act_cfg=act_cfg, order=('norm', 'conv', 'act')),
+                ConvModule(hidden, hidden, kernel_size,
+                           padding=kernel_size // 2, groups=hidden,
+                           bias=False, norm_cfg=None, act_cfg=act_cfg),
+                ConvModule(hidden, channels, 1, norm_cfg=norm_cfg,
+                           act_cfg=None))
 
 
 #: How each released version builds TransCNN: its norm, stem, downsampling
