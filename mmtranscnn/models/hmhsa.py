@@ -46,6 +46,8 @@ from torch import Tensor, nn
 
 from mmtranscnn.registry import MODELS
 
+from .memory import is_traced
+
 QUERY_FORMS = ('full', 'merged')
 
 
@@ -81,13 +83,6 @@ def parse_grid_sizes(value: Union[int, Sequence[int], None],
                      f' got {type(value).__name__} {value!r}')
 
 
-def _tracing() -> bool:
-    """Whether sizes are symbolic: the model is traced, exported or
-    compiled, so no Python branch may depend on them."""
-    return (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-            or torch.compiler.is_compiling())
-
-
 def merge_tokens(t: Tensor, g: int) -> Tensor:
     """Eq. 8: MaxPool_g + AvgPool_g (kernel and stride ``g``) of a (B, H, W,
     C) map -> (B, ceil(H/g), ceil(W/g), C); a region that overhangs the map
@@ -105,7 +100,7 @@ def _cells(size, g: int):
 
 def _pad(t: Tensor, height, width) -> Tensor:
     """Zero-pad a (B, H, W, C) map at the bottom/right to height x width."""
-    if not _tracing() and tuple(t.shape[1:3]) == (height, width):
+    if not is_traced() and tuple(t.shape[1:3]) == (height, width):
         return t
     return F.pad(t, (0, 0, 0, width - t.shape[2], 0, height - t.shape[1]))
 
@@ -135,7 +130,7 @@ def grid_partition(t: Tensor, g: int) -> Tuple[Tensor, Optional[Tensor]]:
     """
     b, h, w = t.shape[:3]
     nh, nw = _cells(h, g), _cells(w, g)
-    if not (_tracing() or h % g or w % g):
+    if not (is_traced() or h % g or w % g):
         return _to_grids(t, g), None
     # Built in grid order, (nh, nw, g, g), so that no reshape needs a copy
     # (an exported graph would otherwise guard on the map's size).
@@ -245,11 +240,11 @@ class HMHSA(BaseModule):
         channels, not 3C."""
         b, h, w, c = tokens.shape
         if not self.hierarchical:
-            q, k, v = self._heads(self.qkv(tokens.reshape(b, h * w, c)), 3)
+            q, k, v = self.split_heads(self.qkv(tokens.reshape(b, h * w, c)), 3)
             return self._sdpa(q, k, v, None).reshape(b, h, w, c)
         g = self.grid_sizes[0]
         grids, real = grid_partition(tokens, g)
-        q, k, v = self._heads(self.qkv(grids), 3)
+        q, k, v = self.split_heads(self.qkv(grids), 3)
         out = self._sdpa(q, k, v, real)
         return _from_grids(out, b, _cells(h, g), _cells(w, g), g)[:, :h, :w]
 
@@ -316,21 +311,29 @@ class HMHSA(BaseModule):
         b, h, w = kv.shape[:3]
         hq, wq, c = q.shape[1:]
         if g is None:
-            q, k, v = self._heads(kv.reshape(b, h * w, 2 * c), 2,
+            q, k, v = self.split_heads(kv.reshape(b, h * w, 2 * c), 2,
                                   q.reshape(b, hq * wq, c))
             return self._sdpa(q, k, v, None).reshape(b, hq, wq, c)
         kv_grids, real = grid_partition(kv, g)
         nh, nw, sq = _cells(h, g), _cells(w, g), g * q_scale
         q_grids = _to_grids(_pad(q, nh * sq, nw * sq), sq)
-        q, k, v = self._heads(kv_grids, 2, q_grids)
+        q, k, v = self.split_heads(kv_grids, 2, q_grids)
         out = _from_grids(self._sdpa(q, k, v, real), b, nh, nw, sq)
         return out[:, :hq, :wq]
 
-    def _heads(self, packed: Tensor, parts: int,
+    def split_heads(self, packed: Tensor, parts: int,
                q: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
-        """(N, L, parts*C) projections side by side (q|k|v for 3 parts,
-        k|v for 2, the queries then in ``q``) -> q, k, v, each (N, heads,
-        L, head_dim)."""
+        """Split projections into heads (also for tools that look inside).
+
+        Args:
+            packed: (N, L, parts*C) projections side by side, q|k|v for
+                ``parts=3``, k|v for 2 (the queries then in ``q``).
+            parts: 3 or 2.
+            q: (N, Lq, C) queries when ``parts=2``.
+
+        Returns:
+            q, k, v, each (N, heads, L, head_dim).
+        """
         n, length = packed.shape[:2]
         packed = packed.reshape(n, length, parts, self.num_heads,
                                 self.head_dim).permute(2, 0, 3, 1, 4)

@@ -62,7 +62,7 @@ class _ToNCHW(torch.autograd.Function):
 def to_nchw(x: Tensor) -> Tensor:
     """A backbone map as necks and heads expect it: NCHW-contiguous; in
     training its gradient comes back channels-last."""
-    if torch.is_grad_enabled() and x.requires_grad and not _traced():
+    if torch.is_grad_enabled() and x.requires_grad and not is_traced():
         return _ToNCHW.apply(x)
     return x.contiguous()
 
@@ -342,10 +342,11 @@ def _run_folded(module: ConvModule, x: Tensor) -> Tensor:
     return x
 
 
-def _traced() -> bool:
-    """Whether the model is traced, exported or compiled. A traced graph
-    (FLOP counting, TorchScript, ONNX, torch.export) holds no autograd
-    Function, and torch.compile chooses what to recompute itself."""
+def is_traced() -> bool:
+    """Whether the model is traced, exported or compiled: sizes may be
+    symbolic (no Python branch may depend on them), a traced graph (FLOP
+    counting, TorchScript, ONNX, torch.export) holds no autograd Function,
+    and torch.compile chooses what to recompute itself."""
     return (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
             or torch.compiler.is_compiling())
 
@@ -389,7 +390,7 @@ def conv_chain(x: Tensor, *modules: ConvModule) -> Tensor:
             x = _run_folded(module, x) if _folds_into_conv(module) \
                 else module(x)
         return x
-    layers = None if _traced() else _chain_layers(modules)
+    layers = None if is_traced() else _chain_layers(modules)
     if layers is None:
         for module in modules:
             x = module(x)
@@ -407,5 +408,6 @@ def conv_chain(x: Tensor, *modules: ConvModule) -> Tensor:
     return x
 
 
-__all__ = ['MAP_LAYOUT', 'RANDOM_LAYERS', 'conv_chain', 'to_map_layout',
+__all__ = ['MAP_LAYOUT', 'RANDOM_LAYERS', 'conv_chain', 'is_traced',
+           'to_map_layout',
            'to_nchw', 'use_map_layout']

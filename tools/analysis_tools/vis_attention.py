@@ -183,7 +183,7 @@ def attention_levels(attn, x: Tensor, y: int, x_pos: int) -> List[Level]:
     g0 = grids[0] if grids else None
     # Level 0 (Eq. 5-6): the query's grid, projected as the module does.
     grid, real, cell, index = _grid_of(tokens, g0, y, x_pos)
-    q, k, v = attn._heads(attn.qkv(grid), 3)
+    q, k, v = attn.split_heads(attn.qkv(grid), 3)
     weights, out = _attend_one(q[:, :, index:index + 1], k, v, real)
     levels = [Level(0, _weights_map(weights, h, w, g0, cell), 1, g0, cell,
                     out)]
@@ -209,7 +209,7 @@ def attention_levels(attn, x: Tensor, y: int, x_pos: int) -> List[Level]:
             query = q_map[:, ky, kx]
             prev = merged + attn.attend(q_map, kv, g)
         grid, real, cell, _ = _grid_of(kv, g, ky, kx)
-        q, k, v = attn._heads(grid, 2, query[:, None])
+        q, k, v = attn.split_heads(grid, 2, query[:, None])
         weights, out = _attend_one(q, k, v, real)
         hk, wk = kv.shape[1:3]
         levels.append(Level(level, _weights_map(weights, hk, wk, g, cell),
