@@ -25,6 +25,7 @@ import argparse
 import io
 import json
 import os.path as osp
+import pickle
 import re
 import subprocess
 import sys
@@ -376,3 +377,28 @@ def test_image_classification_inferencer_runs(torch_home):
     assert scores.shape == (1000, ) and np.isfinite(scores).all()
     assert result['pred_label'] == int(scores.argmax())
     assert isinstance(result['pred_class'], str) and result['pred_class']
+
+
+class _CodeOnLoad:
+    """Unpickling this would create ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f'open({self.marker!r}, "w").close()', )
+
+
+def test_get_model_refuses_a_malicious_released_file(torch_home, tmp_path):
+    """A file at a released link that pickles code (the cached copy here):
+    get_model(pretrained=True) stops, naming the file, and runs nothing."""
+    marker = tmp_path / 'pwned'
+    buffer = io.BytesIO()
+    torch.save({'model': authors_file(TINY)[1],
+                'args': _CodeOnLoad(str(marker))}, buffer)
+    path = put_in_cache(torch_home, RELEASED[TINY].file, buffer.getvalue())
+    with pytest.raises(RuntimeError, match='does not load') as info:
+        mmpretrain.get_model(hub_name(TINY), pretrained=True)
+    assert path in str(info.value)
+    assert isinstance(info.value.__cause__, pickle.UnpicklingError)
+    assert not marker.exists()

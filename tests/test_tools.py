@@ -785,3 +785,31 @@ def test_get_flops_is_the_same_in_repeated_runs(capsys):
         counts.append(re.search(r'FLOPs: ([\d.]+) G', out).group(1))
         assert 'Seed: 0' in out
     assert counts[0] == counts[1]
+
+
+class _CodeOnLoad:
+    """Unpickling this would create ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f'open({self.marker!r}, "w").close()', )
+
+
+def test_tools_refuse_a_malicious_checkpoint(tmp_path):
+    """tools/test.py and tools/train.py --resume on a checkpoint whose
+    pickle runs code: both stop with torch's refusal; nothing runs."""
+    from toy_tools_modules import ToyRegressor
+    marker = tmp_path / 'pwned'
+    checkpoint = str(tmp_path / 'evil.pth')
+    torch.save(dict(state_dict=ToyRegressor().state_dict(),
+                    meta=dict(note=_CodeOnLoad(str(marker)))), checkpoint)
+    config = write_config(tmp_path, max_iters=2, interval=1)
+    for cmd in ([TEST, config, checkpoint],
+                [TRAIN, config, '--resume', checkpoint]):
+        proc = run([sys.executable, *cmd, '--work-dir',
+                    str(tmp_path / 'work')])
+        assert proc.returncode != 0
+        assert 'Weights only load failed' in proc.stderr, proc.stderr[-2000:]
+    assert not marker.exists()
