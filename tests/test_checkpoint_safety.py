@@ -28,6 +28,8 @@ from mmengine.hooks import Hook  # noqa: E402  (after mmtranscnn on purpose)
 from mmengine.model import BaseModel, BaseModule
 from mmengine.runner import CheckpointLoader, Runner, load_checkpoint
 
+from malicious import CodeOnLoad
+
 EPOCHS = 2
 ITERS_PER_EPOCH = 2  # 8 samples, batch 4
 
@@ -208,16 +210,6 @@ def test_numpy_objects_from_numpy_1_and_2(tmp_path):
 # Malicious pickles are refused through every route we offer
 # --------------------------------------------------------------------------
 
-class Payload:
-    """Unpickling this runs code: it creates ``marker``."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return exec, (f'open({self.marker!r}, "w").close()', )
-
-
 class GetattrGadget:
     """Reaches for a non-listed attribute through builtins.getattr."""
 
@@ -243,7 +235,7 @@ def payloads(tmp_path, marker):
     global; each file also holds a real state dict."""
     state = TransCNN('small').state_dict()
     files = {}
-    for name, meta in (('exec', Payload(str(marker))),
+    for name, meta in (('exec', CodeOnLoad(str(marker))),
                        ('getattr', GetattrGadget()), ('forged', Forged())):
         files[name] = str(tmp_path / f'{name}.pth')
         torch.save(dict(state_dict=state, meta=meta), files[name])
@@ -253,7 +245,7 @@ def payloads(tmp_path, marker):
 def test_malicious_files_are_refused(tmp_path):
     marker = tmp_path / 'pwned'
     # (the payload is live: plain pickle runs it)
-    pickle.loads(pickle.dumps(Payload(str(tmp_path / 'live'))))
+    pickle.loads(pickle.dumps(CodeOnLoad(str(tmp_path / 'live'))))
     assert (tmp_path / 'live').exists()
     for kind, path in payloads(tmp_path, marker).items():
         routes = [

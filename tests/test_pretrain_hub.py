@@ -47,6 +47,7 @@ from mmtranscnn.models.released import RELEASED, convert_released
 from mmtranscnn.utils import allow_checkpoint_globals
 
 from local_server import LocalServer
+from malicious import CodeOnLoad
 from released_reference import compact_state_dict
 
 HERE = osp.dirname(osp.abspath(__file__))
@@ -379,23 +380,13 @@ def test_image_classification_inferencer_runs(torch_home):
     assert isinstance(result['pred_class'], str) and result['pred_class']
 
 
-class _CodeOnLoad:
-    """Unpickling this would create ``marker``."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return exec, (f'open({self.marker!r}, "w").close()', )
-
-
 def test_get_model_refuses_a_malicious_released_file(torch_home, tmp_path):
     """A file at a released link that pickles code (the cached copy here):
     get_model(pretrained=True) stops, naming the file, and runs nothing."""
     marker = tmp_path / 'pwned'
     buffer = io.BytesIO()
     torch.save({'model': authors_file(TINY)[1],
-                'args': _CodeOnLoad(str(marker))}, buffer)
+                'args': CodeOnLoad(str(marker))}, buffer)
     path = put_in_cache(torch_home, RELEASED[TINY].file, buffer.getvalue())
     with pytest.raises(RuntimeError, match='does not load') as info:
         mmpretrain.get_model(hub_name(TINY), pretrained=True)

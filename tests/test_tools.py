@@ -26,6 +26,7 @@ from mmtranscnn.engine import (CPUDistributedDataParallel,
                                enable_test_visualization, merge_test_args,
                                merge_train_args, prepare_prediction_dump,
                                setup_codebase, setup_cpu_distributed)
+from malicious import CodeOnLoad
 from side_by_side import side_by_side
 
 TESTS_DIR = osp.dirname(osp.abspath(__file__))
@@ -787,16 +788,6 @@ def test_get_flops_is_the_same_in_repeated_runs(capsys):
     assert counts[0] == counts[1]
 
 
-class _CodeOnLoad:
-    """Unpickling this would create ``marker``."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return exec, (f'open({self.marker!r}, "w").close()', )
-
-
 def test_tools_refuse_a_malicious_checkpoint(tmp_path):
     """tools/test.py and tools/train.py --resume on a checkpoint whose
     pickle runs code: both stop with torch's refusal; nothing runs."""
@@ -804,7 +795,7 @@ def test_tools_refuse_a_malicious_checkpoint(tmp_path):
     marker = tmp_path / 'pwned'
     checkpoint = str(tmp_path / 'evil.pth')
     torch.save(dict(state_dict=ToyRegressor().state_dict(),
-                    meta=dict(note=_CodeOnLoad(str(marker)))), checkpoint)
+                    meta=dict(note=CodeOnLoad(str(marker)))), checkpoint)
     config = write_config(tmp_path, max_iters=2, interval=1)
     for cmd in ([TEST, config, checkpoint],
                 [TRAIN, config, '--resume', checkpoint]):
