@@ -41,6 +41,7 @@ from side_by_side import side_by_side
 from test_detection import (TINY_MASK_RCNN, TINY_RETINANET, read_scalars,
                             read_test_metrics, run, shapes, shapes_data,
                             tool_env, write_derived_config)
+from tool_modules import load_tool
 
 assert shapes_data  # a fixture of this module too (the shapes data)
 
@@ -381,11 +382,7 @@ def test_malicious_checkpoint_is_refused(runs):
 @pytest.fixture(scope='module')
 def compare():
     """tools/deployment/compare.py (it imports numpy only)."""
-    spec = importlib.util.spec_from_file_location(
-        '_deploy_compare', osp.join(DEPLOY_TOOLS, 'compare.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('tools/deployment/compare.py', '_deploy_compare')
 
 
 def test_comparison_fails_where_outputs_differ(compare):

@@ -40,6 +40,7 @@ from mmtranscnn.engine import setup_codebase
 from mmtranscnn.models import TransCNN
 from mmtranscnn.models.released import RELEASED
 from side_by_side import side_by_side
+from tool_modules import load_tool
 
 TESTS_DIR = osp.dirname(osp.abspath(__file__))
 REPO_DIR = osp.dirname(TESTS_DIR)
@@ -70,16 +71,7 @@ RUN_TIMEOUT = 600  # seconds per subprocess; a shared 2-core CPU is slow
 CLASSES = ('circle', 'rectangle', 'triangle', 'ring')
 
 
-def load_generator():
-    """tools/data/make_shapes_coco.py as a module (tools/ is no package)."""
-    path = osp.join(REPO_DIR, 'tools', 'data', 'make_shapes_coco.py')
-    spec = importlib.util.spec_from_file_location('make_shapes_coco', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-shapes = load_generator()
+shapes = load_tool('tools/data/make_shapes_coco.py', 'make_shapes_coco')
 
 
 def rel(path):

@@ -17,17 +17,17 @@ Offline and fast: nothing is trained, downloaded or run. What is checked:
 """
 import argparse
 import contextlib
-import importlib.util
 import io
 import os
 import re
 import shlex
-import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Dict, Iterator, List, Tuple
 
 import pytest
+
+from tool_modules import load_tool
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / 'README.md'
@@ -148,15 +148,8 @@ def tool_parser(tool: str) -> argparse.ArgumentParser:
     The script is imported as a module; its ``parse_args`` (or ``main``) is
     called with parsing intercepted, so only the parser is built.
     """
-    path = REPO / tool
-    name = 'docs_tool_' + re.sub(r'\W', '_', tool)
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(path.parent))  # tools that import a sibling
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(path.parent))
+    module = load_tool(tool, 'docs_tool_' + re.sub(r'\W', '_', tool),
+                       tool_dir_on_path=True)  # tools that import a sibling
     entry = getattr(module, 'parse_args', None) or getattr(module, 'main')
 
     def capture(parser, *args, **kwargs):

@@ -4,7 +4,6 @@ Its options and errors, the plan of steps that ``--dry-run`` lists (the
 commands a GPU machine would run), and the reading of the pytest output and
 of a training log into the report's figures.
 """
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -13,18 +12,11 @@ import sys
 
 import pytest
 
+from tool_modules import load_tool
+
 REPO_DIR = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SCRIPT = osp.join(REPO_DIR, 'tools', 'gpu_check.py')
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location('gpu_check', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-gpu_check = load_tool()
+gpu_check = load_tool('tools/gpu_check.py', 'gpu_check')
 
 
 def run_script(*args):

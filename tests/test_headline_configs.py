@@ -23,7 +23,6 @@ Offline throughout: every test that initialises weights points
 import argparse
 import copy
 import functools
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -44,6 +43,7 @@ from mmtranscnn.models.pretrained import (CONFIG_KEY,
 from mmtranscnn.models.released import RELEASED, convert_released
 
 from released_reference import compact_state_dict
+from tool_modules import load_tool
 
 HERE = osp.dirname(osp.abspath(__file__))
 REPO = osp.dirname(HERE)
@@ -301,10 +301,7 @@ def test_train_py_builds_the_runner_and_loads_the_cached_file(
     not here, so the test stops there instead of training)."""
     torch_home, saved = released_cache
     monkeypatch.setenv('TORCH_HOME', torch_home)
-    spec = importlib.util.spec_from_file_location(
-        'tool_train', osp.join(REPO, 'tools', 'train.py'))
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
+    train = load_tool('tools/train.py')
     # The process-wide malloc setting of a CPU run is the tool's own, not
     # this test process's.
     monkeypatch.setattr(train, 'keep_freed_memory_for_cpu_run', lambda: None)

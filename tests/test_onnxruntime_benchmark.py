@@ -4,27 +4,16 @@ The export path it times is the deploy tool's (tests/test_deployment.py
 runs it end to end); a measurement takes minutes, so here the table is
 built from recorded results and the options are checked.
 """
-import importlib.util
-import os.path as osp
-import sys
-
 import pytest
 
-TOOLS = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools',
-                 'analysis_tools')
+from tool_modules import load_tool
 
 
 @pytest.fixture(scope='module')
 def bench():
-    sys.path.insert(0, TOOLS)  # the script finds speed_harness there
-    try:
-        path = osp.join(TOOLS, 'onnxruntime_benchmark.py')
-        spec = importlib.util.spec_from_file_location('_ort_benchmark', path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(TOOLS)
-    return module
+    # The script finds speed_harness in its own folder.
+    return load_tool('tools/analysis_tools/onnxruntime_benchmark.py',
+                     '_ort_benchmark', tool_dir_on_path=True)
 
 
 def result(model, torch_s, ort_s):

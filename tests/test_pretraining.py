@@ -18,7 +18,6 @@ import copy
 import functools
 import glob
 import hashlib
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -37,6 +36,8 @@ from mmengine.utils import import_modules_from_strings
 import mmtranscnn  # noqa: F401  (registers TransCNN)
 import mmtranscnn.safe_checkpoints  # noqa: F401  (mmengine files, torch 2.6+)
 from mmtranscnn.models import TransCNN, load_backbone_checkpoint
+
+from tool_modules import load_tool
 
 REPO_DIR = osp.dirname(osp.dirname(osp.abspath(__file__)))
 IMAGENET_DIR = osp.join(REPO_DIR, 'configs', 'imagenet')
@@ -59,16 +60,6 @@ CONFIGS = {
     FINETUNE_384: ('base', (12, 6, 3, 0), 1000, 384),
     TINY: ('small', (8, 4, 2, 0), 6, 64),
 }
-
-
-def load_tool(relpath):
-    """Import a script under tools/ (not a package) as a module."""
-    path = osp.join(REPO_DIR, relpath)
-    name = 'tool_' + osp.splitext(osp.basename(path))[0]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 make_tiny = load_tool('tools/data/make_tiny_imagenet.py')

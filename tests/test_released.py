@@ -24,7 +24,6 @@
 Random weights only; nothing is downloaded.
 """
 import argparse
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -42,9 +41,9 @@ from mmtranscnn.models.released import (RELEASED, convert_released,
 
 from released_reference import (Reference, random_state_dict,
                                 released_layout)
+from tool_modules import load_tool
 
 HERE = osp.dirname(osp.abspath(__file__))
-REPO = osp.dirname(HERE)
 with open(osp.join(HERE, 'data', 'released_layouts.json')) as f:
     FIXTURE = json.load(f)
 PRESETS = list(RELEASED)
@@ -101,14 +100,6 @@ def without_data(layout):
 def count(model, trainable=None):
     return sum(p.numel() for p in model.parameters()
                if trainable is None or p.requires_grad == trainable)
-
-
-def load_converter():
-    path = osp.join(REPO, 'tools', 'model_converters', 'hatnet2mmtranscnn.py')
-    spec = importlib.util.spec_from_file_location('hatnet2mmtranscnn', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_every_release_has_a_preset_and_a_fixture():
@@ -283,7 +274,8 @@ def test_converter_refuses_an_arch_the_file_does_not_fit(tmp_path):
     """``--arch transcnn-v1-small`` on TransCNN-Tiny's file: a ValueError
     naming transcnn-v1-tiny, before any model is built or loaded (no
     load_state_dict traceback), and nothing written."""
-    converter = load_converter()
+    converter = load_tool('tools/model_converters/hatnet2mmtranscnn.py',
+                          'hatnet2mmtranscnn')
     path = _v1_tiny_file(tmp_path)
     out = tmp_path / 'converted.pth'
     with pytest.raises(ValueError) as error:
@@ -300,7 +292,8 @@ def test_converter_refuses_an_arch_the_file_does_not_fit(tmp_path):
 def test_converter_writes_a_strictly_loading_classifier(preset, tmp_path):
     """--arch, --backbone-only (the preset found from the shapes), and the
     refusals: an --arch of the other version, a file missing a tensor."""
-    converter = load_converter()
+    converter = load_tool('tools/model_converters/hatnet2mmtranscnn.py',
+                          'hatnet2mmtranscnn')
     path, sd = released_file(tmp_path, preset)
     out = str(tmp_path / 'converted.pth')
     converter.main([path, out, '--arch', preset])

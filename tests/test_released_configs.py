@@ -13,7 +13,6 @@
 """
 import copy
 import glob
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -32,6 +31,7 @@ from mmtranscnn.models import TransCNN
 from mmtranscnn.models.released import RELEASED
 
 from released_reference import compact_state_dict, random_state_dict
+from tool_modules import load_tool
 
 HERE = osp.dirname(osp.abspath(__file__))
 REPO = osp.dirname(HERE)
@@ -42,16 +42,6 @@ SEGMENTATION = sorted(
     glob.glob(osp.join(RELEASED_DIR, 'segmentation', '*.py')))
 with open(osp.join(HERE, 'data', 'released_layouts.json')) as f:
     FIXTURE = json.load(f)
-
-
-def load_tool(relpath):
-    """Import a script under tools/ (not a package) as a module."""
-    path = osp.join(REPO, relpath)
-    name = 'tool_' + osp.splitext(osp.basename(path))[0]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def name_of(path):

@@ -11,7 +11,6 @@
 """
 import functools
 import glob
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -27,6 +26,7 @@ from PIL import Image
 from mmtranscnn.models import TransCNN
 from mmtranscnn.engine import setup_codebase
 from side_by_side import side_by_side
+from tool_modules import load_tool
 
 TESTS_DIR = osp.dirname(osp.abspath(__file__))
 REPO_DIR = osp.dirname(TESTS_DIR)
@@ -47,16 +47,7 @@ DEMO = osp.join(REPO_DIR, 'demo', 'seg_demo.py')
 RUN_TIMEOUT = 600  # seconds per subprocess; a shared 2-core CPU is slow
 
 
-def load_generator():
-    """tools/data/make_tiny_ade.py as a module (tools/ is no package)."""
-    path = osp.join(REPO_DIR, 'tools', 'data', 'make_tiny_ade.py')
-    spec = importlib.util.spec_from_file_location('make_tiny_ade', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-make_tiny_ade = load_generator()
+make_tiny_ade = load_tool('tools/data/make_tiny_ade.py', 'make_tiny_ade')
 
 
 def name_of(path):

@@ -11,7 +11,6 @@
   with.
 """
 import importlib
-import importlib.util
 import json
 import os.path as osp
 import sys
@@ -21,6 +20,7 @@ import torch
 
 from mmtranscnn.analysis import count_flops, count_params
 from mmtranscnn.models import HMHSA, TransCNN
+from tool_modules import load_tool
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOOLS = osp.join(REPO, 'tools', 'analysis_tools')
@@ -29,20 +29,17 @@ TOOLS = osp.join(REPO, 'tools', 'analysis_tools')
 def _tool(name):
     """A script of tools/analysis_tools, imported as Python runs it: with
     its own folder first on the path, where it finds ``speed_harness``."""
-    sys.path.insert(0, TOOLS)
-    try:
-        if name == 'speed_harness':  # the one module the tools share
-            return importlib.import_module(name)
-        path = osp.join(TOOLS, f'{name}.py')
-        spec = importlib.util.spec_from_file_location(f'_tool_{name}', path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(TOOLS)
+    return load_tool(f'tools/analysis_tools/{name}.py', f'_tool_{name}',
+                     tool_dir_on_path=True)
 
 
-speed = _tool('speed_harness')
+# The one module the tools share, imported as they import it: by name,
+# from their folder (one module in sys.modules).
+sys.path.insert(0, TOOLS)
+try:
+    speed = importlib.import_module('speed_harness')
+finally:
+    sys.path.remove(TOOLS)
 
 #: A TransCNN of one block per stage: the harness proves on it what it
 #: proves on the presets (the presets' own numbers are tested

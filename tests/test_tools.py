@@ -28,6 +28,7 @@ from mmtranscnn.engine import (CPUDistributedDataParallel,
                                setup_codebase, setup_cpu_distributed)
 from malicious import CodeOnLoad
 from side_by_side import side_by_side
+from tool_modules import load_tool
 
 TESTS_DIR = osp.dirname(osp.abspath(__file__))
 REPO_DIR = osp.dirname(TESTS_DIR)
@@ -346,20 +347,10 @@ def test_bad_launcher_is_refused(short_runs):
 # --------------------------------------------------------------- options
 
 
-def load_tool(name):
-    """Import tools/<name>.py as a module (tools/ is not a package)."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        f'_tool_{name}', osp.join(REPO_DIR, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_tool_command_lines():
     saved = os.environ.pop('LOCAL_RANK', None)
     try:
-        train_tool = load_tool('train')
+        train_tool = load_tool('tools/train.py', '_tool_train')
         args = train_tool.parse_args(['c.py', '--local-rank', '1', '--resume'])
         assert args.local_rank == 1 and args.resume == 'auto'
         # Exported for mmengine when no launcher set it.
@@ -374,7 +365,7 @@ def test_tool_command_lines():
                                                   True, 'slurm', 'w')
         assert args.cfg_options == {'a': 1, 'b.c': [1, 2]}
 
-        test_tool = load_tool('test')
+        test_tool = load_tool('tools/test.py', '_tool_test')
         args = test_tool.parse_args([
             'c.py', 'ck.pth', '--out', 'o.pkl', '--show-dir', 'v',
             '--work-dir', 'w', '--launcher', 'mpi', '--local-rank', '0',
@@ -682,7 +673,7 @@ def test_bf16_probe_measures_the_cpu_it_runs_on():
 
 def test_main_job_trains_in_bf16_only_where_it_is_faster(monkeypatch):
     import mmtranscnn.engine.amp as amp
-    main_job = load_tool('main_job')
+    main_job = load_tool('tools/main_job.py', '_tool_main_job')
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
     for speedup, want in ((2.0, 'bf16'), (1.1, 'fp32'), (0.05, 'fp32')):
         monkeypatch.setattr(amp, 'bf16_training_speedup', lambda: speedup)
@@ -702,22 +693,11 @@ def test_main_job_trains_in_bf16_only_where_it_is_faster(monkeypatch):
 
 
 # -- tools/analysis_tools: plot_scaling reads scale_benchmark; get_flops ----
-ANALYSIS_TOOLS = osp.join(REPO_DIR, 'tools', 'analysis_tools')
-
-
 def load_analysis_tool(name):
     """Import tools/analysis_tools/<name>.py with its folder first on the
     path, as Python runs it (it imports ``speed_harness`` from there)."""
-    import importlib.util
-    sys.path.insert(0, ANALYSIS_TOOLS)
-    try:
-        spec = importlib.util.spec_from_file_location(
-            f'_analysis_tool_{name}', osp.join(ANALYSIS_TOOLS, f'{name}.py'))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(ANALYSIS_TOOLS)
+    return load_tool(f'tools/analysis_tools/{name}.py',
+                     f'_analysis_tool_{name}', tool_dir_on_path=True)
 
 
 def scale_benchmark_rows():

@@ -8,7 +8,6 @@ float64 to 1e-10. Cases: Table 1's 'small' and two released presets, both
 query forms, two grid levels, and an input whose maps the grids do not
 divide (padded grids: the weights of the real keys must sum to 1).
 """
-import importlib.util
 import os
 import os.path as osp
 import subprocess
@@ -20,6 +19,7 @@ import torch
 
 from mmtranscnn.models import TransCNN
 from random_bn import randomise_bn
+from tool_modules import load_tool
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOOL = osp.join(REPO, 'tools', 'analysis_tools', 'vis_attention.py')
@@ -27,14 +27,7 @@ SHAPES_CONFIG = osp.join(REPO, 'configs', 'tiny',
                          'retinanet_transcnn_small_shapes.py')
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location('vis_attention', TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-vis = _load_tool()
+vis = load_tool('tools/analysis_tools/vis_attention.py', 'vis_attention')
 
 # 76x92 pixels: stage maps 19x23, 10x12, 5x6 and 3x3, which grids of 8, 4
 # and 2 do not divide.
