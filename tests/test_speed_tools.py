@@ -151,6 +151,7 @@ def test_detector_train_step_in_process():
                                   mode='train', height=64, width=96,
                                   warmup=0, repeats=1, threads=1))
     assert row['peak_mem_mb'] > 0 and row['median_s'] > 0
+    assert row['saved_mb'] > 0  # counted over the memory step's forward
 
 
 def test_detection_samples_hold_boxes_inside_the_image():

@@ -28,6 +28,7 @@ every job of a run uses the same input, thread count and repeat policy.
 """
 import argparse
 import contextlib
+import functools
 import json
 import os
 import os.path as osp
@@ -453,10 +454,11 @@ def _step_fn(job: Job, model, x, samples) -> Callable[[], None]:
     scaler = (torch.amp.GradScaler(device_type) if job.dtype == 'fp16'
               else None)
 
-    def train_step():
-        # (train_step.forward_context: what run_job wraps the forward in to
-        # count the bytes it saves for backward)
-        with autocast(), train_step.forward_context():
+    def train_step(saved_counter=None):
+        # saved_counter: a SavedForBackward that counts the bytes the forward
+        # saves for backward (run_job's memory step), or None.
+        with autocast(), (saved_counter if saved_counter is not None
+                           else contextlib.nullcontext()):
             if job.kind == 'backbone':
                 loss = sum(out.float().mean() for out in model(x))
             else:
@@ -469,7 +471,6 @@ def _step_fn(job: Job, model, x, samples) -> Callable[[], None]:
         else:
             loss.backward()
             optim.step()
-    train_step.forward_context = contextlib.nullcontext
     return train_step
 
 
@@ -557,14 +558,11 @@ def run_job(job: Job) -> dict:
     # 1-2: the memory step, with the freed memory handed back first. A
     # train step also counts the bytes autograd saves for backward: what a
     # GPU would hold, whatever the CPU allocator does.
-    saved = None
-    if job.mode == 'train':
-        saved = SavedForBackward()
-        step.forward_context = lambda: saved
+    saved = SavedForBackward() if job.mode == 'train' else None
     t0 = time.perf_counter()
-    peak, rss_before, hwm_was_reset = measure_peak_memory(step, device.type)
-    if saved is not None:
-        step.forward_context = contextlib.nullcontext
+    peak, rss_before, hwm_was_reset = measure_peak_memory(
+        functools.partial(step, saved) if saved is not None else step,
+        device.type)
     first_step_s = first_step_s or time.perf_counter() - t0
 
     # 3: warm-up and timing.
