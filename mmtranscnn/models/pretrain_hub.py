@@ -75,12 +75,14 @@ def register_in_pretrain_hub() -> list:
     try:
         from mmpretrain.apis import ModelHub
         root = osp.dirname(configs_root())
+        metafile = osp.join(root, 'configs', 'released', 'imagenet',
+                            'metafile.yml')
+        if not osp.isfile(metafile):
+            raise FileNotFoundError(metafile)
     except Exception as exc:  # a broken install must not break ours
         warnings.warn(f'mmtranscnn: the released classifiers are not in '
                       f'mmpretrain.list_models() ({exc!r})')
         return []
-    metafile = osp.join(root, 'configs', 'released', 'imagenet',
-                        'metafile.yml')
     names = [f'{p}_in1k-{info.input_size}px' for p, info in RELEASED.items()]
     if not all(ModelHub.has(name) for name in names):
         ModelHub.register_model_index(metafile, config_prefix=root)
