@@ -21,10 +21,20 @@ DEPLOY = {'mmdeploy', 'onnx', 'onnxruntime', 'onnxscript'}
 
 @lru_cache(maxsize=None)
 def _setup_py():
-    """setup.py's Distribution as setup() receives it (nothing is built)."""
-    import setuptools  # noqa: F401  (provides distutils on Python >= 3.12)
-    from distutils.core import run_setup
-    return run_setup(osp.join(REPO, 'setup.py'), stop_after='init')
+    """What setup.py passes to ``setuptools.setup`` (nothing is built), as
+    attributes: ``install_requires``, ``extras_require``, ...
+
+    (Not distutils' ``run_setup``: which distutils a fresh virtualenv
+    imports, the standard library's or setuptools' own, decides whether it
+    sees the call.)
+    """
+    import runpy
+    import types
+    from unittest import mock
+    captured = {}
+    with mock.patch('setuptools.setup', lambda **kw: captured.update(kw)):
+        runpy.run_path(osp.join(REPO, 'setup.py'), run_name='__main__')
+    return types.SimpleNamespace(**captured)
 
 
 def declared_requirements():
