@@ -352,12 +352,8 @@ def sdpa_masks(model, shape, device, autocast=None):
 
 def flash_only():
     """SDPA restricted to the flash kernel, which takes no attention mask."""
-    try:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-        return sdpa_kernel([SDPBackend.FLASH_ATTENTION])
-    except ImportError:  # torch < 2.3
-        return torch.backends.cuda.sdp_kernel(
-            enable_flash=True, enable_math=False, enable_mem_efficient=False)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION])
 
 
 def check_unpadded_maps_pass_no_mask(device):
