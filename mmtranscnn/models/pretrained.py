@@ -99,19 +99,18 @@ def _fetch_url(url: str, map_location) -> dict:
     other links after a 404 (any other failure would repeat on the same
     host). All links of a file share its name, so one cached copy serves."""
     failures = []
-    name = osp.basename(urlparse(url).path)
+    path = _cache_path(url)
     for link in _links(url):
         try:
             with checkpoint_globals_allowed():
                 return torch.hub.load_state_dict_from_url(
                     link, map_location=map_location, weights_only=True,
-                    file_name=name, progress=False)
+                    file_name=osp.basename(path), progress=False)
         except URLError as error:  # HTTPError too: nothing was cached
             failures.append((link, error))
             if not (isinstance(error, HTTPError) and error.code == 404):
                 break
         except Exception as error:  # the cached file does not load
-            path = _cache_path(url)
             if not osp.exists(path):  # the download broke off (no URLError)
                 failures.append((link, error))
                 break
@@ -135,15 +134,15 @@ def read_checkpoint(checkpoint: str, map_location='cpu') -> dict:
         checkpoint: path, URL or URI.
         map_location: as for :func:`torch.load`.
     """
+    if '://' not in checkpoint:
+        if not osp.isfile(checkpoint):
+            raise FileNotFoundError(
+                f'{CONFIG_KEY}: no file {checkpoint!r}. Train one with '
+                'configs/imagenet/, name a released file\'s URL '
+                '(mmtranscnn.models.RELEASED), or set init_cfg=None to '
+                'train from scratch on purpose.')
+        return safe_load(checkpoint, map_location)
     if not checkpoint.startswith(('http://', 'https://')):
-        if '://' not in checkpoint:
-            if not osp.isfile(checkpoint):
-                raise FileNotFoundError(
-                    f'{CONFIG_KEY}: no file {checkpoint!r}. Train one with '
-                    'configs/imagenet/, name a released file\'s URL '
-                    '(mmtranscnn.models.RELEASED), or set init_cfg=None to '
-                    'train from scratch on purpose.')
-            return safe_load(checkpoint, map_location)
         with checkpoint_globals_allowed():
             return CheckpointLoader.load_checkpoint(checkpoint, map_location)
     rank, world_size = get_dist_info()

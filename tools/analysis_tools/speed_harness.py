@@ -434,7 +434,6 @@ def _step_fn(job: Job, model, x, samples) -> Callable[[], None]:
            if job.dtype != 'fp32' else None)
 
     def autocast():
-        import contextlib
         return amp if amp is not None else contextlib.nullcontext()
 
     if job.mode == 'infer':
