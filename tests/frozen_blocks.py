@@ -15,6 +15,7 @@ from mmtranscnn.models.blocks import (ConvStem, InvertedResidual,
                                       TransCNNBlock)
 from mmtranscnn.models.released_blocks import (HATNetInvertedResidual,
                                                ReleasedStem)
+from mmtranscnn.ops import DepthwiseConv2d
 
 
 def stem(module, x):
@@ -58,6 +59,11 @@ def backbone(model, x, to_output=lambda t: t.contiguous()):
 
 
 def nchw_copy(model):
-    """A deep copy of ``model`` with its weights back in NCHW memory."""
+    """A deep copy of ``model`` with its weights back in NCHW memory and
+    its depthwise convs plain ``nn.Conv2d`` s (as they were built before
+    ``mmtranscnn.ops``)."""
     twin = copy.deepcopy(model)
+    for module in twin.modules():
+        if isinstance(module, DepthwiseConv2d):
+            module.__class__ = torch.nn.Conv2d
     return twin.to(memory_format=torch.contiguous_format)

@@ -1,7 +1,7 @@
-"""The CPU speed-ups compute what the plain model computes.
+"""The CPU training speed-up computes what the plain model computes.
 
 ``mmtranscnn.engine.cpu_speedups`` is applied to built models by the tools;
-here each speed-up is checked against the plain path: outputs and every
+here it is checked against the plain path: outputs and every
 parameter's gradient in float32, the same under bf16 autocast (as close to
 the float32 result as the plain path is), and the state dict unchanged;
 and the tools' runner and test hook apply them.
@@ -12,9 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmtranscnn.engine.cpu_speedups import (DepthwiseConv2d,
-                                            MATMUL_MAX_KEYS,
-                                            depthwise_weight_grad,
+from mmtranscnn.engine.cpu_speedups import (MATMUL_MAX_KEYS,
                                             matmul_attention,
                                             small_grid_attention,
                                             speed_up_cpu_training)
@@ -23,48 +21,6 @@ from mmtranscnn.models import HMHSA, TransCNN
 
 def rel_err(got, want):
     return ((got - want).norm() / want.norm()).item()
-
-
-@pytest.mark.parametrize('k', [5, 7])
-@pytest.mark.parametrize('shape', [(2, 8, 9, 13), (1, 16, 20, 7)])
-def test_depthwise_weight_grad_equals_autograd(k, shape):
-    torch.manual_seed(0)
-    x = torch.randn(shape, requires_grad=True)
-    w = torch.randn(shape[1], 1, k, k, requires_grad=True)
-    out = F.conv2d(x, w, padding=k // 2, groups=shape[1])
-    grad_out = torch.randn_like(out)
-    out.backward(grad_out)
-    got = depthwise_weight_grad(x.detach(), grad_out, k)
-    assert rel_err(got, w.grad) <= 1e-5
-
-
-@pytest.mark.parametrize('bias', [False, True])
-def test_depthwise_conv_gradients_equal_the_plain_conv(bias):
-    torch.manual_seed(0)
-    plain = torch.nn.Conv2d(12, 12, 5, padding=2, groups=12, bias=bias)
-    fast = copy.deepcopy(plain)
-    assert DepthwiseConv2d.qualifies(fast)
-    fast.__class__ = DepthwiseConv2d
-    x = torch.randn(2, 12, 11, 17)
-    xs = [x.clone().requires_grad_() for _ in range(2)]
-    outs = [m(t) for m, t in zip((plain, fast), xs)]
-    torch.testing.assert_close(outs[1], outs[0])
-    grad = torch.randn_like(outs[0])
-    for o in outs:
-        o.backward(grad)
-    assert rel_err(xs[1].grad, xs[0].grad) <= 1e-5
-    for p, q in zip(plain.parameters(), fast.parameters()):
-        assert rel_err(q.grad, p.grad) <= 1e-5
-
-
-def test_only_stride1_same_depthwise_convs_larger_than_3_qualify():
-    conv = torch.nn.Conv2d
-    assert not DepthwiseConv2d.qualifies(conv(8, 8, 3, padding=1, groups=8))
-    assert not DepthwiseConv2d.qualifies(conv(8, 8, 5, padding=2))
-    assert not DepthwiseConv2d.qualifies(
-        conv(8, 8, 5, stride=2, padding=2, groups=8))
-    assert not DepthwiseConv2d.qualifies(conv(8, 8, 5, groups=8))
-    assert DepthwiseConv2d.qualifies(conv(8, 8, 7, padding=3, groups=8))
 
 
 @pytest.mark.parametrize('keys', [MATMUL_MAX_KEYS, MATMUL_MAX_KEYS + 1])
@@ -106,10 +62,8 @@ def test_training_speedups_give_the_plain_outputs_and_gradients(arch):
     plain.train()
     fast = copy.deepcopy(plain)
     depths = plain.arch_settings['depths']
-    # The 5x5 depthwise convs of stages 2 and 4, one per block; every
-    # block's attention.
-    assert speed_up_cpu_training(fast) == dict(
-        depthwise_convs=depths[0] + depths[2], attention=sum(depths))
+    # every block's attention
+    assert speed_up_cpu_training(fast) == dict(attention=sum(depths))
     assert fast.stem.conv1.conv.weight.is_contiguous(
         memory_format=torch.channels_last)
     assert fast.state_dict().keys() == plain.state_dict().keys()
@@ -157,8 +111,8 @@ def test_tools_runner_applies_them(tmp_path):
         work_dir=str(tmp_path), default_scope='mmtranscnn'))
     runner = build_runner(cfg, cpu_speedups=True)
     assert isinstance(runner, CPUTrainingRunner)
-    assert sum(isinstance(m, DepthwiseConv2d)
-               for m in runner.model.modules()) == 4
+    assert sum(getattr(m, 'attention', None) is small_grid_attention
+               for m in runner.model.modules()) == 8
     plain = build_runner(cfg.copy(), cpu_speedups=False)
-    assert not any(isinstance(m, DepthwiseConv2d)
+    assert not any(getattr(m, 'attention', None) is small_grid_attention
                    for m in plain.model.modules())

@@ -139,6 +139,29 @@ def test_backbone_equals_frozen_forward_float64(arch, train):
                          zero_grads=zero_grads)
 
 
+@pytest.mark.parametrize('arch', ['small', 'base', 'transcnn-v1-tiny'])
+def test_norm_eval_training_equals_frozen_forward_float64(arch):
+    """Training with BNs that normalise by their running statistics
+    (``norm_eval=True``, as the detection configs have it): each plain
+    conv and the BN after it run as one conv with the BN folded in, and
+    gradients reach both through the folded weights."""
+    x = torch.randn(2, 3, 72, 100, dtype=torch.float64)
+    model, twin = model_and_frozen_twin(arch, norm_eval=True)
+    got = run(model, backbone, x, True)
+    want = run(twin, frozen_blocks.backbone, x, True)
+    assert not model.stem.conv1.norm.training
+    assert_same_step(got, want)
+    # Of the BNs after convs, only those after depthwise convs (which keep
+    # their own backward) run as modules; the others are folded.
+    calls = []
+    for name, m in model.named_modules():
+        if isinstance(m, _BatchNorm) and '.attn.' not in name:
+            m.register_forward_hook(
+                lambda m, args, out, name=name: calls.append(name))
+    run(model, backbone, x, True)
+    assert all('.depthwise.' in name for name in calls), calls
+
+
 @pytest.mark.parametrize('arch', ['small', 'transcnn-v1-tiny',
                                   'hatnet-tiny'])
 def test_inference_equals_frozen_forward_float64(arch):

@@ -217,11 +217,13 @@ def test_the_model_makes_no_process_wide_malloc_setting():
 
 
 #: The files that define the network, and what of the package they may
-#: use besides each other: the registry, the weight loader.
+#: use besides each other: the registry, the weight loader, the traced
+#: check and the layers of mmtranscnn.ops.
 MODEL_FILES = ('hmhsa', 'blocks', 'transcnn', 'released_blocks', 'presets',
                'grids', 'memory')
 MODEL_MAY_USE = ('mmtranscnn.registry', 'mmtranscnn.utils',
-                 'mmtranscnn.models.pretrained')
+                 'mmtranscnn.utils.tracing',
+                 'mmtranscnn.models.pretrained', 'mmtranscnn.ops')
 #: What is CPU-specific: oneDNN's own kernels (torch.ops.mkldnn), the
 #: CPU's ISA, timing, threads and locks, process-wide settings.
 CPU_SPECIFIC_IMPORTS = ('ctypes', 'threading', 'time', 'torch.backends',
@@ -231,11 +233,12 @@ CPU_SPECIFIC_TEXT = ('mkldnn', 'torch.ops.', 'perf_counter',
 
 
 def test_the_model_files_hold_nothing_cpu_specific():
-    """The network is built from torch and mmcv layers alone (a speed-up
-    for one kind of device is applied to a built model from outside): the
-    model files import nothing CPU-specific, call no oneDNN kernel and time
+    """The network is built from torch and mmcv layers alone, and from the
+    layers of ``mmtranscnn.ops`` (each a torch layer with a kernel of its
+    own for one kind of device, kept outside the model files): the model
+    files import nothing CPU-specific, call no oneDNN kernel and time
     nothing, and use no module of the package but each other and
-    ``MODEL_MAY_USE`` (no helper module with CPU kernels)."""
+    ``MODEL_MAY_USE``."""
     modules = package_modules()
     allowed = {f'mmtranscnn.models.{m}' for m in MODEL_FILES}
     allowed |= set(MODEL_MAY_USE)

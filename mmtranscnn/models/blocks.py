@@ -15,9 +15,15 @@ from mmengine.model import BaseModule
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from mmtranscnn.ops import DepthwiseConv2d
 from mmtranscnn.registry import MODELS
 
 from .memory import conv_chain
+
+#: The IRBs' depthwise conv: ``nn.Conv2d`` whose CPU backward is fast for
+#: 5x5 kernels (:mod:`mmtranscnn.ops.depthwise_conv`; same parameters and
+#: results).
+DEPTHWISE_CONV = dict(type=DepthwiseConv2d)
 
 
 class ConvStem(BaseModule):
@@ -95,7 +101,8 @@ class InvertedResidual(BaseModule):
                            act_cfg=act_cfg),
                 ConvModule(hidden, hidden, kernel_size,
                            padding=kernel_size // 2, groups=hidden,
-                           norm_cfg=norm_cfg, act_cfg=act_cfg),
+                           conv_cfg=DEPTHWISE_CONV, norm_cfg=norm_cfg,
+                           act_cfg=act_cfg),
                 ConvModule(hidden, channels, 1, norm_cfg=norm_cfg,
                            act_cfg=None))
 

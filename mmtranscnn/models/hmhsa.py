@@ -45,8 +45,7 @@ from mmengine.model import BaseModule
 from torch import Tensor, nn
 
 from mmtranscnn.registry import MODELS
-
-from .memory import is_traced
+from mmtranscnn.utils.tracing import is_traced
 
 QUERY_FORMS = ('full', 'merged')
 

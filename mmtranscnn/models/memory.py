@@ -31,6 +31,8 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from mmtranscnn.utils.tracing import is_traced
+
 #: The memory format of the backbone's maps and conv weights.
 MAP_LAYOUT = torch.channels_last
 
@@ -238,11 +240,23 @@ class _RecomputedSegment(torch.autograd.Function):
 
 def _direct_conv(conv: nn.Module) -> bool:
     """Whether the conv's gradients can be taken from its weights and input
-    by ATen's convolution backward: a plain zero-padded ``nn.Conv2d``.
+    by the convolution backward: a plain zero-padded ``nn.Conv2d``.
     (Other convs, such as a subclass with a backward of its own, run their
     forward again in backward.)"""
-    return (type(conv) is nn.Conv2d and conv.padding_mode == 'zeros'
-            and not isinstance(conv.padding, str))
+    return type(conv) is nn.Conv2d and _zero_padded(conv)
+
+
+def _zero_padded(conv: nn.Conv2d) -> bool:
+    return conv.padding_mode == 'zeros' and not isinstance(conv.padding, str)
+
+
+def _computes_conv2d(conv: nn.Module) -> bool:
+    """Whether ``conv`` computes ``F.conv2d`` of its weights: a plain
+    zero-padded ``nn.Conv2d``, or a subclass that says so
+    (``computes_conv2d``, one with a backward of its own)."""
+    return (type(conv) is nn.Conv2d
+            or getattr(type(conv), 'computes_conv2d', False)) \
+        and _zero_padded(conv)
 
 
 def _conv_backward(conv: Optional[nn.Module], t: Tensor, grad_out: Tensor):
@@ -250,14 +264,19 @@ def _conv_backward(conv: Optional[nn.Module], t: Tensor, grad_out: Tensor):
     recomputed input ``t`` (inside an ``enable_grad`` region)."""
     if conv is None:
         return [t], [grad_out]
-    if not _direct_conv(conv):
+    if isinstance(conv, _FoldedConvBN):
+        weight, bias = conv.weight_and_bias()
+        conv = conv.conv
+    elif _direct_conv(conv):
+        weight, bias = conv.weight, conv.bias
+    else:
         return [conv(t)], [grad_out]
     # The dtype the forward conv ran in (autocast's, where it was on).
     dtype = grad_out.dtype
-    t_c, w_c = t.to(dtype), conv.weight.to(dtype)
-    has_bias = conv.bias is not None
+    t_c, w_c = t.to(dtype), weight.to(dtype)
+    has_bias = bias is not None
     mask = [t_c.requires_grad, w_c.requires_grad,
-            has_bias and conv.bias.requires_grad]
+            has_bias and bias.requires_grad]
     args = (conv.stride, conv.padding, conv.dilation, conv.groups)
     outputs, grads = [], []
     if mask[0]:
@@ -269,8 +288,8 @@ def _conv_backward(conv: Optional[nn.Module], t: Tensor, grad_out: Tensor):
         grads.append(torch.nn.grad.conv2d_weight(t_c.detach(), w_c.shape,
                                                  grad_out, *args))
     if mask[2]:
-        outputs.append(conv.bias)
-        grads.append(grad_out.sum((0, 2, 3)).to(conv.bias.dtype))
+        outputs.append(bias)
+        grads.append(grad_out.sum((0, 2, 3)).to(bias.dtype))
     return outputs, grads
 
 
@@ -288,9 +307,10 @@ def _segments(layers: List[nn.Module]) -> List[tuple]:
     backward rather than its output kept)."""
     cut, pending = [], []
     for layer in layers:
-        if isinstance(layer, nn.Conv2d) and pending and _depthwise(layer):
+        is_conv = isinstance(layer, (nn.Conv2d, _FoldedConvBN))
+        if is_conv and pending and _depthwise(getattr(layer, 'conv', layer)):
             pending.append(layer)
-        elif isinstance(layer, nn.Conv2d):
+        elif is_conv:
             if pending:
                 cut.append(('segment', pending, layer))
             else:
@@ -308,10 +328,10 @@ def _segments(layers: List[nn.Module]) -> List[tuple]:
 
 
 def _folds_into_conv(module: nn.Module) -> bool:
-    """Whether ``module`` is a plain conv followed directly by a BN that
-    normalises by its running statistics."""
+    """Whether ``module`` is a conv computing ``F.conv2d`` followed directly
+    by a BN that normalises by its running statistics."""
     if type(module) is not ConvModule or module.with_explicit_padding \
-            or not module.with_norm or not _direct_conv(module.conv):
+            or not module.with_norm or not _computes_conv2d(module.conv):
         return False
     order = module.order
     norm = module.norm
@@ -320,10 +340,10 @@ def _folds_into_conv(module: nn.Module) -> bool:
             and not _batch_statistics(norm))
 
 
-def _run_folded(module: ConvModule, x: Tensor) -> Tensor:
-    """``module(x)`` with its BN folded into the conv (see the module
-    docstring)."""
-    conv, norm = module.conv, module.norm
+def _folded_weights(conv: nn.Conv2d, norm: _BatchNorm):
+    """Weight and bias of the one conv that computes ``norm(conv(x))`` for
+    a BN normalising by its running statistics (a per-channel affine
+    map); differentiable in the conv's and the BN's parameters."""
     scale = torch.rsqrt(norm.running_var + norm.eps)
     if norm.weight is not None:
         scale = scale * norm.weight
@@ -332,28 +352,49 @@ def _run_folded(module: ConvModule, x: Tensor) -> Tensor:
         shift = shift + conv.bias * scale
     if norm.bias is not None:
         shift = shift + norm.bias
-    weight = conv.weight * scale.reshape(-1, 1, 1, 1)
+    return conv.weight * scale.reshape(-1, 1, 1, 1), shift
+
+
+class _FoldedConvBN:
+    """A plain conv and the BN after it that normalises by its running
+    statistics (``norm_eval``, frozen BN), as one conv step of a chain:
+    one conv pass, and nothing of the BN kept for backward. Gradients reach
+    the conv's and the BN's parameters through the folded weights."""
+
+    def __init__(self, conv: nn.Conv2d, norm: _BatchNorm):
+        self.conv, self.norm = conv, norm
+
+    def weight_and_bias(self):
+        return _folded_weights(self.conv, self.norm)
+
+    def parameters(self):
+        yield from self.conv.parameters()
+        yield from self.norm.parameters()
+
+    def __call__(self, x: Tensor) -> Tensor:
+        weight, bias = self.weight_and_bias()
+        conv = self.conv
+        return F.conv2d(x, weight, bias, conv.stride, conv.padding,
+                        conv.dilation, conv.groups)
+
+
+def _run_folded(module: ConvModule, x: Tensor) -> Tensor:
+    """``module(x)`` with its BN folded into the conv (see the module
+    docstring)."""
+    conv = _FoldedConvBN(module.conv, module.norm)
     for name in module.order:
         if name == 'conv':
-            x = F.conv2d(x, weight, shift, conv.stride, conv.padding,
-                         conv.dilation, conv.groups)
+            x = conv(x)
         elif name == 'act' and module.with_activation:
             x = module.activate(x)
     return x
 
 
-def is_traced() -> bool:
-    """Whether the model is traced, exported or compiled: sizes may be
-    symbolic (no Python branch may depend on them), a traced graph (FLOP
-    counting, TorchScript, ONNX, torch.export) holds no autograd Function,
-    and torch.compile chooses what to recompute itself."""
-    return (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-            or torch.compiler.is_compiling())
-
-
 def _chain_layers(modules) -> Optional[List[nn.Module]]:
-    """The convs, norms and activations of ``modules`` in order, or None
-    where one of them cannot be recomputed exactly."""
+    """The convs, norms and activations of ``modules`` in order, a plain
+    conv and the BN after it that normalises by its running statistics as
+    one :class:`_FoldedConvBN`; or None where one of them cannot be
+    recomputed exactly."""
     layers = []
     for module in modules:
         own = _layers(module)
@@ -361,6 +402,9 @@ def _chain_layers(modules) -> Optional[List[nn.Module]]:
                 _recomputable(m) for m in own
                 if not isinstance(m, nn.Conv2d)):
             return None
+        if _folds_into_conv(module) and _direct_conv(module.conv):
+            at = own.index(module.conv)
+            own[at:at + 2] = [_FoldedConvBN(module.conv, module.norm)]
         layers.extend(own)
     return layers
 
@@ -408,6 +452,6 @@ def conv_chain(x: Tensor, *modules: ConvModule) -> Tensor:
     return x
 
 
-__all__ = ['MAP_LAYOUT', 'RANDOM_LAYERS', 'conv_chain', 'is_traced',
+__all__ = ['MAP_LAYOUT', 'RANDOM_LAYERS', 'conv_chain',
            'to_map_layout',
            'to_nchw', 'use_map_layout']

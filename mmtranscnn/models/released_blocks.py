@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from mmtranscnn.registry import MODELS
 
-from .blocks import ConvStem, InvertedResidual
+from .blocks import DEPTHWISE_CONV, ConvStem, InvertedResidual
 from .hmhsa import HMHSA, parse_grid_sizes
 from .memory import conv_chain
 
@@ -195,7 +195,8 @@ class HATNetInvertedResidual(InvertedResidual):
                            act_cfg=act_cfg, order=('norm', 'conv', 'act')),
                 ConvModule(hidden, hidden, kernel_size,
                            padding=kernel_size // 2, groups=hidden,
-                           bias=False, norm_cfg=None, act_cfg=act_cfg),
+                           bias=False, conv_cfg=DEPTHWISE_CONV,
+                           norm_cfg=None, act_cfg=act_cfg),
                 ConvModule(hidden, channels, 1, norm_cfg=norm_cfg,
                            act_cfg=None))
 
