@@ -151,15 +151,14 @@ def test_norm_eval_training_equals_frozen_forward_float64(arch):
     want = run(twin, frozen_blocks.backbone, x, True)
     assert not model.stem.conv1.norm.training
     assert_same_step(got, want)
-    # Of the BNs after convs, only those after depthwise convs (which keep
-    # their own backward) run as modules; the others are folded.
+    # Every BN after a conv is folded into it: none runs as a module.
     calls = []
     for name, m in model.named_modules():
         if isinstance(m, _BatchNorm) and '.attn.' not in name:
             m.register_forward_hook(
                 lambda m, args, out, name=name: calls.append(name))
     run(model, backbone, x, True)
-    assert all('.depthwise.' in name for name in calls), calls
+    assert not calls, calls
 
 
 @pytest.mark.parametrize('arch', ['small', 'transcnn-v1-tiny',

@@ -321,7 +321,8 @@ class HMHSA(BaseModule):
         return out[:, :hq, :wq]
 
     def split_heads(self, packed: Tensor, parts: int,
-               q: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
+                    q: Optional[Tensor] = None
+                    ) -> Tuple[Tensor, Tensor, Tensor]:
         """Split projections into heads (also for tools that look inside).
 
         Args:
@@ -334,12 +335,15 @@ class HMHSA(BaseModule):
             q, k, v, each (N, heads, L, head_dim).
         """
         n, length = packed.shape[:2]
-        packed = packed.reshape(n, length, parts, self.num_heads,
-                                self.head_dim).permute(2, 0, 3, 1, 4)
+        # unbind, not indexing: in backward the parts' gradients are
+        # stacked into the projection's layout at once, where indexing
+        # fills a zero tensor of all parts for each part and adds them.
+        split = [t.transpose(1, 2) for t in packed.reshape(
+            n, length, parts, self.num_heads, self.head_dim).unbind(2)]
         if parts == 3:
-            return packed[0], packed[1], packed[2]
+            return split[0], split[1], split[2]
         q = q.reshape(n, q.shape[1], self.num_heads, self.head_dim)
-        return q.transpose(1, 2), packed[0], packed[1]
+        return q.transpose(1, 2), split[0], split[1]
 
     def _sdpa(self, q: Tensor, k: Tensor, v: Tensor,
               mask: Optional[Tensor]) -> Tensor:

@@ -252,11 +252,11 @@ def _zero_padded(conv: nn.Conv2d) -> bool:
 
 def _computes_conv2d(conv: nn.Module) -> bool:
     """Whether ``conv`` computes ``F.conv2d`` of its weights: a plain
-    zero-padded ``nn.Conv2d``, or a subclass that says so
-    (``computes_conv2d``, one with a backward of its own)."""
-    return (type(conv) is nn.Conv2d
-            or getattr(type(conv), 'computes_conv2d', False)) \
-        and _zero_padded(conv)
+    zero-padded ``nn.Conv2d``, or a subclass with a kernel of its own that
+    runs other weights too (``conv.conv2d(x, weight, bias)``, as the
+    layers of ``mmtranscnn.ops`` do)."""
+    return (type(conv) is nn.Conv2d or callable(
+        getattr(conv, 'conv2d', None))) and _zero_padded(conv)
 
 
 def _conv_backward(conv: Optional[nn.Module], t: Tensor, grad_out: Tensor):
@@ -264,7 +264,7 @@ def _conv_backward(conv: Optional[nn.Module], t: Tensor, grad_out: Tensor):
     recomputed input ``t`` (inside an ``enable_grad`` region)."""
     if conv is None:
         return [t], [grad_out]
-    if isinstance(conv, _FoldedConvBN):
+    if isinstance(conv, _FoldedConvBN) and _direct_conv(conv.conv):
         weight, bias = conv.weight_and_bias()
         conv = conv.conv
     elif _direct_conv(conv):
@@ -356,8 +356,9 @@ def _folded_weights(conv: nn.Conv2d, norm: _BatchNorm):
 
 
 class _FoldedConvBN:
-    """A plain conv and the BN after it that normalises by its running
-    statistics (``norm_eval``, frozen BN), as one conv step of a chain:
+    """A conv (see :func:`_computes_conv2d`) and the BN after it that
+    normalises by its running statistics (``norm_eval``, frozen BN, or an
+    eval-mode model), as one conv step of a chain:
     one conv pass, and nothing of the BN kept for backward. Gradients reach
     the conv's and the BN's parameters through the folded weights."""
 
@@ -374,6 +375,8 @@ class _FoldedConvBN:
     def __call__(self, x: Tensor) -> Tensor:
         weight, bias = self.weight_and_bias()
         conv = self.conv
+        if type(conv) is not nn.Conv2d:  # its own kernel (see above)
+            return conv.conv2d(x, weight, bias)
         return F.conv2d(x, weight, bias, conv.stride, conv.padding,
                         conv.dilation, conv.groups)
 
@@ -402,7 +405,7 @@ def _chain_layers(modules) -> Optional[List[nn.Module]]:
                 _recomputable(m) for m in own
                 if not isinstance(m, nn.Conv2d)):
             return None
-        if _folds_into_conv(module) and _direct_conv(module.conv):
+        if _folds_into_conv(module):
             at = own.index(module.conv)
             own[at:at + 2] = [_FoldedConvBN(module.conv, module.norm)]
         layers.extend(own)

@@ -111,10 +111,6 @@ class DepthwiseConv2d(nn.Conv2d):
     ``conv_cfg=dict(type=DepthwiseConv2d)``.
     """
 
-    #: It computes what ``nn.Conv2d`` computes, so a pass may run it as
-    #: ``F.conv2d`` of its weights (BN folding at inference).
-    computes_conv2d = True
-
     def fast_backward(self) -> bool:
         """Whether this conv's settings are those the backward is for."""
         k = self.kernel_size
@@ -126,6 +122,18 @@ class DepthwiseConv2d(nn.Conv2d):
 
     def _conv_forward(self, x: Tensor, weight: Tensor,
                       bias: Optional[Tensor]) -> Tensor:
+        return self.conv2d(x, weight, bias)
+
+    def conv2d(self, x: Tensor, weight: Tensor,
+               bias: Optional[Tensor]) -> Tensor:
+        """This conv with other weights (a BN folded into them), through
+        the same kernels as ``forward``.
+
+        Args:
+            x: (N, C, H, W) input.
+            weight: (C, 1, k, k) weights.
+            bias: (C, ) bias or None.
+        """
         if (x.device.type != 'cpu' or not torch.is_grad_enabled()
                 or not (x.requires_grad or weight.requires_grad)
                 or is_traced() or not self.fast_backward()):
