@@ -199,10 +199,10 @@ def test_benchmark_targets_met_and_missed():
     assert 'not measured' in bench.target_lines(results, args)[1]
     info = dict(date='d', cpu='c', logical_cpus=2, mem_gb=24., torch='t',
                 load_min=.5, load_max=1.)
-    tools = {('backbone-224', 'Swin-T', 'fp32'): _row('Swin-T', 25, 90)}
-    text = bench.markdown(results, args, info, tools)
-    assert '| Swin-T | 1.0 | 1.00 | 20.00 | 20.00-20.00 | 25.00 |' in text
-    assert '| TransCNN-Base | 1.0 | 1.00 | 21.00 | 21.00-21.00 | - |' in text
+    text = bench.markdown(results, args, info)
+    assert '| Swin-T | 1.0 | 1.00 | 20.00 | 20.00-20.00 | ' in text
+    assert '| TransCNN-Base | 1.0 | 1.00 | 21.00 | 21.00-21.00 | ' in text
+    assert "speed-ups" not in text  # every model as built
     assert '| 1000 | 2000 | 0.50x / 1.40x / 1.25x |' in text
     assert 'failed: boom' in text and 'flush-to-zero on' in text
 
@@ -422,17 +422,15 @@ def test_benchmark_json_and_markdown_name_the_cpu(tmp_path, monkeypatch):
     bench.main(['--cases', 'backbone-224', 'retinanet-infer', '--models',
                 'TransCNN-Base', 'ConvNeXt-T', '--repeats', '1',
                 '--json', str(out_json), '--md', str(out_md)])
-    # Inference: each model as built (the tools apply nothing to it).
-    assert [(j.kind, j.model, j.cpu_speedups) for j in jobs] == [
-        (kind, model, False) for kind in ('backbone', 'detector')
+    # Each case, each model as built, in turn.
+    assert [(j.kind, j.model) for j in jobs] == [
+        (kind, model) for kind in ('backbone', 'detector')
         for model in ('TransCNN-Base', 'ConvNeXt-T')]
     jobs.clear()
     bench.main(['--cases', 'backbone-train', '--models', 'TransCNN-Base',
                 'Swin-T', '--repeats', '1'])
-    # Train steps: as built, then with the tools' speed-ups, interleaved.
-    assert [(j.model, j.cpu_speedups) for j in jobs] == [
-        ('TransCNN-Base', False), ('TransCNN-Base', True),
-        ('Swin-T', False), ('Swin-T', True)]
+    assert [(j.model, j.mode) for j in jobs] == [
+        ('TransCNN-Base', 'train'), ('Swin-T', 'train')]
     saved = json.loads(out_json.read_text())
     machine = saved['machine']
     for key in ('cpu', 'cpu_vendor', 'cpu_signature', 'aten_cpu_capability',

@@ -57,8 +57,7 @@ def main():
     setup_codebase(cfg)
     setup_cpu_distributed(cfg)  # no-op on GPUs or without a launcher
     dump_metric = prepare_prediction_dump(cfg, args.out)
-    # The model as built: it folds BN into convs at inference itself, which
-    # the training speed-ups would partly undo.
+    # The model as built: it folds BN into convs at inference itself.
     runner = build_runner(cfg)
     if dump_metric is not None:
         runner.test_evaluator.metrics.append(dump_metric)

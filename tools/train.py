@@ -41,13 +41,6 @@ def parse_args(argv=None):
         action='store_true',
         help='scale the learning rate by the actual total batch size '
         '(needs auto_scale_lr.base_batch_size in the config)')
-    parser.add_argument(
-        '--no-cpu-speedups',
-        dest='cpu_speedups',
-        action='store_false',
-        help='without a GPU, train the plain model (by default the CPU '
-        'training speed-ups of mmtranscnn.engine.cpu_speedups are applied; '
-        'they compute the same)')
     add_run_options(parser, example='train_cfg.max_iters=10')
     return parse_run_args(parser, argv)
 
@@ -59,7 +52,7 @@ def main():
     setup_codebase(cfg)
     setup_cpu_distributed(cfg)  # no-op on GPUs or without a launcher
     keep_freed_memory_for_cpu_run()  # no-op with CUDA
-    runner = build_runner(cfg, cpu_speedups=args.cpu_speedups)
+    runner = build_runner(cfg)
     runner.train()
     teardown_distributed()
 

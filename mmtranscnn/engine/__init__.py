@@ -1,13 +1,12 @@
 """Glue between mmtranscnn and mmengine's Runner: the tools' options, the
-config's codebase, CPU-only distributed runs, bf16 ``--amp`` on the CPU, CPU
-training speed-ups, freed memory kept for reuse, and checkpoints that
+config's codebase, CPU-only distributed runs, bf16 ``--amp`` on the CPU,
+freed memory kept for reuse, and checkpoints that
 ``torch.load(weights_only=True)`` reads."""
 from .amp import CPUBF16AmpOptimWrapper
 from .cli import (add_run_options, build_runner, enable_test_visualization,
                   merge_test_args, merge_train_args, parse_run_args,
                   prepare_prediction_dump)
 from .cpu_memory import keep_freed_memory, keep_freed_memory_for_cpu_run
-from .cpu_speedups import CPUTrainingRunner, speed_up_cpu_training
 from .dist import (LAUNCHERS, CPUDistributedDataParallel, check_launcher,
                    cpu_model_wrapper_cfg, init_cpu_dist,
                    setup_cpu_distributed, teardown_distributed)
@@ -16,11 +15,11 @@ from .weights_only import WeightsOnlyCheckpointHook
 
 __all__ = [
     'CPUBF16AmpOptimWrapper', 'CPUDistributedDataParallel',
-    'CPUTrainingRunner', 'LAUNCHERS', 'WeightsOnlyCheckpointHook',
+    'LAUNCHERS', 'WeightsOnlyCheckpointHook',
     'add_run_options', 'build_runner', 'check_launcher',
     'cpu_model_wrapper_cfg', 'enable_test_visualization', 'init_cpu_dist',
     'keep_freed_memory', 'keep_freed_memory_for_cpu_run', 'merge_test_args',
     'merge_train_args', 'parse_run_args', 'prepare_prediction_dump',
-    'setup_codebase', 'setup_cpu_distributed', 'speed_up_cpu_training',
+    'setup_codebase', 'setup_cpu_distributed',
     'teardown_distributed'
 ]

@@ -7,7 +7,6 @@ import os
 import os.path as osp
 from typing import List, Optional
 
-import torch
 from mmengine.config import DictAction
 from mmengine.device import get_device
 from mmengine.registry import RUNNERS
@@ -15,7 +14,6 @@ from mmengine.runner import Runner
 
 from mmtranscnn.utils.safe_loading import allow_checkpoint_globals
 
-from .cpu_speedups import CPUTrainingRunner
 from .dist import LAUNCHERS, check_launcher
 
 PICKLE_SUFFIXES = ('.pkl', '.pickle')
@@ -203,19 +201,15 @@ def prepare_prediction_dump(cfg, out: Optional[str]):
     return DumpResults(out_file_path=out)
 
 
-def build_runner(cfg, cpu_speedups: bool = False):
+def build_runner(cfg):
     """Build the config's runner: ``runner_type`` if given, else ``Runner``.
 
     Args:
         cfg (Config): The complete config.
-        cpu_speedups (bool): without CUDA, apply the CPU training speed-ups
-            of :mod:`.cpu_speedups` to the built model.
     """
     # mmengine's loaders (resume, load_from) read mmengine checkpoints with
     # torch's weights_only allow-list; see mmtranscnn.utils.safe_loading.
     allow_checkpoint_globals()
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
-    if not cpu_speedups or torch.cuda.is_available():
-        return Runner.from_cfg(cfg)
-    return CPUTrainingRunner.from_cfg(cfg)
+    return Runner.from_cfg(cfg)

@@ -165,11 +165,6 @@ class HMHSA(BaseModule):
         init_cfg (dict, optional): mmengine initialisation config.
     """
 
-    #: Eq. 1, ``softmax(q k^T / sqrt(d)) v``, with SDPA's signature; static,
-    #: so that a function set on an instance (``engine.cpu_speedups``, one
-    #: that computes the same) is never bound to the module.
-    attention = staticmethod(F.scaled_dot_product_attention)
-
     def __init__(self,
                  embed_dims: int,
                  grid_sizes: Union[int, Sequence[int]] = 8,
@@ -348,8 +343,9 @@ class HMHSA(BaseModule):
     def _sdpa(self, q: Tensor, k: Tensor, v: Tensor,
               mask: Optional[Tensor]) -> Tensor:
         """Eq. 1 per head; returns (N, L, C), the heads concatenated."""
-        out = self.attention(q, k, v, attn_mask=mask,
-                             dropout_p=self.attn_drop if self.training else 0.)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask,
+            dropout_p=self.attn_drop if self.training else 0.)
         return out.transpose(1, 2).flatten(2)
 
 

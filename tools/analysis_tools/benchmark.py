@@ -22,10 +22,8 @@ its RetinaNet is ``configs/peers/retinanet_convnext-t_fpn_1x_coco.py``):
 Every model is built as its registry builds it, with its own
 ``init_weights()``, and measured with flush-to-zero on
 (``torch.set_flush_denormal(True)``): denormal floats, which Swin-T's masked
-softmax makes, otherwise slow a model by up to 2x on x86 CPUs. On the CPU
-each train step runs as built and again with the speed-ups that our
-tools apply to training (``mmtranscnn.engine.cpu_speedups``;
-``--no-cpu-speedups`` skips that column). A train step reports, beside the growth of the resident set, the
+softmax makes, otherwise slow a model by up to 2x on x86 CPUs. A train
+step reports, beside the growth of the resident set, the
 bytes of the tensors autograd saves for backward: what a GPU would hold,
 whatever the CPU allocator does.
 
@@ -73,7 +71,6 @@ import sys
 import time
 
 from speed_harness import (BACKBONES, CASES, DETECTORS, DTYPES, Job,
-                           add_cpu_speedups_argument,
                            add_system_malloc_argument, machine_info,
                            run_in_subprocess)
 
@@ -158,7 +155,6 @@ def parse_args(argv=None):
     parser.add_argument('--channels-last', action='store_true',
                         help='run every model on channels-last tensors')
     add_system_malloc_argument(parser)
-    add_cpu_speedups_argument(parser)
     parser.add_argument('--no-flops', action='store_true',
                         help='skip FLOP counting of the backbones')
     parser.add_argument('--timeout', type=float, default=1800,
@@ -212,21 +208,16 @@ def pool_rounds(rows):
     return merged
 
 
-def fmt_row(r, ref, tools=None):
-    """One table row: the model as built, and (``tools``) with our tools'
-    CPU speed-ups applied."""
+def fmt_row(r, ref):
+    """One table row: the model as built."""
     name = r['job']['model']
     if 'error' in r:
-        return (f"| {name} | - | - | - | - | - | - | - | - | "
+        return (f"| {name} | - | - | - | - | - | - | - | "
                 f"failed: {r['error']} |")
     batch = r['job']['batch']
     speed = r['img_per_s']
     slow, fast = batch / r['max_s'], batch / r['min_s']
     gflops = f"{r['gflops']:.2f}" if r.get('gflops') else '-'
-    with_tools = '-'
-    if tools is not None:
-        with_tools = (f"failed: {tools['error']}" if 'error' in tools else
-                      f"{tools['img_per_s']:.2f}")
     saved = (f"{r['saved_mb']:.0f}" if r.get('saved_mb') is not None
              else '-')
     ratio = '-'
@@ -236,7 +227,7 @@ def fmt_row(r, ref, tools=None):
         if r.get('saved_mb') and ref.get('saved_mb'):
             ratio += f" / {ref['saved_mb'] / r['saved_mb']:.2f}x"
     return (f"| {name} | {r['params_m']:.1f} | {gflops} | {speed:.2f} | "
-            f"{slow:.2f}-{fast:.2f} | {with_tools} | "
+            f"{slow:.2f}-{fast:.2f} | "
             f"{1e3 * r['median_s']:.0f} | {r['peak_mem_mb']:.0f} | "
             f"{saved} | {ratio} |")
 
@@ -283,7 +274,7 @@ def cpu_paragraph(info):
     return text + '.'
 
 
-def markdown(results, args, info, tools_results=None):
+def markdown(results, args, info):
     threads = f'{args.threads} threads'
     lines = [
         f"### {getattr(args, 'md_title', None) or default_title(info)}", '',
@@ -299,12 +290,7 @@ def markdown(results, args, info, tools_results=None):
            ' (in train steps freed memory is kept for reuse, as '
            'tools/train.py does)')
         + '; every model as its registry builds it, with its own '
-        'init_weights() and flush-to-zero on (torch.set_flush_denormal)'
-        + ('' if args.device != 'cpu' else
-           ', train steps again with the CPU speed-ups that tools/train.py '
-           'applies (mmtranscnn.engine.cpu_speedups)'
-           if getattr(args, 'cpu_speedups', True) else
-           ' (--no-cpu-speedups)') + ". "
+        'init_weights() and flush-to-zero on (torch.set_flush_denormal). '
         f"Load average (1 min) during the run: {info['load_min']:.2f} to "
         f"{info['load_max']:.2f}.", '', cpu_paragraph(info), ''
     ]
@@ -320,14 +306,13 @@ def markdown(results, args, info, tools_results=None):
                 f'**{case_title(case, _batch(args, case))}, {dtype}** '
                 f'({where})', '',
                 '| model | params (M) | GFLOPs | img/s (median) | img/s '
-                "(min-max) | img/s with our tools' speed-ups | latency "
+                "(min-max) | latency "
                 '(ms) | peak memory (MB) | saved for backward (MB) | '
                 f'{REFERENCE} speed / memory (/ saved) ratio |',
-                '|---|---|---|---|---|---|---|---|---|---|'
-            ] + [fmt_row(r, ref, (tools_results or {}).get(
-                (case, r['job']['model'], dtype))) for r in rows] + [
-                '', 'Columns other than the speed-ups one: the models as '
-                'built. Peak memory: growth of the resident set over the '
+                '|---|---|---|---|---|---|---|---|---|'
+            ] + [fmt_row(r, ref) for r in rows] + [
+                '', 'Every model as built. Peak memory: growth of the '
+                'resident set over the '
                 'step; saved for backward: the bytes of the tensors '
                 'autograd keeps (what a GPU would hold).', ''
             ]
@@ -377,19 +362,13 @@ def main(argv=None):
     info['command'] = ' '.join([os.path.basename(sys.executable)] +
                                sys.argv)
     loads = [os.getloadavg()[0]]
-    raw, raw_tools = {}, {}
+    raw = {}
     for rnd in range(args.rounds):
         for case in args.cases:
             kind, mode, batch, h, w, grids = CASES[case]
             batch = args.batches.get(case, batch)
-            # On the CPU a train step runs as built and, unless
-            # --no-cpu-speedups, again with the tools' speed-ups
-            # (interleaved); inference has none.
-            variants = ([False, True] if args.device == 'cpu' and
-                        args.cpu_speedups and mode == 'train' else [False])
             for dtype in args.dtypes:
-                for model, speedups in ((m, v) for m in args.models
-                                        for v in variants):
+                for model in args.models:
                     job = Job(model=model, kind=kind, mode=mode, batch=batch,
                               height=h, width=w, grid_sizes=grids,
                               device=args.device, dtype=dtype,
@@ -397,21 +376,17 @@ def main(argv=None):
                               repeats=args.repeats,
                               channels_last=args.channels_last,
                               keep_freed_memory=not args.system_malloc,
-                              cpu_speedups=speedups,
                               flops=(not args.no_flops and rnd == 0
-                                     and kind == 'backbone' and not speedups
+                                     and kind == 'backbone'
                                      and dtype == args.dtypes[0]))
                     row = run_in_subprocess(job, timeout=args.timeout)
                     loads += [row['loadavg_before'][0],
                               row['loadavg_after'][0]]
-                    (raw_tools if speedups else raw).setdefault(
-                        (case, model, dtype), []).append(row)
+                    raw.setdefault((case, model, dtype), []).append(row)
                     short = {k: row.get(k) for k in (
                         'img_per_s', 'median_s', 'peak_mem_mb', 'saved_mb',
                         'gflops', 'error')}
-                    how = 'tools' if speedups else 'as built'
-                    print(f'[round {rnd + 1}] {case} {model} ({how}) '
-                          f'{dtype}: '
+                    print(f'[round {rnd + 1}] {case} {model} {dtype}: '
                           f'{json.dumps(short)} load '
                           f"{row['loadavg_before'][0]:.2f}->"
                           f"{row['loadavg_after'][0]:.2f}",
@@ -421,10 +396,8 @@ def main(argv=None):
         results[key] = pool_rounds(rows)
         if 'error' not in results[key] and rows[0].get('gflops'):
             results[key]['gflops'] = rows[0]['gflops']
-    results_tools = {key: pool_rounds(rows)
-                     for key, rows in raw_tools.items()}
     info['load_min'], info['load_max'] = min(loads), max(loads)
-    text = markdown(results, args, info, results_tools)
+    text = markdown(results, args, info)
     print(text)
     if args.md:
         with open(args.md, 'w') as f:
@@ -434,10 +407,7 @@ def main(argv=None):
             json.dump(dict(machine=info, args=vars(args),
                            targets=target_lines(results, args),
                            rows=[dict(case=k[0], **v)
-                                 for k, v in results.items()],
-                           rows_with_cpu_speedups=[
-                               dict(case=k[0], **v)
-                               for k, v in results_tools.items()]),
+                                 for k, v in results.items()]),
                       f, indent=1)
 
 

@@ -115,7 +115,7 @@ def measure(args):
             job = Job(model=model, batch=1, height=size, width=size,
                       grid_sizes=grids_for(model, size),
                       threads=args.threads, warmup=args.warmup,
-                      repeats=args.repeats, cpu_speedups=False,
+                      repeats=args.repeats,
                       extra=dict(saved_for_backward=True))
             row = run_in_subprocess(job, timeout=args.max_seconds * 2)
             if 'error' in row:

@@ -19,7 +19,6 @@ import os
 from collections import defaultdict
 
 from speed_harness import (BACKBONES, CASES, DETECTORS, Job,
-                           add_cpu_speedups_argument,
                            add_system_malloc_argument, build_step,
                            keep_freed_memory_for)
 
@@ -61,7 +60,6 @@ def parse_args(argv=None):
     parser.add_argument('--dtype', default='fp32', choices=['fp32', 'bf16'],
                         help='bf16: the step under CPU bfloat16 autocast')
     add_system_malloc_argument(parser)
-    add_cpu_speedups_argument(parser)
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--warmup', type=int, default=1)
     parser.add_argument('--steps', type=int, default=3)
@@ -85,8 +83,7 @@ def main(argv=None):
     job = Job(model=args.model, kind=kind, mode=mode, batch=batch,
               height=h, width=w, grid_sizes=grids,
               threads=args.threads, dtype=args.dtype,
-              keep_freed_memory=not args.system_malloc,
-              cpu_speedups=args.cpu_speedups).validate()
+              keep_freed_memory=not args.system_malloc).validate()
     keep_freed_memory_for(job)
     _, step = build_step(job)
     for _ in range(args.warmup):

@@ -36,7 +36,7 @@ import platform
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 # -- what can be measured -------------------------------------------------
@@ -147,11 +147,6 @@ class Job:
             ``tools/train.py`` does, the same for every model; False
             measures with the system's malloc settings. Inference is always
             measured with the system's settings, as ``tools/test.py`` runs.
-        cpu_speedups: on the CPU, apply
-            ``mmtranscnn.engine.cpu_speedups`` to the built model as the
-            tools do to training runs, to every model alike (TransCNN's
-            depthwise-conv backward and small-grid attention; inference
-            has none); False measures the models as built.
     """
     model: str
     kind: str = 'backbone'
@@ -168,7 +163,6 @@ class Job:
     channels_last: bool = False
     flops: bool = False
     keep_freed_memory: bool = True
-    cpu_speedups: bool = True
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> 'Job':
@@ -215,30 +209,6 @@ def reset_hwm() -> bool:
         return True
     except OSError:
         return False
-
-
-def add_cpu_speedups_argument(parser: argparse.ArgumentParser) -> None:
-    """``--no-cpu-speedups``, the tools' switch for
-    :attr:`Job.cpu_speedups`.
-
-    Args:
-        parser: the tool's argument parser.
-    """
-    parser.add_argument('--no-cpu-speedups', dest='cpu_speedups',
-                        action='store_false',
-                        help='CPU: measure the plain models (default: the '
-                        'speed-ups of mmtranscnn.engine.cpu_speedups are '
-                        'applied to every model, as tools/train.py and '
-                        'tools/test.py do)')
-
-
-def apply_cpu_speedups(job: 'Job', model) -> None:
-    """The CPU speed-ups the tools apply to training, where ``job`` asks
-    for them (inference has none)."""
-    if job.device != 'cpu' or not job.cpu_speedups or job.mode != 'train':
-        return
-    from mmtranscnn.engine.cpu_speedups import speed_up_cpu_training
-    speed_up_cpu_training(model)
 
 
 def add_system_malloc_argument(parser: argparse.ArgumentParser) -> None:
@@ -491,7 +461,6 @@ def build_step(job: Job) -> Tuple[Any, Callable[[], None]]:
     else:
         model = build_detector(job.model, job.grid_sizes)
     model.to(device)
-    apply_cpu_speedups(job, model)
     x = torch.randn(job.batch, 3, job.height, job.width, device=device)
     if job.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -532,11 +501,9 @@ def run_job(job: Job) -> dict:
     # little about the model. Set here, in the process that measures only.
     torch.set_flush_denormal(True)
     memory_kept = keep_freed_memory_for(job)
-    # The parameters of the model as built, before the speed-ups fold BNs.
-    model, step = build_step(replace(job, cpu_speedups=False))
+    model, step = build_step(job)
     from mmtranscnn.analysis import count_params
     params = count_params(model)
-    apply_cpu_speedups(job, model)
 
     def sync():
         if device.type == 'cuda':
@@ -586,7 +553,7 @@ def run_job(job: Job) -> dict:
     gflops = None
     if job.flops and job.kind == 'backbone':
         from mmtranscnn.analysis import count_flops
-        # On the model as built (the speed-ups fold BNs away).
+        # On a fresh model (the timed one has run in train mode).
         plain = build_backbone(job.model, job.grid_sizes)
         gflops = count_flops(plain, (1, 3, job.height, job.width)) / 1e9
     times_sorted = sorted(times)
