@@ -14,6 +14,6 @@ bash scripts/setup.sh --no-main-job
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 PY="${MMTRANSCNN_VENV:-$ROOT/.venv}/bin/python"
 "$PY" -m pytest tests "$@"
-echo "==> [test] the CPU kernel and H-MHSA again with ATen, oneDNN and MKL limited to AVX2"
+echo "==> [test] the CPU kernels and H-MHSA again with ATen, oneDNN and MKL limited to AVX2"
 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
   "$PY" -m pytest tests/test_ops.py tests/test_hmhsa.py "$@"

@@ -350,6 +350,39 @@ def test_bf16_autocast_equals_frozen_forward():
                      zero_grads=biases_before_batch_norm(model))
 
 
+def test_norm_eval_training_under_bf16_autocast():
+    """Frozen BNs folded into their convs under bf16 autocast: as close to
+    the float32 step as the modules run one by one are (the folded conv
+    rounds once, the modules twice)."""
+    torch.manual_seed(0)
+    model = TransCNN(arch='small', out_indices=(3, ), norm_eval=True)
+    model.init_weights()
+    randomise_norms(model)
+    twin = frozen_blocks.nchw_copy(model)
+    x = torch.randn(2, 3, 64, 64)
+
+    def bf16(forward):
+        def run_it(m, t):
+            with torch.autocast('cpu', dtype=torch.bfloat16):
+                return forward(m, t)
+        return run_it
+
+    exact = run(twin, frozen_blocks.backbone, x, True)
+    got = run(model, bf16(backbone), x, True)
+    plain = run(twin, bf16(frozen_blocks.backbone), x, True)
+    assert got[0][0].dtype == torch.bfloat16
+    for i in (0, 1):  # outputs, the input's gradient
+        a, b, e = (v[0] if i == 0 else v for v in (got[i], plain[i],
+                                                   exact[i]))
+        err, err_plain = relative_error(a.float(), e), \
+            relative_error(b.float(), e)
+        assert err <= max(2 * err_plain, 1e-2), (i, err, err_plain)
+    for name, grad in exact[2].items():
+        err = relative_error(got[2][name].float(), grad)
+        err_plain = relative_error(plain[2][name].float(), grad)
+        assert err <= max(2 * err_plain, 1e-2), (name, err, err_plain)
+
+
 def test_torch_compile_equals_eager():
     torch.manual_seed(0)
     model = TransCNN(arch='small', out_indices=(3, ))

@@ -1,5 +1,11 @@
-"""``mmtranscnn.ops``: layers with a kernel of their own for one kind of
-device compute what the torch layer they subclass computes.
+"""``mmtranscnn.ops``: layers and functions with a kernel of their own for
+one kind of device compute what the torch layer or function they stand for
+computes.
+
+``attention`` (plain matmuls for grids of at most 64 keys on the CPU)
+against SDPA: outputs and the gradients of q, k and v, with and without a
+mask, in float64, float32 and bf16, and SDPA itself for more keys, with
+dropout and when traced.
 
 ``DepthwiseConv2d``'s CPU backward (the input gradient as a forward conv with
 the flipped kernel, the weight gradient from 3x3 pieces) against the plain
@@ -14,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from mmtranscnn.models import TransCNN
-from mmtranscnn.ops import DepthwiseConv2d, depthwise_weight_grad
+from mmtranscnn.ops import (MATMUL_MAX_KEYS, DepthwiseConv2d, attention,
+                            depthwise_weight_grad)
 
 
 def rel_err(got, want):
@@ -137,3 +144,63 @@ def test_the_built_model_uses_it_for_its_5x5_depthwise_convs():
     for a, b in zip(results[0][1], results[1][1]):
         if b is not None and b.norm() > 0:
             assert rel_err(a, b) <= 1e-10
+
+
+def test_train_tool_still_accepts_the_old_speed_up_switch():
+    """``--no-cpu-speedups`` switched off a tools-only speed-up that is
+    gone; command lines that pass it still run, with a warning."""
+    from tool_modules import load_tool
+    train = load_tool('tools/train.py')
+    with pytest.warns(FutureWarning, match='does nothing'):
+        args = train.parse_args(['cfg.py', '--no-cpu-speedups'])
+    assert args.config == 'cfg.py'
+
+
+def _qkv(keys, dtype, heads=2, queries=9):
+    torch.manual_seed(0)
+    q = torch.randn(6, heads, queries, 8, dtype=dtype)
+    k = torch.randn(6, heads, keys, 8, dtype=dtype)
+    v = torch.randn(6, heads, keys, 8, dtype=dtype)
+    mask = torch.rand(6, 1, 1, keys) > 0.3
+    mask[..., 0] = True  # (every grid has a real key)
+    return q, k, v, mask
+
+
+def _attend(fn, q, k, v, mask, grad):
+    q, k, v = (t.clone().requires_grad_() for t in (q, k, v))
+    out = fn(q, k, v, attn_mask=mask)
+    out.backward(grad)
+    return out, [q.grad, k.grad, v.grad]
+
+
+@pytest.mark.parametrize('dtype,tol', [(torch.float64, 1e-10),
+                                       (torch.float32, 1e-5),
+                                       (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize('masked', [False, True])
+@pytest.mark.parametrize('keys', [4, MATMUL_MAX_KEYS, MATMUL_MAX_KEYS + 1])
+def test_attention_equals_sdpa(dtype, tol, masked, keys):
+    q, k, v, mask = _qkv(keys, dtype)
+    mask = mask if masked else None
+    grad = torch.randn_like(q)
+    out, grads = _attend(attention, q, k, v, mask, grad)
+    want, want_grads = _attend(F.scaled_dot_product_attention, q, k, v,
+                               mask, grad)
+    fused = 'ScaledDotProduct' in out.grad_fn.name()
+    assert fused == (keys > MATMUL_MAX_KEYS)  # matmuls for small grids
+    exact = torch.promote_types(dtype, torch.float32)
+    assert rel_err(out.to(exact), want.to(exact)) <= tol
+    for got, ref in zip(grads, want_grads):
+        assert rel_err(got.to(exact), ref.to(exact)) <= tol
+
+
+def test_attention_is_sdpa_with_dropout_and_when_traced():
+    q, k, v, mask = _qkv(16, torch.float32)
+    torch.manual_seed(1)
+    got = attention(q, k, v, attn_mask=mask, dropout_p=0.5)
+    torch.manual_seed(1)
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                          dropout_p=0.5)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    traced = torch.jit.trace(lambda a, b, c: attention(a, b, c), (q, k, v))
+    kinds = {n.kind() for n in traced.graph.nodes()}
+    assert 'aten::scaled_dot_product_attention' in kinds

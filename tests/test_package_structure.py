@@ -223,7 +223,8 @@ MODEL_FILES = ('hmhsa', 'blocks', 'transcnn', 'released_blocks', 'presets',
                'grids', 'memory')
 MODEL_MAY_USE = ('mmtranscnn.registry', 'mmtranscnn.utils',
                  'mmtranscnn.utils.tracing',
-                 'mmtranscnn.models.pretrained', 'mmtranscnn.ops')
+                 'mmtranscnn.models.pretrained', 'mmtranscnn.ops',
+                 'mmtranscnn.ops.attention')
 #: What is CPU-specific: oneDNN's own kernels (torch.ops.mkldnn), the
 #: CPU's ISA, timing, threads and locks, process-wide settings.
 CPU_SPECIFIC_IMPORTS = ('ctypes', 'threading', 'time', 'torch.backends',

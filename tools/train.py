@@ -11,6 +11,7 @@ The codebase comes from the config's ``default_scope``. Distributed runs use
 NCCL through mmengine on GPUs and gloo on CPU-only machines.
 """
 import argparse
+import warnings
 
 from mmengine.config import Config
 
@@ -41,8 +42,16 @@ def parse_args(argv=None):
         action='store_true',
         help='scale the learning rate by the actual total batch size '
         '(needs auto_scale_lr.base_batch_size in the config)')
+    # Accepted so that existing command lines still run: the CPU speed-up
+    # it switched off is gone (the model as built is the fast one).
+    parser.add_argument('--no-cpu-speedups', action='store_true',
+                        help=argparse.SUPPRESS)
     add_run_options(parser, example='train_cfg.max_iters=10')
-    return parse_run_args(parser, argv)
+    args = parse_run_args(parser, argv)
+    if args.no_cpu_speedups:
+        warnings.warn('--no-cpu-speedups does nothing any more: every run '
+                      'trains the model as built', FutureWarning)
+    return args
 
 
 def main():

@@ -44,6 +44,7 @@ from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
+from mmtranscnn.ops import attention
 from mmtranscnn.registry import MODELS
 from mmtranscnn.utils.tracing import is_traced
 
@@ -342,10 +343,11 @@ class HMHSA(BaseModule):
 
     def _sdpa(self, q: Tensor, k: Tensor, v: Tensor,
               mask: Optional[Tensor]) -> Tensor:
-        """Eq. 1 per head; returns (N, L, C), the heads concatenated."""
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask,
-            dropout_p=self.attn_drop if self.training else 0.)
+        """Eq. 1 per head (SDPA; on the CPU, plain matmuls for small grids:
+        :func:`mmtranscnn.ops.attention`); returns (N, L, C), the heads
+        concatenated."""
+        out = attention(q, k, v, attn_mask=mask,
+                        dropout_p=self.attn_drop if self.training else 0.)
         return out.transpose(1, 2).flatten(2)
 
 

@@ -15,10 +15,12 @@ many passes inference makes. None of it changes what the model computes
   statistics are recomputed from the same maps; running statistics move
   once, in forward. An IRB keeps its input, its expansion's output and its
   projection's output, where autograd keeps six expanded maps.
-* **Passes** (:func:`conv_chain` without gradients). A BN normalising by
-  running statistics is a per-channel affine map, so conv then BN runs as
-  one conv with the BN folded into its weights on the fly (modules and
-  state dict unchanged).
+* **Passes.** A BN normalising by running statistics (eval mode, or
+  frozen by ``norm_eval``) is a per-channel affine map, so conv then BN
+  runs as one conv with the BN folded into its weights on the fly (modules
+  and state dict unchanged). In training the folded weights are
+  differentiable, so gradients reach the conv's and the BN's parameters,
+  and the BN keeps no map for backward.
 """
 import contextlib
 from functools import partial
@@ -340,33 +342,28 @@ def _folds_into_conv(module: nn.Module) -> bool:
             and not _batch_statistics(norm))
 
 
-def _folded_weights(conv: nn.Conv2d, norm: _BatchNorm):
-    """Weight and bias of the one conv that computes ``norm(conv(x))`` for
-    a BN normalising by its running statistics (a per-channel affine
-    map); differentiable in the conv's and the BN's parameters."""
-    scale = torch.rsqrt(norm.running_var + norm.eps)
-    if norm.weight is not None:
-        scale = scale * norm.weight
-    shift = -norm.running_mean * scale
-    if conv.bias is not None:
-        shift = shift + conv.bias * scale
-    if norm.bias is not None:
-        shift = shift + norm.bias
-    return conv.weight * scale.reshape(-1, 1, 1, 1), shift
-
-
 class _FoldedConvBN:
     """A conv (see :func:`_computes_conv2d`) and the BN after it that
     normalises by its running statistics (``norm_eval``, frozen BN, or an
-    eval-mode model), as one conv step of a chain:
-    one conv pass, and nothing of the BN kept for backward. Gradients reach
-    the conv's and the BN's parameters through the folded weights."""
+    eval-mode model), as one conv step of a chain: one conv pass, and
+    nothing of the BN kept for backward. Gradients reach the conv's and
+    the BN's parameters through the folded weights."""
 
     def __init__(self, conv: nn.Conv2d, norm: _BatchNorm):
         self.conv, self.norm = conv, norm
 
     def weight_and_bias(self):
-        return _folded_weights(self.conv, self.norm)
+        """The folded conv's weight and bias (differentiable)."""
+        conv, norm = self.conv, self.norm
+        scale = torch.rsqrt(norm.running_var + norm.eps)
+        if norm.weight is not None:
+            scale = scale * norm.weight
+        shift = -norm.running_mean * scale
+        if conv.bias is not None:
+            shift = shift + conv.bias * scale
+        if norm.bias is not None:
+            shift = shift + norm.bias
+        return conv.weight * scale.reshape(-1, 1, 1, 1), shift
 
     def parameters(self):
         yield from self.conv.parameters()
@@ -414,8 +411,9 @@ def _chain_layers(modules) -> Optional[List[nn.Module]]:
 
 def conv_chain(x: Tensor, *modules: ConvModule) -> Tensor:
     """``modules[-1](... modules[0](x))`` for mmcv ``ConvModule`` s, keeping
-    only each conv's output for backward, and without gradients running
-    each conv and the BN after it as one conv (see the module docstring).
+    only each conv's output for backward, and running each conv and a BN
+    after it that normalises by its running statistics as one conv (see
+    the module docstring).
 
     Chains that hold something this cannot recompute exactly (a SyncBN
     that syncs across processes, a random activation, explicit padding)

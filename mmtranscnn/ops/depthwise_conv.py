@@ -126,14 +126,8 @@ class DepthwiseConv2d(nn.Conv2d):
 
     def conv2d(self, x: Tensor, weight: Tensor,
                bias: Optional[Tensor]) -> Tensor:
-        """This conv with other weights (a BN folded into them), through
-        the same kernels as ``forward``.
-
-        Args:
-            x: (N, C, H, W) input.
-            weight: (C, 1, k, k) weights.
-            bias: (C, ) bias or None.
-        """
+        """This conv of ``x`` with other ``weight`` and ``bias`` (a BN
+        folded into them), through the same kernels as ``forward``."""
         if (x.device.type != 'cpu' or not torch.is_grad_enabled()
                 or not (x.requires_grad or weight.requires_grad)
                 or is_traced() or not self.fast_backward()):
