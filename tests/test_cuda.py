@@ -32,13 +32,13 @@ import contextlib
 import copy
 import os
 import os.path as osp
+from unittest import mock
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
 
-from mmtranscnn.models import TransCNN
+from mmtranscnn.models import TransCNN, hmhsa
+from mmtranscnn.ops import attention
 
 REPO_DIR = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TINY_RETINANET = osp.join(REPO_DIR, 'configs', 'tiny',
@@ -323,29 +323,27 @@ def test_cuda_forward_makes_no_host_sync(shape, grids, query_from, train):
 
 
 # -- fused SDPA ----------------------------------------------------------------
-class SDPARecorder(TorchFunctionMode):
-    """Records, for every scaled_dot_product_attention call, whether an
-    attention mask was passed."""
+class AttentionRecorder:
+    """Records, for every attention call of H-MHSA
+    (``mmtranscnn.ops.attention``: SDPA, or matmuls for small CPU grids),
+    whether an attention mask was passed."""
 
     def __init__(self):
-        super().__init__()
         self.masked = []
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is F.scaled_dot_product_attention:
-            mask = kwargs.get('attn_mask', args[3] if len(args) > 3 else None)
-            self.masked.append(mask is not None)
-        return func(*args, **kwargs)
+    def __call__(self, q, k, v, attn_mask=None, dropout_p=0.):
+        self.masked.append(attn_mask is not None)
+        return attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
 
 
 def sdpa_masks(model, shape, device, autocast=None):
-    """Per SDPA call of one forward: whether it got a mask."""
+    """Per attention call of one forward: whether it got a mask."""
     m = copy.deepcopy(model).to(device).eval()
     x = make_input(shape).to(device)
     amp = (torch.autocast(torch.device(device).type, dtype=autocast)
            if autocast is not None else contextlib.nullcontext())
-    with torch.no_grad(), amp, SDPARecorder() as rec:
+    rec = AttentionRecorder()
+    with torch.no_grad(), amp, mock.patch.object(hmhsa, 'attention', rec):
         m(x)
     return rec.masked
 

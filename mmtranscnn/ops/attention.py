@@ -9,6 +9,7 @@ Zen 4 CPU. :func:`attention` takes them there, by a fixed rule on the
 number of keys (the same in every process and rank); everywhere else (GPUs,
 more keys, dropout, tracing, export, ``torch.compile``) it is SDPA.
 """
+from functools import partial
 from typing import Optional
 
 import torch
@@ -20,6 +21,12 @@ from mmtranscnn.utils.tracing import is_traced
 #: Grids with at most this many keys (8 x 8) attend through plain matmuls
 #: on the CPU.
 MATMUL_MAX_KEYS = 64
+
+#: SDPA itself, held where mmdeploy's export does not replace it: mmdeploy
+#: swaps every module-level reference to ``F.scaled_dot_product_attention``
+#: for a version that fails on boolean masks, and the TorchScript exporter
+#: translates SDPA as it is (opset 14 on).
+_sdpa = partial(F.scaled_dot_product_attention)
 
 
 def matmul_attention(q: Tensor, k: Tensor, v: Tensor,
@@ -44,8 +51,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor,
     if (q.device.type == 'cpu' and dropout_p == 0.
             and k.shape[-2] <= MATMUL_MAX_KEYS and not is_traced()):
         return matmul_attention(q, k, v, attn_mask)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
-                                          dropout_p=dropout_p)
+    return _sdpa(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
 
 
 __all__ = ['MATMUL_MAX_KEYS', 'attention', 'matmul_attention']
